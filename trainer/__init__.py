@@ -1,0 +1,12 @@
+"""Token-classification fine-tuning program: the code that runs inside the trainer container."""
+
+from trainer.config import ConfigError, FinetuneConfig
+
+__all__ = ["ConfigError", "FinetuneConfig", "finetune"]
+
+
+def finetune(config: FinetuneConfig, **kwargs):
+    """Run one fine-tune (lazy import keeps `import trainer` light for KFP compile-time use)."""
+    from trainer.finetune import finetune as _finetune
+
+    return _finetune(config, **kwargs)

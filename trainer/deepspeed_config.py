@@ -1,0 +1,44 @@
+"""DeepSpeed configs: our default (ZeRO-2, "auto" values resolved by the HF Trainer) or the user's JSON.
+
+No optimizer/scheduler block by default, so the HF Trainer builds them from our parameters (`optim`,
+`lr_scheduler_type`, ...) and DeepSpeed wraps them; a custom JSON that has them takes precedence.
+Precision stays "auto": it follows `precision`, never hard-coded fp16.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from trainer.config import DEEPSPEED_PRESETS, ConfigError
+
+PRESET_DIR = Path(__file__).parent / "deepspeed_configs"
+
+
+def load_deepspeed_config(source: Optional[str]) -> dict:
+    """The config dict for a path, a preset name ('zero2', 'zero3') or None (the default ZeRO-2)."""
+    if not source:
+        source = "zero2"
+    path = PRESET_DIR / f"{source}.json" if source in DEEPSPEED_PRESETS else Path(source)
+    if path.is_dir():  # a KFP artifact folder holding one JSON file
+        files = sorted(path.glob("*.json"))
+        if len(files) != 1:
+            raise ConfigError(f"deepspeed: folder {path} must hold exactly one .json file, found {len(files)}")
+        path = files[0]
+    if not path.is_file():
+        raise ConfigError(f"deepspeed config not found: {path}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"deepspeed config {path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"deepspeed config {path} must be a JSON object")
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed config {path}: zero_optimization.stage must be 0-3, got {stage!r}")
+    return config
+
+
+def zero_stage(config: dict) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
