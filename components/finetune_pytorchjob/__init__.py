@@ -1,0 +1,1 @@
+"""Finetune-as-PyTorchJob component (see component.py)."""

@@ -1,0 +1,1 @@
+"""Preprocess component: CoNLL / JSON Lines -> tokenized, label-aligned splits (see component.py)."""

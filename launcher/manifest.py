@@ -1,0 +1,274 @@
+"""Build the `kubeflow.org/v1` PyTorchJob that runs the trainer on several pods.
+
+Layout: one `Master` replica (node rank 0, writes the outputs) plus `num_nodes - 1` `Worker` replicas,
+each pod running
+
+    torchrun --nnodes N --nproc_per_node G --node_rank R --master_addr A --master_port P \
+             -m trainer.cli --<field> <value> ...
+
+The Kubeflow Training Operator (v1) injects into every container of the job: `MASTER_ADDR`,
+`MASTER_PORT` (the Master's service and the port named `pytorchjob-port`), `WORLD_SIZE`, `RANK`
+(the pod's index: Master 0, Worker i -> i + 1) and, from v1.7 on, the torchrun variables
+`PET_NNODES`, `PET_NPROC_PER_NODE` (from `spec.nprocPerNode`) and `PET_NODE_RANK` (= `RANK`);
+`PET_MASTER_ADDR`/`PET_MASTER_PORT` are honoured too where an operator sets them. torchrun reads `PET_*` variables as defaults of its own flags; we still pass the
+flags explicitly, falling back from the `PET_` variables to the older `RANK`/`MASTER_*` ones so the
+same manifest works on operators before and after v1.7. Static rendezvous (master address/port,
+no `--rdzv_*`) with `elasticPolicy` left out: the job is not elastic, every node must be there.
+
+The dict returned is plain JSON-able data: pass it to `CustomObjectsApi.create_namespaced_custom_object`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+GROUP = "kubeflow.org"
+VERSION = "v1"
+PLURAL = "pytorchjobs"
+KIND = "PyTorchJob"
+# The operator's webhook requires this container name; env vars and the port are looked up by it.
+CONTAINER_NAME = "pytorch"
+PORT_NAME = "pytorchjob-port"
+DEFAULT_PORT = 23456
+GPU_RESOURCE = "nvidia.com/gpu"
+
+RESTART_POLICIES = ("Never", "OnFailure", "Always", "ExitCode")
+CLEAN_POD_POLICIES = ("None", "Running", "All")
+
+# (PYTHONUNBUFFERED is set by the operator itself.)
+# Every pod works offline against the staged artifacts; caches go to writable places for a non-root user.
+BASE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HOME": "/tmp/hf-home",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TORCH_EXTENSIONS_DIR": "/tmp/torch-extensions",  # DeepSpeed JIT-builds ops here
+    "TRITON_CACHE_DIR": "/tmp/triton-cache",
+    "NCCL_DEBUG": "WARN",
+    "OMP_NUM_THREADS": "1",
+}
+
+_DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+
+
+class ManifestError(ValueError):
+    """An input that can never make a valid PyTorchJob."""
+
+
+def is_dns_label(name: str, max_len: int = 63) -> bool:
+    return bool(name) and len(name) <= max_len and bool(_DNS_1123.match(name))
+
+
+@dataclass
+class JobSpec:
+    """Everything the manifest depends on; `trainer_args` are the `--flag value` pairs after `-m trainer.cli`."""
+
+    name: str
+    namespace: str
+    image: str
+    trainer_args: list[str]
+    num_nodes: int = 2
+    gpus_per_node: int = 1
+    procs_per_node: Optional[int] = None  # CPU-only jobs (gpus_per_node=0): processes per pod, default 1
+    pvc_name: str = ""
+    mount_path: str = "/mnt/shared"
+    resources: dict[str, Any] = field(default_factory=dict)  # {"limits": {...}, "requests": {...}}
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    shm_size: str = "16Gi"
+    service_account: str = ""
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: list[str] = field(default_factory=list)
+    restart_policy: str = "Never"
+    backoff_limit: int = 0
+    clean_pod_policy: str = "None"  # keep finished pods (their logs) until we delete the job
+    ttl_seconds_after_finished: Optional[int] = None
+    active_deadline_seconds: Optional[int] = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    port: int = DEFAULT_PORT
+    run_as_user: int = 1000
+    fs_group: int = 1000
+
+    @property
+    def nproc_per_node(self) -> int:
+        if self.gpus_per_node > 0:
+            return self.gpus_per_node
+        return self.procs_per_node or 1
+
+    def validate(self) -> None:
+        if not is_dns_label(self.name, 50):  # pod names add "-worker-<i>"; stay under 63
+            raise ManifestError(f"job name {self.name!r} must be a DNS-1123 label of at most 50 characters")
+        if not is_dns_label(self.namespace):
+            raise ManifestError(f"namespace {self.namespace!r} is not a valid DNS-1123 label")
+        if not self.image or any(c.isspace() for c in self.image):
+            raise ManifestError(f"image {self.image!r} is empty or has whitespace")
+        if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
+            raise ManifestError(f"num_nodes must be an integer >= 1, got {self.num_nodes!r}")
+        if not isinstance(self.gpus_per_node, int) or self.gpus_per_node < 0:
+            raise ManifestError(f"gpus_per_node must be an integer >= 0, got {self.gpus_per_node!r}")
+        if self.procs_per_node is not None and self.procs_per_node < 1:
+            raise ManifestError(f"procs_per_node must be >= 1, got {self.procs_per_node}")
+        if not self.pvc_name or not is_dns_label(self.pvc_name, 253):
+            raise ManifestError(f"shared PVC name {self.pvc_name!r} is not a valid name")
+        if not self.mount_path.startswith("/"):
+            raise ManifestError(f"mount_path {self.mount_path!r} must be absolute")
+        if self.restart_policy not in RESTART_POLICIES:
+            raise ManifestError(f"restart_policy {self.restart_policy!r} is not one of {list(RESTART_POLICIES)}")
+        if self.clean_pod_policy not in CLEAN_POD_POLICIES:
+            raise ManifestError(f"clean_pod_policy {self.clean_pod_policy!r} is not one of {list(CLEAN_POD_POLICIES)}")
+        if self.backoff_limit < 0:
+            raise ManifestError("backoff_limit must be >= 0")
+        if not _QUANTITY.match(self.shm_size):
+            raise ManifestError(f"shm_size {self.shm_size!r} is not a Kubernetes quantity")
+        validate_resources(self.resources)
+        if GPU_RESOURCE in self.resources.get("limits", {}):
+            raise ManifestError(f"set GPUs with gpus_per_node, not resources.limits[{GPU_RESOURCE!r}]")
+        if not isinstance(self.node_selector, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()):
+            raise ManifestError("node_selector must be a mapping of strings to strings")
+        validate_tolerations(self.tolerations)
+        for key in self.env:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", key):
+                raise ManifestError(f"env name {key!r} is not valid")
+
+
+def validate_resources(resources: Any) -> None:
+    if not isinstance(resources, dict):
+        raise ManifestError("resources must be a mapping with 'limits' and/or 'requests'")
+    unknown = set(resources) - {"limits", "requests"}
+    if unknown:
+        raise ManifestError(f"resources has unknown key(s) {sorted(unknown)}; use 'limits' and 'requests'")
+    for kind, values in resources.items():
+        if not isinstance(values, dict):
+            raise ManifestError(f"resources.{kind} must be a mapping")
+        for name, qty in values.items():
+            if isinstance(qty, bool) or not (isinstance(qty, int) or (isinstance(qty, str) and _QUANTITY.match(qty))):
+                raise ManifestError(f"resources.{kind}.{name}={qty!r} is not a Kubernetes quantity")
+
+
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+
+
+def validate_tolerations(tolerations: Any) -> None:
+    if not isinstance(tolerations, list):
+        raise ManifestError("tolerations must be a list of objects")
+    for t in tolerations:
+        if not isinstance(t, dict) or set(t) - _TOLERATION_KEYS:
+            raise ManifestError(f"toleration {t!r} must be an object with keys among {sorted(_TOLERATION_KEYS)}")
+        if t.get("operator", "Equal") not in ("Equal", "Exists"):
+            raise ManifestError(f"toleration operator must be Equal or Exists, got {t.get('operator')!r}")
+        if t.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise ManifestError(f"toleration effect {t.get('effect')!r} is not valid")
+
+
+def torchrun_command(spec: JobSpec) -> list[str]:
+    """The container command: a shell line so the operator's env vars are expanded inside the pod."""
+    args = " ".join(shlex.quote(a) for a in spec.trainer_args)
+    line = (
+        "exec torchrun"
+        f" --nnodes {spec.num_nodes}"
+        f" --nproc_per_node {spec.nproc_per_node}"
+        ' --node_rank "${PET_NODE_RANK:-${RANK:-0}}"'
+        ' --master_addr "${PET_MASTER_ADDR:-${MASTER_ADDR:-localhost}}"'
+        f' --master_port "${{PET_MASTER_PORT:-${{MASTER_PORT:-{spec.port}}}}}"'
+        " -m trainer.cli"
+        + (f" {args}" if args else "")
+    )
+    return ["/bin/sh", "-c", line]
+
+
+def _container(spec: JobSpec) -> dict[str, Any]:
+    # Quantities as strings: the API accepts ints too, but strings are what it returns and what tools expect.
+    limits = {k: str(v) for k, v in spec.resources.get("limits", {}).items()}
+    requests = {k: str(v) for k, v in spec.resources.get("requests", {}).items()}
+    if spec.gpus_per_node > 0:
+        limits[GPU_RESOURCE] = str(spec.gpus_per_node)
+    resources: dict[str, Any] = {}
+    if limits:
+        resources["limits"] = limits
+    if requests:
+        resources["requests"] = requests
+    env = {**BASE_ENV, "DS_ACCELERATOR": "cuda" if spec.gpus_per_node > 0 else "cpu", **spec.env}
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": torchrun_command(spec),
+        "workingDir": "/tmp",
+        "env": [{"name": k, "value": str(v)} for k, v in env.items()],
+        "ports": [{"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
+        "volumeMounts": [
+            {"name": "shared", "mountPath": spec.mount_path},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+    }
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _replica(spec: JobSpec, replicas: int, role: str) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "containers": [_container(spec)],
+        "volumes": [
+            {"name": "shared", "persistentVolumeClaim": {"claimName": spec.pvc_name}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
+        ],
+        "securityContext": {"runAsUser": spec.run_as_user, "runAsGroup": spec.fs_group,
+                            "fsGroup": spec.fs_group, "runAsNonRoot": True},
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.service_account:
+        pod_spec["serviceAccountName"] = spec.service_account
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in spec.image_pull_secrets]
+    metadata: dict[str, Any] = {"labels": {**spec.labels, "app.kubernetes.io/component": role}}
+    if spec.annotations:
+        metadata["annotations"] = dict(spec.annotations)
+    # Istio sidecars keep pods alive after training ends; Kubeflow profiles inject them by default.
+    metadata.setdefault("annotations", {})["sidecar.istio.io/inject"] = "false"
+    return {
+        "replicas": replicas,
+        "restartPolicy": spec.restart_policy,
+        "template": {"metadata": metadata, "spec": pod_spec},
+    }
+
+
+def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
+    """The PyTorchJob manifest (a dict) for `spec`, validated first."""
+    spec.validate()
+    replica_specs = {"Master": _replica(spec, 1, "master")}
+    if spec.num_nodes > 1:
+        replica_specs["Worker"] = _replica(spec, spec.num_nodes - 1, "worker")
+    run_policy: dict[str, Any] = {"cleanPodPolicy": spec.clean_pod_policy, "backoffLimit": spec.backoff_limit}
+    if spec.ttl_seconds_after_finished is not None:
+        run_policy["ttlSecondsAfterFinished"] = int(spec.ttl_seconds_after_finished)
+    if spec.active_deadline_seconds is not None:
+        run_policy["activeDeadlineSeconds"] = int(spec.active_deadline_seconds)
+    metadata: dict[str, Any] = {"name": spec.name, "namespace": spec.namespace,
+                                "labels": {"app.kubernetes.io/name": "token-classification-finetune",
+                                           "app.kubernetes.io/managed-by": "kfp-token-classification-launcher",
+                                           **spec.labels}}
+    if spec.annotations:
+        metadata["annotations"] = dict(spec.annotations)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": metadata,
+        "spec": {
+            "nprocPerNode": str(spec.nproc_per_node),
+            "pytorchReplicaSpecs": replica_specs,
+            "runPolicy": run_policy,
+        },
+    }

@@ -1,0 +1,1 @@
+"""KFP pipelines of the token-classification package."""

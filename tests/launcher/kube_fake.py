@@ -1,0 +1,259 @@
+"""A fake Kubernetes API server behind the real `kubernetes` client, for the launcher tests.
+
+The launcher talks to `kubernetes.client.CustomObjectsApi` / `CoreV1Api`. Here those are the real
+client classes on a real `ApiClient`; only the client's urllib3 pool manager (the HTTP socket layer)
+is replaced by `FakeApiServer`, which answers each HTTP request with the JSON bodies in `responses/`
+(shaped exactly like the API server's and the Training Operator's; see responses/README.md). So URL
+building, query parameters, (de)serialisation and `ApiException` on 4xx all run the client's own code.
+
+The fake also does what the real server and operator would do with a created PyTorchJob: it
+validates the body against the PyTorchJob CRD schema in tests/data/crds (422 if invalid), advances
+the job's `status` through a scripted list of stages on each GET, serves the master pod and its log,
+and (like a trainer that finished) writes rank-0 outputs into the run folder named in the job's command.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qsl, unquote, urlparse
+
+import pytest
+import urllib3
+import yaml
+
+HERE = Path(__file__).parent
+RESPONSES = HERE / "responses"
+CRD_PATH = HERE.parent / "data" / "crds" / "kubeflow.org_pytorchjobs.yaml"
+
+
+def load_crd_schema() -> dict:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(instance: Any, schema: dict, path: str = "") -> list[str]:
+    """Fields the API server would prune (or reject with fieldValidation=Strict): not declared in the schema."""
+    found: list[str] = []
+    if isinstance(instance, dict) and schema.get("type") == "object":
+        if schema.get("x-kubernetes-preserve-unknown-fields") or path == ".metadata":
+            return found
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, value in instance.items():
+            if props is not None and key in props:
+                found += unknown_fields(value, props[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                found += unknown_fields(value, extra, f"{path}.{key}")
+            elif props is not None:
+                found.append(f"{path}.{key}")
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(instance):
+            found += unknown_fields(item, schema["items"], f"{path}[{i}]")
+    return found
+
+
+def crd_errors(manifest: dict) -> list[str]:
+    """What the API server would say about `manifest`: schema violations plus unknown (pruned) fields."""
+    import jsonschema
+
+    schema = load_crd_schema()
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(manifest)]
+    errors += [f"{p}: unknown field" for p in unknown_fields(manifest, schema)]
+    return errors
+
+
+def _fill(text: str, **values: str) -> str:
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def response_json(file_name: str, **values: str) -> Any:
+    return json.loads(_fill((RESPONSES / file_name).read_text(), **values))
+
+
+class FakeApiServer:
+    """Answers the client's HTTP requests; `stages` is the status sequence a created job goes through."""
+
+    def __init__(self, stages: list[str], *, log_name: Optional[str] = "master_log_success.txt",
+                 create_error: Optional[str] = None, write_outputs: bool = True,
+                 on_request: Optional[Callable[[str, str], None]] = None):
+        self.stages = list(stages)
+        self.log_name = log_name
+        self.create_error = create_error
+        self.write_outputs = write_outputs
+        self.on_request = on_request
+        self.jobs: dict[tuple[str, str], dict] = {}
+        self.gets: dict[tuple[str, str], int] = {}
+        self.deleted: list[tuple[str, str, dict]] = []
+        self.requests: list[tuple[str, str, dict]] = []
+        self.created: list[dict] = []
+        self.fail_gets = 0  # answer this many job GETs with 503 (an API server restarting)
+
+    # -- urllib3.PoolManager interface used by kubernetes.client.rest.RESTClientObject -------------------
+    def request(self, method, url, body=None, fields=None, preload_content=True, timeout=None, headers=None,
+                **_):
+        parsed = urlparse(url)
+        query = dict(parse_qsl(parsed.query))
+        query.update(dict(fields or []))
+        path = unquote(parsed.path)
+        self.requests.append((method, path, query))
+        if self.on_request:
+            self.on_request(method, path)
+        status, payload, ctype = self.route(method, path, query, json.loads(body) if body else None)
+        data = payload if isinstance(payload, bytes) else (
+            payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+        # A file-like body, as from a socket: an empty log reads as b"" (a bytes body of b"" would read as None).
+        return urllib3.HTTPResponse(body=io.BytesIO(data), status=status, reason={200: "OK", 201: "Created"}.get(status, "Error"),
+                                    headers={"Content-Type": ctype}, preload_content=True)
+
+    # -- routing ---------------------------------------------------------------------------------------------------
+    def route(self, method: str, path: str, query: dict, body: Any):
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["apis", "kubeflow.org"] and len(parts) >= 6 and parts[5] == "pytorchjobs":
+            namespace = parts[4]
+            name = parts[6] if len(parts) > 6 else None
+            return self.pytorchjobs(method, namespace, name, body, query)
+        if parts[:2] == ["api", "v1"] and len(parts) >= 5 and parts[4] == "pods":
+            namespace = parts[3]
+            if len(parts) == 5 and method == "GET":
+                return self.pods(namespace, query.get("labelSelector", ""))
+            if len(parts) == 7 and parts[6] == "log" and method == "GET":
+                return self.pod_log(namespace, parts[5], query)
+        return 404, response_json("status_404_no_route.json"), "application/json"
+
+    def _stage(self, key) -> str:
+        i = self.gets.get(key, 0)
+        return self.stages[min(i, len(self.stages) - 1)]
+
+    def pytorchjobs(self, method, namespace, name, body, query):
+        if method == "POST":
+            job_name = body["metadata"]["name"]
+            if self.create_error:
+                return (int(self.create_error.split("_")[1]),
+                        response_json(self.create_error, name=job_name, namespace=namespace), "application/json")
+            if (namespace, job_name) in self.jobs:
+                return 409, response_json("status_409_exists.json", name=job_name), "application/json"
+            errors = crd_errors(body)
+            if errors:
+                return 422, response_json("status_422_invalid.json", name=job_name,
+                                          detail="; ".join(errors).replace('"', "'")), "application/json"
+            job = json.loads(json.dumps(body))
+            job["metadata"].update({"uid": str(uuid.uuid4()), "resourceVersion": "918001", "generation": 1,
+                                    "creationTimestamp": "2026-11-24T18:00:00Z"})
+            self.jobs[(namespace, job_name)] = job
+            self.created.append(job)
+            return 201, job, "application/json"
+        key = (namespace, name)
+        if key not in self.jobs:
+            return 404, response_json("status_404_not_found.json", name=name or ""), "application/json"
+        job = self.jobs[key]
+        if method == "GET" and self.fail_gets > 0:
+            self.fail_gets -= 1
+            return 503, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                         "message": "the server is currently unable to handle the request",
+                         "reason": "ServiceUnavailable", "code": 503}, "application/json"
+        if method == "GET":
+            stage = self._stage(key)
+            self.gets[key] = self.gets.get(key, 0) + 1
+            job["status"] = response_json(f"job_status_{stage}.json", name=name, namespace=namespace)
+            if stage == "succeeded" and self.write_outputs:
+                self.write_rank0_outputs(job)
+            return 200, job, "application/json"
+        if method == "DELETE":
+            del self.jobs[key]
+            self.deleted.append((namespace, name, {**query, **(body or {})}))
+            job = {**job, "metadata": {**job["metadata"], "deletionTimestamp": "2026-11-24T18:21:00Z",
+                                       "finalizers": ["foregroundDeletion"]}}
+            return 200, job, "application/json"
+        return 405, {"kind": "Status", "code": 405}, "application/json"
+
+    def _job_for_selector(self, namespace: str, selector: str) -> Optional[str]:
+        labels = dict(item.split("=", 1) for item in selector.split(",") if "=" in item)
+        name = labels.get("training.kubeflow.org/job-name")
+        if (namespace, name) not in self.jobs:
+            return None
+        if labels.get("training.kubeflow.org/replica-type", "master") != "master":
+            return None
+        return name
+
+    def pods(self, namespace: str, selector: str):
+        name = self._job_for_selector(namespace, selector)
+        if name is None or self.gets.get((namespace, name), 0) == 0 or self._stage((namespace, name)) == "created":
+            return 200, response_json("pod_list_empty.json"), "application/json"
+        uid = self.jobs[(namespace, name)]["metadata"]["uid"]
+        return 200, response_json("pod_list_master.json", name=name, namespace=namespace, uid=uid), "application/json"
+
+    def pod_log(self, namespace: str, pod: str, query: dict):
+        name = pod.rsplit("-master-", 1)[0]
+        if (namespace, name) not in self.jobs:
+            return 404, response_json("status_404_not_found.json", name=pod), "application/json"
+        if self.log_name is None:
+            return 400, response_json("status_400_container_creating.json", name=name), "application/json"
+        text = (RESPONSES / self.log_name).read_text()
+        if "tailLines" in query:
+            text = "\n".join(text.splitlines()[-int(query["tailLines"]):]) + "\n"
+        return 200, text, "text/plain"
+
+    # -- what the trainer's rank 0 would leave behind ----------------------------------------------------------
+    @staticmethod
+    def write_rank0_outputs(job: dict) -> None:
+        container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+        words = shlex.split(container["command"][2])
+        args = {words[i][2:]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+        pytorch_dir, mlflow_dir = Path(args["pytorch_model_folder"]), Path(args["mlflow_model_folder"])
+        (pytorch_dir / "checkpoint-10").mkdir(parents=True, exist_ok=True)
+        (pytorch_dir / "checkpoint-10" / "trainer_state.json").write_text("{}")
+        (pytorch_dir / "config.json").write_text('{"model_type": "bert"}')
+        (pytorch_dir / "model.safetensors").write_bytes(b"weights")
+        mlflow_dir.mkdir(parents=True, exist_ok=True)
+        (mlflow_dir / "MLmodel").write_text("flavors:\n  transformers: {}\n")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def make_clients(server: FakeApiServer):
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    configuration.host = "https://fake-apiserver.invalid:6443"
+    api_client = client.ApiClient(configuration)
+    api_client.rest_client.pool_manager = server
+    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+
+
+@pytest.fixture
+def artifacts(tmp_path):
+    """Input artifact folders, output artifact folders and a 'shared volume' folder."""
+    pre = tmp_path / "preprocess_output"
+    (pre / "train").mkdir(parents=True)
+    (pre / "train" / "data.arrow").write_bytes(b"rows")
+    (pre / "class_names.json").write_text('["O", "B-person", "I-person"]')
+    sel = tmp_path / "model_selector_output"
+    sel.mkdir()
+    (sel / "config.json").write_text('{"model_type": "bert"}')
+    (sel / "model_selector_args.json").write_text('{"model_name": "tiny"}')
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    return {"preprocess_output": str(pre), "model_selector_output": str(sel),
+            "pytorch_model_folder": str(tmp_path / "out" / "pytorch_model_folder"),
+            "mlflow_model_folder": str(tmp_path / "out" / "mlflow_model_folder"),
+            "shared": str(shared)}

@@ -1,0 +1,156 @@
+"""Every component and pipeline compiles, checked-in YAML/READMEs have not drifted, compiled YAML loads back,
+Kubernetes placement lands in the platform spec, images are named only in components/images.py.
+
+No `from __future__ import annotations` here: KFP reads the annotations of the component defined below.
+"""
+
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _compile_script():
+    spec = importlib.util.spec_from_file_location("compile_components", REPO / "scripts" / "compile_components.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPT = _compile_script()
+COMPONENTS = SCRIPT.discover_components(REPO)
+PIPELINES = SCRIPT.discover_pipelines(REPO)
+
+
+def test_discovery_finds_every_component_folder():
+    folders = {p.parent.name for p in (REPO / "components").glob("*/component.py")}
+    assert {"preprocess", "model_import", "finetune", "evaluate"} <= folders
+    assert {t.yaml_path.parent.name for t in COMPONENTS} == folders
+    assert [t.attr for t in PIPELINES] == ["token_classification_pipeline"]
+
+
+@pytest.mark.parametrize("target", COMPONENTS + PIPELINES, ids=lambda t: f"{t.module}.{t.attr}")
+def test_compiles_and_loads_back(target, tmp_path):
+    from kfp import components
+
+    text = SCRIPT.compile_yaml(target)
+    assert next(yaml.safe_load_all(text))["pipelineInfo"]["name"]
+    assert target.yaml_path.exists(), f"{target.yaml_path} not checked in: run scripts/compile_components.py"
+    loaded = components.load_component_from_file(str(target.yaml_path))
+    ours = target.obj.component_spec
+    assert loaded.component_spec.name == ours.name
+    assert set(loaded.component_spec.inputs or {}) == set(ours.inputs or {})
+    assert set(loaded.component_spec.outputs or {}) == set(ours.outputs or {})
+    for name, spec in (ours.inputs or {}).items():
+        assert loaded.component_spec.inputs[name].default == spec.default, name
+
+
+def test_no_drift():
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compile_components.py"), "--check"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_check_mode_detects_drift(tmp_path, monkeypatch):
+    target = COMPONENTS[0].yaml_path
+    original = target.read_text()
+    try:
+        target.write_text(original + "# drift\n")
+        assert SCRIPT.main(["--check"]) == 1
+    finally:
+        target.write_text(original)
+    assert SCRIPT.main(["--check"]) == 0
+
+
+def test_readmes_document_every_input():
+    for target in COMPONENTS:
+        readme = (target.yaml_path.parent / "README.md").read_text()
+        assert readme.startswith(SCRIPT.GENERATED_NOTE)
+        for name in list(target.obj.component_spec.inputs or {}) + list(target.obj.component_spec.outputs or {}):
+            assert f"`{name}`" in readme, f"{target.yaml_path.parent.name}/README.md lacks {name}"
+
+
+def test_images_come_from_images_py():
+    from components.images import TRAINER_CPU_IMAGE
+
+    for target in COMPONENTS:
+        image = SCRIPT._image(target.obj)
+        assert image, target.attr
+    assert all(SCRIPT._image(t.obj) == TRAINER_CPU_IMAGE for t in COMPONENTS if t.attr != "finetune_pytorchjob")
+    registry = TRAINER_CPU_IMAGE.split("/")[0]
+    for path in list((REPO / "components").rglob("*.py")) + list((REPO / "pipelines").rglob("*.py")):
+        if path.name == "images.py":
+            continue
+        text = path.read_text()
+        assert registry not in text and not re.search(r"base_image\s*=\s*['\"]", text), path
+
+
+def _platform(yaml_text: str) -> dict:
+    docs = list(yaml.safe_load_all(yaml_text))
+    return docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+
+
+def test_gpu_pvc_pipeline_variant(tmp_path):
+    from kfp import compiler
+
+    from components.images import TRAINER_CUDA_IMAGE
+    from pipelines.token_classification_pipeline import build_pipeline
+
+    out = tmp_path / "gpu.yaml"
+    compiler.Compiler().compile(build_pipeline(gpus=2, accelerator_type="nvidia.com/gpu",
+                                               pvc_mount_path="/mnt/models"), str(out))
+    text = out.read_text()
+    spec = yaml.safe_load_all(text).__next__()
+    finetune = spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]
+    assert finetune["image"] == TRAINER_CUDA_IMAGE
+    assert finetune["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert str(finetune["resources"]["accelerator"]["resourceCount"]) == "2"
+    assert "finetune_cpu_limit" in finetune["resources"]["resourceCpuLimit"]
+    executors = _platform(text)
+    assert executors["exec-finetune"]["pvcMount"][0]["mountPath"] == "/mnt/models"
+    assert executors["exec-finetune"]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == \
+        "finetune_node_selector"
+    assert executors["exec-model-import"]["pvcMount"][0]["mountPath"] == "/mnt/models"
+
+
+def test_apply_placement_static_values(tmp_path):
+    from kfp import compiler, dsl
+
+    from components.kubernetes import PvcMount, TaskPlacement, apply_placement, gpu_placement
+
+    @dsl.component(base_image="unused")  # never run; only compiled here
+    def noop(x: str) -> str:
+        return x
+
+    @dsl.pipeline(name="placement")
+    def pipe(pvc: str = "data-pvc"):
+        task = noop(x="a")
+        apply_placement(task, gpu_placement(
+            1, cpu_request="1", memory_limit="4Gi", node_selector={"pool": "gpu", "zone": "a"},
+            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            pvc_mounts=[PvcMount(pvc, "/data"), PvcMount("static-pvc", "/models", sub_path="m")],
+            env={"HF_HUB_OFFLINE": "1"}, caching=False))
+        apply_placement(noop(x="b"), TaskPlacement(cpu_limit="", node_selector={}, tolerations=[]))  # all skipped
+
+    out = tmp_path / "p.yaml"
+    compiler.Compiler().compile(pipe, str(out))
+    text = out.read_text()
+    ex = _platform(text)["exec-noop"]
+    assert ex["nodeSelector"]["labels"] == {"pool": "gpu", "zone": "a"}
+    assert ex["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert {m["mountPath"] for m in ex["pvcMount"]} == {"/data", "/models"}
+    assert "exec-noop-2" not in _platform(text)
+    from components.kubernetes import _check_toleration
+
+    with pytest.raises(ValueError, match="operator"):
+        _check_toleration({"key": "k", "operator": "Bad"})
+    with pytest.raises(ValueError, match="unknown key"):
+        _check_toleration({"keyy": "k"})
