@@ -9,6 +9,7 @@ Only the main process writes shared outputs; `save_model` runs on every rank (Ze
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -60,6 +61,19 @@ def check_ort_available() -> None:
             "apply_ort=true needs ONNX Runtime training (the `torch-ort` package providing ORTModule), which is "
             f"not usable in this environment ({type(err).__name__}: {err}). torch-ort does not build against "
             "torch 2.13: use the ORT trainer image (images/Dockerfile.ort) or set apply_ort=false.") from None
+
+
+def ensure_process_group_env() -> None:
+    """DeepSpeed without a launcher (one process, e.g. a single-pod KFP step) needs the env a launcher sets."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
 
 
 def steps_per_epoch(num_examples: int, config: FinetuneConfig, num_processes: int) -> int:
@@ -132,8 +146,8 @@ def build_training_args(config: FinetuneConfig, num_train_examples: int, deepspe
         report_to=report_to,
         disable_tqdm=True,
         dataloader_pin_memory=_has_cuda(),
-        # On CPU, accelerate only treats a torchrun launch as distributed with use_cpu (DeepSpeed sets its own).
-        use_cpu=not _has_cuda() and deepspeed_config is None,
+        # On CPU, accelerate only treats a torchrun launch as distributed (gloo) with use_cpu.
+        use_cpu=not _has_cuda(),
         **precision_flags(config.precision),
     )
 
@@ -162,12 +176,36 @@ def load_model(model_dir: Path, class_names: list[str], config: FinetuneConfig):
         model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
         return model
     try:
-        return AutoModelForTokenClassification.from_pretrained(model_dir, **labels)
+        # Under ZeRO-3 a resized head cannot load into partitioned weights (ignore_mismatched_sizes fails).
+        with plain_loading(_head_changes(model_dir, len(class_names))):
+            return AutoModelForTokenClassification.from_pretrained(model_dir, **labels)
     except ValueError as err:
         if "Unrecognized configuration class" in str(err):
             raise InputError(f"transformers has no token-classification head for the model in {model_dir}: "
                              f"{str(err).splitlines()[0]}") from None
         raise
+
+
+@contextlib.contextmanager
+def plain_loading(active: bool = True):
+    """Load whole models (no ZeRO-3 partitioning) inside this block; DeepSpeed partitions them at engine init."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    if not active or not hf_ds.is_deepspeed_zero3_enabled():
+        yield
+        return
+    reference = hf_ds._hf_deepspeed_config_weak_ref()
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds.set_hf_deepspeed_config(reference)
+
+
+def _head_changes(model_dir: Path, num_labels: int) -> bool:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_dir).num_labels != num_labels
 
 
 def _reinit_head(model, class_names: list[str]):
@@ -227,7 +265,14 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     from trainer.metrics import argmax_logits, make_compute_metrics
 
     Path(config.pytorch_model_folder).mkdir(parents=True, exist_ok=True)
-    args = build_training_args(config, len(data.train), deepspeed_config)  # sets up distributed state
+    if deepspeed_config is not None:
+        ensure_process_group_env()
+    args = build_training_args(config, len(data.train), deepspeed_config)
+    _ = args.device  # initialise the process group now: ZeRO-3 partitions weights inside from_pretrained
+    if deepspeed_config is not None:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if _has_cuda() else "gloo")  # adopts the group above
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
     # Seed before the model exists: a new classification head is initialised while loading.
     enable_full_determinism(config.seed) if config.enable_full_determinism else set_seed(config.seed)
@@ -297,7 +342,6 @@ def _per_entity(prediction, class_names: list[str]) -> dict:
 def _publish(trainer, config: FinetuneConfig, model_dir: Path, data, result: FinetuneResult) -> None:
     """Stage the best model on every rank (ZeRO-3 gathers), then publish from the main process only."""
     from trainer.lora import is_peft_model
-    from trainer.outputs import publish_into, staging_dir, write_json_atomic
 
     root = Path(config.pytorch_model_folder)
     stage = root / ".best_model.incomplete"
@@ -309,17 +353,22 @@ def _publish(trainer, config: FinetuneConfig, model_dir: Path, data, result: Fin
     trainer.accelerator.wait_for_everyone()
     if not trainer.args.should_save:
         return
+    with plain_loading():  # the main process alone reloads the model: no collective partitioning
+        _publish_main(stage, root, peft, config, model_dir, data, result)
+
+
+def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, model_dir: Path, data,
+                  result: FinetuneResult) -> None:
+    from trainer.mlflow_model import save_mlflow_model
+    from trainer.outputs import publish_dir, publish_into, staging_dir, write_json_atomic
+
     if peft:
         _finish_lora(stage, model_dir, data, config)
     write_json_atomic(stage / FINETUNE_ARGS, config.to_dict())
     publish_into(stage, root)
     mlflow_stage = staging_dir(config.mlflow_model_folder)
     shutil.rmtree(mlflow_stage)  # mlflow wants to create the folder itself
-    from trainer.mlflow_model import save_mlflow_model
-
     save_mlflow_model(root, mlflow_stage)
-    from trainer.outputs import publish_dir
-
     publish_dir(mlflow_stage, config.mlflow_model_folder)
     write_json_atomic(root / METRICS_FILE, asdict(result))  # last: its presence means the folder is complete
     logger.info("best model: %s (%s=%s); outputs in %s and %s", result.best_checkpoint,
