@@ -42,8 +42,16 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> FinetuneConfig:
     values = {}
     config_file = args.pop("config")
     if config_file:
-        with open(config_file) as handle:
-            values.update(json.load(handle))
+        try:
+            with open(config_file) as handle:
+                loaded = json.load(handle)
+        except OSError as err:
+            raise ConfigError(f"--config {config_file}: {err.strerror}") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--config {config_file} is not valid JSON: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {config_file} must hold a JSON object of parameters")
+        values.update(loaded)
     values.update({k: v for k, v in args.items() if v is not None})
     return FinetuneConfig.from_dict(values)
 

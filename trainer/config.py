@@ -181,6 +181,9 @@ class FinetuneConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown parameter(s): {unknown}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
         return cls(**values)
 
 
@@ -208,10 +211,8 @@ def parse_bool(value: Any, name: str = "value") -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
+    if text in ("true", "false"):
+        return text == "true"
     raise ConfigError(f"{name}={value!r} is not one of ['true', 'false']")
 
 

@@ -36,8 +36,10 @@ def resolve_model_dir(folder: str | Path) -> Path:
     candidates = [root]
     for key in ("model_name", "model_name_or_path"):
         name = args.get(key)
-        if name:
-            candidates += [root / name, root / Path(str(name)).name]
+        if name:  # only sub-folders: model_name_or_path may be the absolute path the model came from
+            candidates += [root / Path(str(name)).name] + ([] if Path(str(name)).is_absolute() else [root / name])
+    inside = root.resolve()
+    candidates = [c for c in candidates if c.resolve() == inside or inside in c.resolve().parents]
     for candidate in candidates:
         if candidate.is_dir() and any((candidate / m).exists() for m in MODEL_MARKERS):
             return candidate
