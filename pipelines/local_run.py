@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ def default_model_path() -> Optional[Path]:
 
 
 def _read_sentences(path: Path) -> list[str]:
-    return [block for block in path.read_text(encoding="utf-8").split("\n\n") if block.strip()]
+    # WNUT-17 separates sentences with lines holding only a tab: split on any whitespace-only line.
+    return [block for block in re.split(r"\n[ \t]*\n", path.read_text(encoding="utf-8")) if block.strip()]
 
 
 def make_subset(data_dir: Path, out_dir: Path, sizes: dict[str, int]) -> Path:
@@ -85,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="Cap on optimizer steps (overrides --epochs).")
     p.add_argument("--batch-size", type=int, default=16, help="per_device_train_batch_size.")
     p.add_argument("--eval-batch-size", type=int, default=32, help="per_device_eval_batch_size.")
-    p.add_argument("--learning-rate", type=float, default=5e-5)
-    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--metric-for-best-model", default="f1", choices=("loss", "f1", "accuracy", "precision", "recall"))
     p.add_argument("--seed", type=int, default=42)

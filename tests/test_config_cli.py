@@ -113,9 +113,9 @@ def test_greater_is_better(paths, metric, expected):
 
 
 def test_optimizer_mapping(paths):
-    assert OPTIMIZER_MAP["adamw_hf"] == "adamw_torch"
+    assert OPTIMIZER_MAP["adamw_hf"] == "adamw_torch_fused"
     assert FinetuneConfig(**paths).optim == "adamw_hf"  # spec default kept as given ...
-    assert FinetuneConfig(**paths).hf_optim == "adamw_torch"  # ... and mapped for transformers
+    assert FinetuneConfig(**paths).hf_optim == "adamw_torch_fused"  # ... and mapped for transformers
     assert FinetuneConfig(**paths, optim="adafactor").hf_optim == "adafactor"
 
 
@@ -136,7 +136,7 @@ def test_training_args_carry_config(paths, strategy, single_process_env):
                             seed=7, lr_scheduler_type="cosine", max_grad_norm=0.5)
     args = build_training_args(config, 100, None)
     assert args.output_dir == paths["pytorch_model_folder"]
-    assert args.optim.value == "adamw_torch"
+    assert args.optim.value == "adamw_torch_fused"
     assert args.learning_rate == 3e-4 and args.weight_decay == 0.01 and args.warmup_steps == 2
     assert args.per_device_train_batch_size == 4 and args.per_device_eval_batch_size == 6
     assert args.gradient_accumulation_steps == 2 and args.num_train_epochs == 3 and args.max_steps == -1

@@ -121,3 +121,18 @@ def test_continual_finetune_from_an_earlier_output(make_config, tiny_preprocess_
                          learning_rate=1e-3)
     result = finetune(second)
     assert result.validation_metrics["eval_f1"] > 0.5
+
+
+def test_mlflow_tracking_when_tracking_uri_is_set(make_config, tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tokcls-test")
+    finetune(make_config(num_train_epochs=2))
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tokcls-test")
+    runs = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(runs[0].info.run_id, "eval_f1")
+    assert history and 0.0 <= history[-1].value <= 1.0
+    assert client.get_metric_history(runs[0].info.run_id, "eval_loss")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from trainer.config import ConfigError, FinetuneConfig
+from trainer.config import UNFUSED_OPTIMIZER, ConfigError, FinetuneConfig
 from trainer.model_io import InputError, resolve_model_dir
 
 logger = logging.getLogger("trainer")
@@ -118,7 +118,7 @@ def build_training_args(config: FinetuneConfig, num_train_examples: int, deepspe
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size,
         auto_find_batch_size=config.auto_find_batch_size,
-        optim=config.hf_optim,
+        optim=UNFUSED_OPTIMIZER.get(config.hf_optim, config.hf_optim) if deepspeed_config else config.hf_optim,
         learning_rate=config.learning_rate,
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
