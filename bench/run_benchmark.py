@@ -51,14 +51,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ALL_ARMS = ("baseline", "ours", "ours_lora", "pad_max", "ours_fused")
-DEFAULT_ARMS = ("baseline", "ours", "ours_lora", "pad_max")
+ALL_ARMS = ("baseline", "ours", "ours_lora", "pad_max")
+DEFAULT_ARMS = ALL_ARMS
 ARM_DESCRIPTIONS = {
     "baseline": "HF Trainer + DataCollatorForTokenClassification, default TrainingArguments (run_ner recipe)",
     "ours": "trainer.finetune, our defaults",
     "ours_lora": "trainer.finetune, apply_lora=true",
     "pad_max": "HF Trainer, every row padded to max_seq_length (Azure-component style)",
-    "ours_fused": "experiment: trainer.finetune with optim mapped to adamw_torch_fused (the stock default)",
 }
 
 # Dense (no sparsity) bf16 tensor-core peak, FLOP/s, from the vendors' data sheets.
@@ -353,14 +352,6 @@ def run_ours_arm(spec: dict, out_dir: Path) -> dict:
     from trainer.finetune import finetune
 
     notes = []
-    if spec["arm"] == "ours_fused":
-        import trainer.config as tc
-
-        # Experiment only: what our default path gains from the optimizer the stock TrainingArguments default to.
-        for key, value in list(tc.OPTIMIZER_MAP.items()):
-            if value == "adamw_torch":
-                tc.OPTIMIZER_MAP[key] = "adamw_torch_fused"
-        notes.append("OPTIMIZER_MAP patched: adamw_torch -> adamw_torch_fused")
     try:
         import mlflow  # noqa: F401
     except ImportError:
@@ -508,10 +499,6 @@ def targets(results: dict, on_cuda: bool) -> dict:
         delta = 100 * (ours["test_f1"] - base["test_f1"])
         out["ours_minus_baseline_test_f1_points"] = round(delta, 2)
         out["test_f1_target_met"] = delta >= -0.5
-    fused = results.get("ours_fused")
-    if base and fused and "error" not in base and "error" not in fused:
-        out["ours_fused_speedup_tokens_per_s"] = round(fused["train_tokens_per_s"] / base["train_tokens_per_s"], 3)
-        out["ours_fused_minus_baseline_test_f1_points"] = round(100 * (fused["test_f1"] - base["test_f1"]), 2)
     if ours and lora and "error" not in ours and "error" not in lora:
         key = "peak_gpu_train_mb" if on_cuda else "peak_rss_mb"
         out["lora_vs_full_peak_memory"] = {"metric": key, "ours": ours.get(key), "ours_lora": lora.get(key),
@@ -524,7 +511,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="CPU-sized run: 1000 train sentences, full validation/test, 1 epoch, fp32")
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS),
-                   help=f"comma-separated subset of {','.join(ALL_ARMS)} (default: all but the ours_fused experiment)")
+                   help=f"comma-separated subset of {','.join(ALL_ARMS)} (default: all)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "wnut17"),
                    help="folder with train/validation/test.conll (token<TAB>tag)")
     p.add_argument("--model-path", default=None,
