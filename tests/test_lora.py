@@ -9,7 +9,8 @@ import torch
 from transformers import CONFIG_MAPPING, AutoModelForTokenClassification, AutoTokenizer
 
 from trainer.config import ConfigError
-from trainer.finetune import BASE_MODEL_SUBDIR, finetune
+from trainer.finetune import finetune
+from trainer.model_io import BASE_MODEL_SUBDIR
 from trainer.lora import LORA_TARGET_MODULES, apply_lora, target_modules_for
 
 TINY = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
@@ -80,6 +81,10 @@ def test_unmerged_lora_saves_base_plus_adapter_that_reload(make_config):
                                                         ignore_mismatched_sizes=True), result.best_checkpoint)
     assert torch.allclose(_logits(reloaded, root), _logits(best, root), atol=1e-5)
     assert result.validation_metrics["eval_f1"] > 0.8
+    # Our one loader (evaluate step, MLflow export, continual fine-tuning) merges it to the same logits.
+    from trainer.model_io import load_token_classification_model
+
+    assert torch.allclose(_logits(load_token_classification_model(root), root), _logits(best, root), atol=1e-5)
 
     # The MLflow model serves the merged equivalent; continual fine-tuning accepts this folder as a base.
     import mlflow.pyfunc

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Optional
 
 from trainer.config import UNFUSED_OPTIMIZER, ConfigError, FinetuneConfig
-from trainer.model_io import InputError, resolve_model_dir
+from trainer.model_io import BASE_MODEL_SUBDIR, InputError, load_token_classification_model, resolve_model_dir
 
 logger = logging.getLogger("trainer")
 
 FINETUNE_ARGS = "finetune_args.json"
 METRICS_FILE = "metrics.json"
-BASE_MODEL_SUBDIR = "base_model"
 
 
 @dataclass
@@ -159,19 +158,11 @@ def load_model(model_dir: Path, class_names: list[str], config: FinetuneConfig):
     labels = {"num_labels": len(class_names), "id2label": dict(enumerate(class_names)),
               "label2id": {n: i for i, n in enumerate(class_names)},
               "ignore_mismatched_sizes": config.ignore_mismatched_sizes}
-    if (model_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base_dir = model_dir / BASE_MODEL_SUBDIR
-        if not (base_dir / "config.json").exists():
-            raise InputError(f"{model_dir} holds a LoRA adapter but no {BASE_MODEL_SUBDIR}/ folder with its base "
-                             "model; import a merged model or our unmerged fine-tune output")
-        base = AutoModelForTokenClassification.from_pretrained(base_dir)
-        model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
-        model.requires_grad_(True)  # peft loads adapters frozen for inference; we train the merged model
-        if model.config.num_labels != len(class_names) and not config.ignore_mismatched_sizes:
-            raise InputError("the earlier fine-tune has a different label count; set ignore_mismatched_sizes=true")
+    if (model_dir / "adapter_config.json").exists():  # an earlier unmerged LoRA fine-tune: merge, then go on
+        model = load_token_classification_model(model_dir)
         if model.config.num_labels != len(class_names):
+            if not config.ignore_mismatched_sizes:
+                raise InputError("the earlier fine-tune has a different label count; set ignore_mismatched_sizes=true")
             model = _reinit_head(model, class_names)
         model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
         return model

@@ -21,17 +21,11 @@ def pip_requirements() -> list[str]:
 
 def load_for_serving(model_dir: Path):
     """Model + tokenizer from a published pytorch_model_folder; an unmerged LoRA output is merged for serving."""
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if (model_dir / "adapter_config.json").exists():
-        from peft import PeftModel
+    from trainer.model_io import load_token_classification_model
 
-        base = AutoModelForTokenClassification.from_pretrained(model_dir / "base_model")
-        model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
-    else:
-        model = AutoModelForTokenClassification.from_pretrained(model_dir)
-    return model, tokenizer
+    return load_token_classification_model(model_dir), AutoTokenizer.from_pretrained(model_dir)
 
 
 def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:

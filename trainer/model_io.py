@@ -7,6 +7,7 @@ from pathlib import Path
 
 MODEL_SELECTOR_ARGS = "model_selector_args.json"
 MODEL_MARKERS = ("config.json", "adapter_config.json")
+BASE_MODEL_SUBDIR = "base_model"  # beside the adapter in an unmerged LoRA fine-tune output
 
 
 class InputError(ValueError):
@@ -46,3 +47,24 @@ def resolve_model_dir(folder: str | Path) -> Path:
     raise InputError(
         f"no model found in {root}: expected config.json (or adapter_config.json) at its root or in the sub-folder "
         f"named by {MODEL_SELECTOR_ARGS} ('model_name'); found {sorted(p.name for p in root.iterdir())}")
+
+
+def load_token_classification_model(model_dir: str | Path, **kwargs):
+    """A `save_pretrained` model folder, or our unmerged LoRA output (adapter + base_model/) merged into one.
+
+    kwargs go to `from_pretrained` of the plain model, or of the base model under an adapter.
+    """
+    from transformers import AutoModelForTokenClassification
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "adapter_config.json").exists():
+        return AutoModelForTokenClassification.from_pretrained(model_dir, **kwargs)
+    from peft import PeftModel
+
+    base_dir = model_dir / BASE_MODEL_SUBDIR
+    if not (base_dir / "config.json").exists():
+        raise InputError(f"{model_dir} holds a LoRA adapter but no {BASE_MODEL_SUBDIR}/ folder with its base model; "
+                         "import a merged model or our unmerged fine-tune output")
+    base = AutoModelForTokenClassification.from_pretrained(base_dir, **kwargs)
+    model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
+    return model.requires_grad_(True)  # peft loads adapters frozen for inference; a merged model trains again

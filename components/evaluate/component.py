@@ -45,9 +45,8 @@ def evaluate(
 
     import torch
     from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
-    from transformers import AutoModelForTokenClassification
 
-    from trainer.model_io import InputError, resolve_model_dir
+    from trainer.model_io import InputError, load_token_classification_model, resolve_model_dir
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data_dir = Path(preprocess_output.path)
@@ -61,12 +60,7 @@ def evaluate(
         raise InputError(f"{split_file} holds no rows")
 
     model_dir = resolve_model_dir(model.path)
-    if (model_dir / "adapter_config.json").exists() and not (model_dir / "config.json").exists():
-        from peft import AutoPeftModelForTokenClassification
-
-        net = AutoPeftModelForTokenClassification.from_pretrained(str(model_dir), num_labels=len(class_names))
-    else:
-        net = AutoModelForTokenClassification.from_pretrained(str(model_dir))
+    net = load_token_classification_model(model_dir)  # merged, or our unmerged LoRA output (adapter + base)
     if net.config.num_labels != len(class_names):
         raise InputError(f"model in {model_dir} has {net.config.num_labels} labels but the preprocess output has "
                          f"{len(class_names)} classes {class_names}")
