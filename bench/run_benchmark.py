@@ -304,7 +304,6 @@ def load_rows(path: Path) -> list[dict]:
 
 def run_hf_arm(spec: dict, out_dir: Path) -> dict:
     """The plain recipe: stock Trainer + DataCollatorForTokenClassification, default TrainingArguments."""
-    import torch
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
                               Trainer, TrainingArguments)
 
