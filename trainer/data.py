@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from trainer.model_io import InputError
+from trainer.model_io import InputError, read_json
 
 SPLITS = ("train", "validation", "test")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -64,25 +64,18 @@ class PreprocessOutput:
         return {name: i for i, name in enumerate(self.class_names)}
 
 
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path} is not valid JSON: {err}") from None
-
-
 def load_class_names(folder: Path, preprocess_args: dict) -> list[str]:
     """The label list, from class_names.json or an id2label mapping."""
     path = folder / "class_names.json"
     if path.exists():
-        data = _read_json(path)
+        data = read_json(path)
         names = data.get("class_names") if isinstance(data, dict) else data
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise InputError(f'{path} must be {{"class_names": [label strings]}}')
     else:
         id2label = preprocess_args.get("id2label")
         if id2label is None and (folder / "id2label.json").exists():
-            id2label = _read_json(folder / "id2label.json")
+            id2label = read_json(folder / "id2label.json")
         if not isinstance(id2label, dict) or not id2label:
             raise InputError(f"no label map in {folder}: expected class_names.json or an id2label mapping")
         try:
@@ -139,7 +132,7 @@ def load_preprocess_output(folder: str | Path) -> PreprocessOutput:
     if not root.is_dir():
         raise InputError(f"preprocess_output folder not found: {root}")
     args_path = root / "preprocess_args.json"
-    preprocess_args = _read_json(args_path) if args_path.exists() else {}
+    preprocess_args = read_json(args_path) if args_path.exists() else {}
     if not isinstance(preprocess_args, dict):
         raise InputError(f"{args_path} must hold a JSON object")
     class_names = load_class_names(root, preprocess_args)

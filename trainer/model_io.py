@@ -14,15 +14,20 @@ class InputError(ValueError):
     """An input folder or file that does not satisfy its contract."""
 
 
+def read_json(path: Path) -> object:
+    """A JSON input file, or an InputError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON: {err}") from None
+
+
 def read_model_selector_args(folder: str | Path) -> dict:
     """The metadata of a model-import output; {} for a bare model folder (e.g. an earlier fine-tune)."""
     path = Path(folder) / MODEL_SELECTOR_ARGS
     if not path.exists():
         return {}
-    try:
-        args = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path} is not valid JSON: {err}") from None
+    args = read_json(path)
     if not isinstance(args, dict):
         raise InputError(f"{path} must hold a JSON object")
     return args
