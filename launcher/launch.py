@@ -1,15 +1,19 @@
 """Run one fine-tune as a PyTorchJob: validate, stage, create, watch, collect, clean up.
 
 `run_pytorchjob(...)` is what the `finetune_pytorchjob` KFP component calls; it can also be called
-from any Python process that has the shared volume mounted and Kubernetes credentials.
+from any Python process that has Kubernetes credentials and the staging storage: the shared volume
+mounted (`shared_pvc_name`), or credentials for the object store (`staging_uri=s3://...`).
 
 Every input is validated before the first side effect (no file copied, no API call made). Then:
 
-1. the input artifacts are copied to `<shared_mount_path>/tokcls-runs/<run_id>/inputs/`;
+1. the input artifacts are copied to `<shared_mount_path>/tokcls-runs/<run_id>/inputs/`
+   (or uploaded to `<staging_uri>/tokcls-runs/<run_id>/inputs/`);
 2. the PyTorchJob is created (Master + num_nodes-1 Workers, torchrun under the operator's env);
 3. its conditions are polled until Succeeded/Failed or the timeout; the master's log is echoed;
-4. on Succeeded, rank 0's outputs are checked and copied into the output artifact folders;
-5. the job is deleted per `cleanup_policy` ('always' | 'on_success' | 'never').
+4. on Succeeded, rank 0's outputs are checked (in the object store: the master's completion marker too)
+   and copied into the output artifact folders;
+5. the job is deleted per `cleanup_policy` ('always' | 'on_success' | 'never'); after a success the
+   staged run is removed too (except with 'never').
 
 A Failed job, a timeout, or a Succeeded job whose outputs are missing raises `PyTorchJobFailed`
 (`PyTorchJobTimeout` for the timeout) with the operator's reason and the master's last log lines.
@@ -26,8 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from launcher.manifest import JobSpec, ManifestError, build_pytorchjob
-from launcher.staging import (SharedVolumeRun, StagingError, check_run_id, check_shared_mount,
-                              check_staging_uri, new_run_id)
+from launcher.staging import (DEFAULT_WORK_DIR, ObjectStoreRun, RunStorage, SharedVolumeRun, StagingError,
+                              check_run_id, new_run_id)
 from launcher.watch import (CLEANUP_POLICIES, PyTorchJobFailed, PyTorchJobTimeout, Watcher, create_job,
                             delete_job, master_logs, tail)
 
@@ -64,8 +68,8 @@ def _bool_text(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def trainer_args(finetune_args: dict[str, Any], run: SharedVolumeRun) -> list[str]:
-    """`--field value` pairs for `python -m trainer.cli`, io paths pointing at the shared run folder."""
+def trainer_args(finetune_args: dict[str, Any], run: RunStorage) -> list[str]:
+    """`--field value` pairs for `python -m trainer.cli`, io paths as the trainer pods see them."""
     args = {
         "preprocess_output": str(run.preprocess_output),
         "model_selector_output": str(run.model_selector_output),
@@ -87,7 +91,7 @@ def validate_finetune_args(finetune_args: dict[str, Any], deepspeed_config_json:
         raise LaunchConfigError("finetune_args must be a JSON object of FinetuneConfig fields")
     io = sorted(set(finetune_args) & set(IO_FIELDS))
     if io:
-        raise LaunchConfigError(f"finetune_args must not set {io}: the launcher points them at the shared volume")
+        raise LaunchConfigError(f"finetune_args must not set {io}: the launcher points them at the staged run")
     args = dict(finetune_args)
     if deepspeed_config_json:
         try:
@@ -117,6 +121,29 @@ def _job_name(prefix: str) -> str:
     return f"{base}-{uuid.uuid4().hex[:8]}"
 
 
+def make_run_storage(run_id: str, *, shared_pvc_name: str, shared_mount_path: str, staging_uri: str,
+                     staging_secret_name: str = "", staging_access_key_key: str = "AWS_ACCESS_KEY_ID",
+                     staging_secret_key_key: str = "AWS_SECRET_ACCESS_KEY", staging_endpoint_url: str = "",
+                     checkpoint_sync_interval_s: int = 300, pod_work_dir: str = DEFAULT_WORK_DIR) -> RunStorage:
+    """The run's staging: exactly one of a shared PVC and an object-store URI (no I/O here)."""
+    if shared_pvc_name and staging_uri:
+        raise StagingError(f"give either shared_pvc_name ({shared_pvc_name!r}, shared-volume staging) or staging_uri "
+                           f"({staging_uri!r}, object-store staging), not both")
+    if not shared_pvc_name and not staging_uri:
+        raise StagingError("no staging storage: shared_pvc_name is required (a ReadWriteMany PVC that the trainer pods "
+                           "mount and that is mounted in this step at shared_mount_path), or give "
+                           "staging_uri=s3://bucket/prefix for object-store staging")
+    if shared_pvc_name:
+        extra = {k: v for k, v in (("staging_secret_name", staging_secret_name),
+                                   ("staging_endpoint_url", staging_endpoint_url)) if v}
+        if extra:
+            raise StagingError(f"{sorted(extra)} only apply to object-store staging (staging_uri), not to a shared PVC")
+        return SharedVolumeRun(shared_mount_path, run_id, shared_pvc_name)
+    return ObjectStoreRun(staging_uri, run_id, endpoint_url=staging_endpoint_url, secret_name=staging_secret_name,
+                          access_key_key=staging_access_key_key, secret_key_key=staging_secret_key_key,
+                          work_dir=pod_work_dir, sync_interval_s=checkpoint_sync_interval_s)
+
+
 def _load_clients():
     from kubernetes import client, config
 
@@ -142,6 +169,12 @@ def run_pytorchjob(
     shared_pvc_name: str = "",
     shared_mount_path: str = "/mnt/shared",
     staging_uri: str = "",
+    staging_secret_name: str = "",
+    staging_access_key_key: str = "AWS_ACCESS_KEY_ID",
+    staging_secret_key_key: str = "AWS_SECRET_ACCESS_KEY",
+    staging_endpoint_url: str = "",
+    checkpoint_sync_interval_s: int = 300,
+    pod_work_dir: str = DEFAULT_WORK_DIR,
     resources: Optional[dict[str, Any]] = None,
     node_selector: Optional[dict[str, str]] = None,
     tolerations: Optional[list[dict[str, Any]]] = None,
@@ -162,7 +195,12 @@ def run_pytorchjob(
     clock=None,
     sleep=None,
 ) -> LaunchResult:
-    """Run the trainer as a PyTorchJob and copy rank 0's outputs into the two output folders."""
+    """Run the trainer as a PyTorchJob and copy rank 0's outputs into the two output folders.
+
+    Staging: `shared_pvc_name` (+ `shared_mount_path`, mounted here too) or `staging_uri` (s3://bucket/prefix,
+    with `staging_endpoint_url` for MinIO/GCS and `staging_secret_name` holding the pods' credentials under the
+    keys `staging_access_key_key` / `staging_secret_key_key`; this process uses its own AWS_* environment).
+    """
     # ---- 1. validate everything before any side effect ------------------------------------------
     if cleanup_policy not in CLEANUP_POLICIES:
         raise LaunchConfigError(f"cleanup_policy {cleanup_policy!r} is not one of {list(CLEANUP_POLICIES)}")
@@ -175,12 +213,13 @@ def run_pytorchjob(
 
         image = TRAINER_CUDA_IMAGE if gpus_per_node > 0 else TRAINER_CPU_IMAGE
     try:
-        check_staging_uri(staging_uri)
-        if not shared_pvc_name:
-            raise StagingError("shared_pvc_name is required: the name of a ReadWriteMany PVC that the trainer pods "
-                               "mount (and that is mounted in this step at shared_mount_path)")
         run_id = run_id or new_run_id()
         check_run_id(run_id)
+        run = make_run_storage(
+            run_id, shared_pvc_name=shared_pvc_name, shared_mount_path=shared_mount_path, staging_uri=staging_uri,
+            staging_secret_name=staging_secret_name, staging_access_key_key=staging_access_key_key,
+            staging_secret_key_key=staging_secret_key_key, staging_endpoint_url=staging_endpoint_url,
+            checkpoint_sync_interval_s=checkpoint_sync_interval_s, pod_work_dir=pod_work_dir)
     except StagingError as err:
         raise LaunchConfigError(str(err)) from None
     for name, path in (("preprocess_output", preprocess_output), ("model_selector_output", model_selector_output)):
@@ -188,7 +227,6 @@ def run_pytorchjob(
             raise LaunchConfigError(f"{name} {path!r} is not a folder")
     args = validate_finetune_args(dict(finetune_args or {}), deepspeed_config_json)
     namespace = namespace or default_namespace()
-    run = SharedVolumeRun(shared_mount_path, run_id)
     if deepspeed_config_json:
         args["deepspeed"] = str(run.deepspeed_config)
     env = dict(env or {})
@@ -199,7 +237,7 @@ def run_pytorchjob(
     spec = JobSpec(
         name=_job_name(job_name_prefix), namespace=namespace, image=image,
         trainer_args=trainer_args(args, run), num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-        procs_per_node=procs_per_node, pvc_name=shared_pvc_name, mount_path=shared_mount_path,
+        procs_per_node=procs_per_node, **run.manifest_fields(),
         resources=dict(resources or {}), node_selector=dict(node_selector or {}),
         tolerations=list(tolerations or []), env=env, shm_size=shm_size,
         service_account=service_account, image_pull_policy=image_pull_policy, backoff_limit=backoff_limit,
@@ -210,7 +248,7 @@ def run_pytorchjob(
     except ManifestError as err:
         raise LaunchConfigError(str(err)) from None
     try:
-        check_shared_mount(shared_mount_path)
+        run.check_access()  # the shared volume is mounted and writable / the bucket is reachable
     except StagingError as err:
         raise LaunchConfigError(str(err)) from None
     if custom_api is None or core_api is None:
@@ -218,7 +256,7 @@ def run_pytorchjob(
         custom_api, core_api = custom_api or loaded_custom, core_api or loaded_core
 
     # ---- 2. stage ---------------------------------------------------------------------------------
-    log.info("staging inputs to %s", run.run_dir)
+    log.info("staging inputs to %s", run.location)
     run.stage_inputs(preprocess_output, model_selector_output, deepspeed_config_json or None)
 
     # ---- 3. create and watch ----------------------------------------------------------------------
@@ -260,8 +298,8 @@ def run_pytorchjob(
             log.info("keeping PyTorchJob %s/%s (cleanup_policy=%s)", namespace, name, cleanup_policy)
         if succeeded and cleanup_policy != "never":
             run.remove()  # outputs are copied; a failed run's folder stays for resume_from_checkpoint
-    return LaunchResult(name, namespace, run_id, str(run.run_dir), state_phase, deleted, manifest)
+    return LaunchResult(name, namespace, run_id, run.location, state_phase, deleted, manifest)
 
 
 __all__ = ["LaunchConfigError", "LaunchResult", "PyTorchJobFailed", "PyTorchJobTimeout", "run_pytorchjob",
-           "trainer_args", "validate_finetune_args"]
+           "make_run_storage", "trainer_args", "validate_finetune_args"]

@@ -15,6 +15,12 @@ flags explicitly, falling back from the `PET_` variables to the older `RANK`/`MA
 same manifest works on operators before and after v1.7. Static rendezvous (master address/port,
 no `--rdzv_*`) with `elasticPolicy` left out: the job is not elastic, every node must be there.
 
+Staging: either a shared ReadWriteMany PVC (`pvc_name`, mounted at `mount_path`), or an object store
+(`object_store`): then each pod mounts an emptyDir at `work_dir`, pulls the run's inputs and earlier
+checkpoints with `python -m launcher.objstore`, the master uploads complete checkpoints in the
+background while torchrun runs and, after torchrun succeeded, pushes its outputs and then the
+completion marker. A failed torchrun exits the container with its code and writes no marker.
+
 The dict returned is plain JSON-able data: pass it to `CustomObjectsApi.create_namespaced_custom_object`.
 """
 
@@ -56,6 +62,23 @@ _DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 
 
+@dataclass
+class ObjectStoreSpec:
+    """Object-store staging of the pods: where the run lives and how the pods reach it."""
+
+    run_uri: str  # s3://bucket/prefix/tokcls-runs/<run_id>
+    work_dir: str = "/workspace/run"
+    secret_name: str = ""  # Secret with the credentials; empty: the pods' ambient credentials
+    secret_env: dict[str, str] = field(default_factory=dict)  # env var -> key in secret_name
+    endpoint_url: str = ""  # AWS_ENDPOINT_URL of the pods (MinIO, GCS, ...)
+    sync_interval_s: int = 300  # seconds between checkpoint uploads of the master
+    marker: str = "_SUCCESS"  # written under outputs/ after the master's final push
+
+
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
 class ManifestError(ValueError):
     """An input that can never make a valid PyTorchJob."""
 
@@ -77,6 +100,7 @@ class JobSpec:
     procs_per_node: Optional[int] = None  # CPU-only jobs (gpus_per_node=0): processes per pod, default 1
     pvc_name: str = ""
     mount_path: str = "/mnt/shared"
+    object_store: Optional[ObjectStoreSpec] = None  # instead of pvc_name
     resources: dict[str, Any] = field(default_factory=dict)  # {"limits": {...}, "requests": {...}}
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
@@ -115,9 +139,19 @@ class JobSpec:
             raise ManifestError(f"gpus_per_node must be an integer >= 0, got {self.gpus_per_node!r}")
         if self.procs_per_node is not None and self.procs_per_node < 1:
             raise ManifestError(f"procs_per_node must be >= 1, got {self.procs_per_node}")
-        if not self.pvc_name or not is_dns_label(self.pvc_name, 253):
+        if bool(self.pvc_name) == (self.object_store is not None):
+            raise ManifestError("give exactly one of pvc_name (shared PVC) and object_store (object-store staging)")
+        if self.object_store is not None:
+            validate_object_store(self.object_store)
+            if self.num_nodes > 1:
+                raise ManifestError(
+                    "object-store staging runs single-node jobs (num_nodes=1, up to gpus_per_node GPUs in one pod): "
+                    "with several nodes every pod has its own disk, while DeepSpeed's per-rank checkpoint shards, the "
+                    "best-model reload at the end and resume need one shared folder; use a ReadWriteMany PVC "
+                    "(shared_pvc_name) for multi-node runs")
+        elif not is_dns_label(self.pvc_name, 253):
             raise ManifestError(f"shared PVC name {self.pvc_name!r} is not a valid name")
-        if not self.mount_path.startswith("/"):
+        elif not self.mount_path.startswith("/"):
             raise ManifestError(f"mount_path {self.mount_path!r} must be absolute")
         if self.restart_policy not in RESTART_POLICIES:
             raise ManifestError(f"restart_policy {self.restart_policy!r} is not one of {list(RESTART_POLICIES)}")
@@ -137,6 +171,28 @@ class JobSpec:
         for key in self.env:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", key):
                 raise ManifestError(f"env name {key!r} is not valid")
+
+
+def validate_object_store(store: ObjectStoreSpec) -> None:
+    if not store.run_uri.startswith("s3://"):
+        raise ManifestError(f"object-store run URI {store.run_uri!r} must be an s3:// URI")
+    if not store.work_dir.startswith("/") or store.work_dir.rstrip("/") in ("", "/dev/shm"):
+        raise ManifestError(f"object-store work_dir {store.work_dir!r} must be an absolute path (not / or /dev/shm)")
+    if store.secret_name and (len(store.secret_name) > 253 or not _DNS_1123_SUBDOMAIN.match(store.secret_name)):
+        raise ManifestError(f"staging secret name {store.secret_name!r} is not a valid Secret name")
+    if store.secret_env and not store.secret_name:
+        raise ManifestError("staging secret keys were given without a staging secret name")
+    for env_name, key in store.secret_env.items():
+        if not key or len(key) > 253 or not _SECRET_KEY.match(key):
+            raise ManifestError(f"staging secret key {key!r} (for {env_name}) is not a valid Secret key "
+                                "(letters, digits, '-', '_', '.')")
+    if store.endpoint_url and (not re.match(r"^https?://[^\s/]+", store.endpoint_url)
+                               or any(c.isspace() for c in store.endpoint_url)):
+        raise ManifestError(f"staging endpoint URL {store.endpoint_url!r} must be http(s)://host[:port]")
+    if not isinstance(store.sync_interval_s, int) or store.sync_interval_s < 1:
+        raise ManifestError(f"checkpoint sync interval must be an integer >= 1 s, got {store.sync_interval_s!r}")
+    if not store.marker or "/" in store.marker:
+        raise ManifestError(f"marker {store.marker!r} must be a plain object name")
 
 
 def validate_resources(resources: Any) -> None:
@@ -168,11 +224,11 @@ def validate_tolerations(tolerations: Any) -> None:
             raise ManifestError(f"toleration effect {t.get('effect')!r} is not valid")
 
 
-def torchrun_command(spec: JobSpec) -> list[str]:
-    """The container command: a shell line so the operator's env vars are expanded inside the pod."""
+def torchrun_line(spec: JobSpec) -> str:
+    """`torchrun ... -m trainer.cli ...`; the operator's env vars are expanded by the pod's shell."""
     args = " ".join(shlex.quote(a) for a in spec.trainer_args)
-    line = (
-        "exec torchrun"
+    return (
+        "torchrun"
         f" --nnodes {spec.num_nodes}"
         f" --nproc_per_node {spec.nproc_per_node}"
         ' --node_rank "${PET_NODE_RANK:-${RANK:-0}}"'
@@ -181,7 +237,51 @@ def torchrun_command(spec: JobSpec) -> list[str]:
         " -m trainer.cli"
         + (f" {args}" if args else "")
     )
-    return ["/bin/sh", "-c", line]
+
+
+OBJSTORE_CLI = "python -m launcher.objstore"
+
+
+def object_store_script(spec: JobSpec, store: ObjectStoreSpec) -> str:
+    """The pod's shell script with object-store staging: pull, train (master: sync checkpoints), push, mark.
+
+    torchrun runs in the background so that the shell (PID 1 of the container) can forward SIGTERM to it;
+    its exit code is the container's. Only the master (node rank 0) uploads: complete checkpoints while
+    training and once more after a failure (for resume); after a successful torchrun it pushes the outputs
+    (mirroring them: rotated checkpoints go) and then writes the marker.
+    """
+    q = shlex.quote
+    return "\n".join([
+        "set -u",
+        f'W={q(store.work_dir.rstrip("/"))}; U={q(store.run_uri.rstrip("/"))}; R="${{PET_NODE_RANK:-${{RANK:-0}}}}"',
+        f'{OBJSTORE_CLI} pull "$U/inputs" "$W/inputs" || exit 1',
+        f'{OBJSTORE_CLI} pull "$U/outputs/pytorch_model_folder" "$W/outputs/pytorch_model_folder" || exit 1',
+        # (a restarted container finds its emptyDir as it left it: the trainer wants an empty mlflow folder)
+        'rm -rf "$W/outputs/mlflow_model_folder" && mkdir -p "$W/outputs/mlflow_model_folder" || exit 1',
+        'S=""',
+        f'if [ "$R" = 0 ]; then {OBJSTORE_CLI} sync-checkpoints "$W/outputs/pytorch_model_folder" '
+        f'"$U/outputs/pytorch_model_folder" --interval {int(store.sync_interval_s)} & S=$!; fi',
+        f"{torchrun_line(spec)} &",
+        "T=$!",
+        """trap 'kill -TERM "$T" 2>/dev/null' TERM INT""",
+        'while :; do wait "$T"; RC=$?; kill -0 "$T" 2>/dev/null || break; done',
+        'if [ -n "$S" ]; then kill -TERM "$S" 2>/dev/null; wait "$S"; fi',
+        'if [ "$RC" -ne 0 ]; then echo "torchrun failed with exit code $RC" >&2',
+        f'  if [ "$R" = 0 ]; then {OBJSTORE_CLI} sync-checkpoints --once "$W/outputs/pytorch_model_folder" '
+        '"$U/outputs/pytorch_model_folder"; fi',
+        '  exit "$RC"',
+        "fi",
+        f'if [ "$R" = 0 ]; then {OBJSTORE_CLI} push --mirror --marker {q(store.marker)} "$W/outputs" "$U/outputs" '
+        "|| exit 1; fi",
+        "exit 0",
+    ])
+
+
+def torchrun_command(spec: JobSpec) -> list[str]:
+    """The container command: a shell line so the operator's env vars are expanded inside the pod."""
+    if spec.object_store is not None:
+        return ["/bin/sh", "-c", object_store_script(spec, spec.object_store)]
+    return ["/bin/sh", "-c", f"exec {torchrun_line(spec)}"]
 
 
 def _container(spec: JobSpec) -> dict[str, Any]:
@@ -196,18 +296,26 @@ def _container(spec: JobSpec) -> dict[str, Any]:
     if requests:
         resources["requests"] = requests
     env = {**BASE_ENV, "DS_ACCELERATOR": "cuda" if spec.gpus_per_node > 0 else "cpu", **spec.env}
+    env_list: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in env.items()]
+    store = spec.object_store
+    if store is not None:
+        if store.endpoint_url:
+            env_list = [e for e in env_list if e["name"] != "AWS_ENDPOINT_URL"]
+            env_list.append({"name": "AWS_ENDPOINT_URL", "value": store.endpoint_url})
+        for name, key in store.secret_env.items():
+            env_list = [e for e in env_list if e["name"] != name]
+            env_list.append({"name": name, "valueFrom": {"secretKeyRef": {"name": store.secret_name, "key": key}}})
+    data_mount = ({"name": "work", "mountPath": store.work_dir} if store is not None
+                  else {"name": "shared", "mountPath": spec.mount_path})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": torchrun_command(spec),
         "workingDir": "/tmp",
-        "env": [{"name": k, "value": str(v)} for k, v in env.items()],
+        "env": env_list,
         "ports": [{"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
-        "volumeMounts": [
-            {"name": "shared", "mountPath": spec.mount_path},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-        ],
+        "volumeMounts": [data_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
     }
     if resources:
@@ -219,7 +327,8 @@ def _replica(spec: JobSpec, replicas: int, role: str) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "containers": [_container(spec)],
         "volumes": [
-            {"name": "shared", "persistentVolumeClaim": {"claimName": spec.pvc_name}},
+            {"name": "work", "emptyDir": {}} if spec.object_store is not None
+            else {"name": "shared", "persistentVolumeClaim": {"claimName": spec.pvc_name}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
         ],
         "securityContext": {"runAsUser": spec.run_as_user, "runAsGroup": spec.fs_group,

@@ -1,30 +1,43 @@
-"""Staging of a run's inputs and outputs on storage that every pod of the PyTorchJob can read and write.
+"""Staging of a run's inputs and outputs on storage that every pod of the PyTorchJob can reach.
 
-Supported: a shared volume (a ReadWriteMany PVC) mounted at the same path in the launcher pod and in
-every trainer pod. One run lives in `<mount>/<runs_subdir>/<run_id>/`:
+Two kinds, with one interface (`RunStorage`) so the launcher does not care which:
+
+- `SharedVolumeRun`: a shared volume (a ReadWriteMany PVC) mounted at the same path in the launcher pod
+  and in every trainer pod; one run lives in `<mount>/<runs_subdir>/<run_id>/`.
+- `ObjectStoreRun` (single-node jobs): an S3 (or S3-compatible: MinIO, GCS interop) prefix; one run lives under
+  `<staging_uri>/<runs_subdir>/<run_id>/`. Each pod pulls the inputs (and earlier checkpoints) into an
+  emptyDir, the master pod uploads complete checkpoints while training and, after a successful run, its
+  outputs and then the marker `outputs/_SUCCESS` (see launcher/manifest.py and launcher/objstore.py).
+
+Layout, the same in both:
 
     inputs/preprocess_output/      copy of the preprocess artifact
     inputs/model_selector_output/  copy of the model-import artifact
     inputs/deepspeed.json          the user's DeepSpeed JSON, when one was given as text
     outputs/pytorch_model_folder/  written by rank 0 (checkpoints too: resume finds them here)
     outputs/mlflow_model_folder/   written by rank 0
-
-Object-store staging (s3://, gs://, ...) is not implemented: `check_staging_uri` rejects it at
-validation time, before anything is created.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Protocol
+
+from launcher import objstore
+from launcher.manifest import ObjectStoreSpec
+
+log = logging.getLogger(__name__)
 
 RUNS_SUBDIR = "tokcls-runs"
+SUCCESS_MARKER = "_SUCCESS"  # written under outputs/ by the master pod after its final upload
+DEFAULT_WORK_DIR = "/workspace/run"  # the pods' emptyDir with object-store staging
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -32,13 +45,12 @@ class StagingError(ValueError):
     """Staging storage that cannot be used (missing, not writable, unsupported URI)."""
 
 
-def check_staging_uri(staging_uri: Optional[str]) -> None:
-    """Reject object-store staging, which this launcher does not implement."""
-    if staging_uri:
-        scheme = staging_uri.split("://", 1)[0] if "://" in staging_uri else ""
-        raise StagingError(
-            f"staging_uri={staging_uri!r}: object-store staging ({scheme or 'URI'}) is not implemented; "
-            "use a ReadWriteMany PVC (shared_pvc_name + shared_mount_path) and leave staging_uri empty")
+def check_staging_uri(staging_uri: str) -> objstore.S3Uri:
+    """Parse an object-store staging URI (s3:// only; GCS/MinIO through their S3 API)."""
+    try:
+        return objstore.parse_uri(staging_uri)
+    except objstore.ObjectStoreError as err:
+        raise StagingError(str(err)) from None
 
 
 def new_run_id(prefix: str = "run") -> str:
@@ -77,12 +89,44 @@ def _copytree(src: Path, dst: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class RunStorage(Protocol):
+    """Where one run's inputs and outputs live; the io paths are the ones the trainer pods see."""
+
+    run_id: str
+    preprocess_output: Path
+    model_selector_output: Path
+    deepspeed_config: Path
+    pytorch_model_folder: Path
+    mlflow_model_folder: Path
+
+    @property
+    def location(self) -> str: ...
+    def manifest_fields(self) -> dict[str, Any]: ...
+    def check_access(self) -> None: ...
+    def stage_inputs(self, preprocess_output: str, model_selector_output: str,
+                     deepspeed_json: Optional[str] = None) -> None: ...
+    def check_outputs(self) -> None: ...
+    def collect_outputs(self, pytorch_model_folder: str, mlflow_model_folder: str) -> None: ...
+    def remove(self) -> None: ...
+
+
 @dataclass
 class SharedVolumeRun:
     """One run's folder on the shared volume; paths are the same in the launcher and the trainer pods."""
 
     mount_path: str
     run_id: str
+    pvc_name: str = ""
+
+    @property
+    def location(self) -> str:
+        return str(self.run_dir)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"pvc_name": self.pvc_name, "mount_path": self.mount_path}
+
+    def check_access(self) -> None:
+        check_shared_mount(self.mount_path)
 
     @property
     def run_dir(self) -> Path:
@@ -145,3 +189,112 @@ class SharedVolumeRun:
 
     def remove(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@dataclass
+class ObjectStoreRun:
+    """One run under an s3:// prefix; the trainer pods work on a copy in their emptyDir at `work_dir`.
+
+    `secret_name` (optional) is a Secret whose keys `access_key_key` / `secret_key_key` become the pods'
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; `endpoint_url` (MinIO, GCS, ...) is used here and in the pods.
+    """
+
+    staging_uri: str
+    run_id: str
+    endpoint_url: str = ""
+    secret_name: str = ""
+    access_key_key: str = "AWS_ACCESS_KEY_ID"
+    secret_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    work_dir: str = DEFAULT_WORK_DIR
+    sync_interval_s: int = 300
+    client: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.base = check_staging_uri(self.staging_uri)
+        self.run_uri = self.base.join(RUNS_SUBDIR, self.run_id)
+
+    @property
+    def location(self) -> str:
+        return str(self.run_uri)
+
+    @property
+    def _work(self) -> Path:
+        return Path(self.work_dir)
+
+    @property
+    def preprocess_output(self) -> Path:
+        return self._work / "inputs" / "preprocess_output"
+
+    @property
+    def model_selector_output(self) -> Path:
+        return self._work / "inputs" / "model_selector_output"
+
+    @property
+    def deepspeed_config(self) -> Path:
+        return self._work / "inputs" / "deepspeed.json"
+
+    @property
+    def pytorch_model_folder(self) -> Path:
+        return self._work / "outputs" / "pytorch_model_folder"
+
+    @property
+    def mlflow_model_folder(self) -> Path:
+        return self._work / "outputs" / "mlflow_model_folder"
+
+    def manifest_fields(self) -> dict[str, Any]:
+        secret_env = {"AWS_ACCESS_KEY_ID": self.access_key_key, "AWS_SECRET_ACCESS_KEY": self.secret_key_key}
+        return {"object_store": ObjectStoreSpec(
+            run_uri=str(self.run_uri), work_dir=self.work_dir, secret_name=self.secret_name,
+            secret_env=secret_env if self.secret_name else {}, endpoint_url=self.endpoint_url,
+            sync_interval_s=self.sync_interval_s, marker=SUCCESS_MARKER)}
+
+    def _client(self) -> Any:
+        if self.client is None:
+            self.client = objstore.make_client(self.endpoint_url or None)
+        return self.client
+
+    def check_access(self) -> None:
+        """The bucket must exist and this step's credentials must reach it (a read; nothing is written)."""
+        try:
+            objstore.check_bucket(self._client(), self.base)
+        except objstore.ObjectStoreError as err:
+            raise StagingError(str(err)) from None
+
+    def stage_inputs(self, preprocess_output: str, model_selector_output: str,
+                     deepspeed_json: Optional[str] = None) -> None:
+        """Replace the run's inputs; outputs (checkpoints of an earlier attempt) stay, an old marker goes."""
+        client = self._client()
+        objstore.delete_keys(client, self.base.bucket, [self.run_uri.join("outputs", SUCCESS_MARKER).prefix])
+        objstore.delete_prefix(client, self.run_uri.join("inputs"))
+        objstore.upload_tree(client, preprocess_output, self.run_uri.join("inputs", "preprocess_output"))
+        objstore.upload_tree(client, model_selector_output, self.run_uri.join("inputs", "model_selector_output"))
+        if deepspeed_json is not None:
+            objstore.put_text(client, self.run_uri.join("inputs", "deepspeed.json"), deepspeed_json)
+
+    def check_outputs(self) -> None:
+        """The master's marker (written after its last upload) and both outputs must be in the store."""
+        client = self._client()
+        outputs = self.run_uri.join("outputs")
+        marker = outputs.join(SUCCESS_MARKER)
+        if not objstore.exists(client, marker):
+            raise StagingError(f"the job reported success but {marker} is missing: the master pod did not finish "
+                               "uploading its outputs")
+        problems = []
+        if not objstore.any_object(client, outputs.join("pytorch_model_folder")):
+            problems.append(f"{outputs.join('pytorch_model_folder')} is empty")
+        if not objstore.exists(client, outputs.join("mlflow_model_folder", "MLmodel")):
+            problems.append(f"{outputs.join('mlflow_model_folder', 'MLmodel')} is missing")
+        if problems:
+            raise StagingError("the job reported success but its outputs are incomplete: " + "; ".join(problems))
+
+    def collect_outputs(self, pytorch_model_folder: str, mlflow_model_folder: str) -> None:
+        """Download rank 0's outputs into the component's output artifact folders (replacing their contents)."""
+        client = self._client()
+        for name, dst in (("pytorch_model_folder", pytorch_model_folder), ("mlflow_model_folder", mlflow_model_folder)):
+            objstore.download_tree(client, self.run_uri.join("outputs", name), dst)
+
+    def remove(self) -> None:
+        try:
+            objstore.delete_prefix(self._client(), self.run_uri)
+        except Exception as err:  # never hide the run's own result behind a cleanup error
+            log.warning("could not delete %s: %s", self.run_uri, err)

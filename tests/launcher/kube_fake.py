@@ -79,6 +79,14 @@ def response_json(file_name: str, **values: str) -> Any:
     return json.loads(_fill((RESPONSES / file_name).read_text(), **values))
 
 
+def error_response(file_name: str, **values: str) -> tuple[int, Any, str]:
+    """(code, body, content type) of an error response file `status_<code>_*.json|txt`."""
+    code = int(file_name.split("_")[1])
+    if file_name.endswith(".txt"):  # the server's plain-text 404 for a path no API serves
+        return code, _fill((RESPONSES / file_name).read_text(), **values), "text/plain; charset=utf-8"
+    return code, response_json(file_name, **values), "application/json"
+
+
 class FakeApiServer:
     """Answers the client's HTTP requests; `stages` is the status sequence a created job goes through."""
 
@@ -127,7 +135,7 @@ class FakeApiServer:
                 return self.pods(namespace, query.get("labelSelector", ""))
             if len(parts) == 7 and parts[6] == "log" and method == "GET":
                 return self.pod_log(namespace, parts[5], query)
-        return 404, response_json("status_404_no_route.json"), "application/json"
+        return error_response("status_404_no_route.txt")
 
     def _stage(self, key) -> str:
         i = self.gets.get(key, 0)
@@ -137,13 +145,12 @@ class FakeApiServer:
         if method == "POST":
             job_name = body["metadata"]["name"]
             if self.create_error:
-                return (int(self.create_error.split("_")[1]),
-                        response_json(self.create_error, name=job_name, namespace=namespace), "application/json")
+                return error_response(self.create_error, name=job_name, namespace=namespace)
             if (namespace, job_name) in self.jobs:
                 return 409, response_json("status_409_exists.json", name=job_name), "application/json"
             errors = crd_errors(body)
             if errors:
-                return 422, response_json("status_422_invalid.json", name=job_name,
+                return 422, response_json("status_422_invalid.json", name=job_name, field=errors[0].split(":")[0],
                                           detail="; ".join(errors).replace('"', "'")), "application/json"
             job = json.loads(json.dumps(body))
             job["metadata"].update({"uid": str(uuid.uuid4()), "resourceVersion": "918001", "generation": 1,

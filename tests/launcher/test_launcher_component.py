@@ -15,7 +15,8 @@ from launcher import LaunchConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER_INPUTS = {"shared_pvc_name", "num_nodes", "gpus_per_node", "procs_per_node", "image", "namespace",
-                   "shared_mount_path", "staging_uri", "resources_json", "node_selector_json", "tolerations_json",
+                   "shared_mount_path", "staging_uri", "staging_endpoint_url", "staging_secret_name",
+                   "staging_access_key_key", "staging_secret_key_key", "resources_json", "node_selector_json", "tolerations_json",
                    "env_json", "service_account", "shm_size", "timeout_seconds", "poll_interval_seconds",
                    "cleanup_policy", "run_id", "deepspeed_preset", "deepspeed_config_json", "finetune_args"}
 
@@ -43,7 +44,9 @@ def test_compiled_yaml_is_current_and_names_the_images():
     assert executor["container"]["image"] == TRAINER_CPU_IMAGE
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["image"]["defaultValue"] == TRAINER_CUDA_IMAGE
-    assert "defaultValue" not in inputs["shared_pvc_name"]  # required
+    # staging: a PVC or an object store, exactly one (checked at run time)
+    assert inputs["shared_pvc_name"]["defaultValue"] == "" and inputs["staging_uri"]["defaultValue"] == ""
+    assert inputs["staging_access_key_key"]["defaultValue"] == "AWS_ACCESS_KEY_ID"
     assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"pytorch_model_folder", "mlflow_model_folder"}
 
 

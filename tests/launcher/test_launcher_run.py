@@ -141,7 +141,7 @@ def test_restarting_is_not_terminal(artifacts):
 
 @pytest.mark.parametrize("error,text", [
     ("status_403_forbidden.json", "manifests/rbac.yaml"),
-    ("status_404_no_route.json", "Training Operator"),
+    ("status_404_no_route.txt", "Training Operator"),
     ("status_409_exists.json", "already exists"),
 ])
 def test_create_errors_fail_with_a_hint(artifacts, error, text):
