@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from trainer.checkpoints import CHECKPOINT_RE, is_complete, list_checkpoints
+from trainer.checkpoints import COMPLETE_MARKER as CHECKPOINT_COMPLETE
+
 log = logging.getLogger(__name__)
 
 SCHEME = "s3://"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-CHECKPOINT_COMPLETE = "trainer_state.json"  # written last by the HF Trainer (trainer/checkpoints.py)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -245,11 +246,7 @@ def download_tree(client: Any, uri: S3Uri, local_dir: str | Path, *, exclude: tu
 
 def complete_checkpoints(folder: Path) -> list[str]:
     """Names of the complete `checkpoint-N` folders (with trainer_state.json), oldest first."""
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p.name) for p in folder.iterdir()
-             if p.is_dir() and (m := CHECKPOINT_RE.match(p.name)) and (p / CHECKPOINT_COMPLETE).is_file()]
-    return [name for _, name in sorted(found)]
+    return [p.name for p in list_checkpoints(folder) if is_complete(p)]
 
 
 def remote_complete_checkpoints(client: Any, uri: S3Uri) -> set[str]:

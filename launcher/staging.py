@@ -110,8 +110,36 @@ class RunStorage(Protocol):
     def remove(self) -> None: ...
 
 
+class RunLayout:
+    """The run layout (module docstring) under `_root`: the folder the trainer pods see the run in."""
+
+    @property
+    def _root(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def preprocess_output(self) -> Path:
+        return self._root / "inputs" / "preprocess_output"
+
+    @property
+    def model_selector_output(self) -> Path:
+        return self._root / "inputs" / "model_selector_output"
+
+    @property
+    def deepspeed_config(self) -> Path:
+        return self._root / "inputs" / "deepspeed.json"
+
+    @property
+    def pytorch_model_folder(self) -> Path:
+        return self._root / "outputs" / "pytorch_model_folder"
+
+    @property
+    def mlflow_model_folder(self) -> Path:
+        return self._root / "outputs" / "mlflow_model_folder"
+
+
 @dataclass
-class SharedVolumeRun:
+class SharedVolumeRun(RunLayout):
     """One run's folder on the shared volume; paths are the same in the launcher and the trainer pods."""
 
     mount_path: str
@@ -133,24 +161,8 @@ class SharedVolumeRun:
         return Path(self.mount_path) / RUNS_SUBDIR / self.run_id
 
     @property
-    def preprocess_output(self) -> Path:
-        return self.run_dir / "inputs" / "preprocess_output"
-
-    @property
-    def model_selector_output(self) -> Path:
-        return self.run_dir / "inputs" / "model_selector_output"
-
-    @property
-    def deepspeed_config(self) -> Path:
-        return self.run_dir / "inputs" / "deepspeed.json"
-
-    @property
-    def pytorch_model_folder(self) -> Path:
-        return self.run_dir / "outputs" / "pytorch_model_folder"
-
-    @property
-    def mlflow_model_folder(self) -> Path:
-        return self.run_dir / "outputs" / "mlflow_model_folder"
+    def _root(self) -> Path:
+        return self.run_dir
 
     def stage_inputs(self, preprocess_output: str, model_selector_output: str,
                      deepspeed_json: Optional[str] = None) -> None:
@@ -192,7 +204,7 @@ class SharedVolumeRun:
 
 
 @dataclass
-class ObjectStoreRun:
+class ObjectStoreRun(RunLayout):
     """One run under an s3:// prefix; the trainer pods work on a copy in their emptyDir at `work_dir`.
 
     `secret_name` (optional) is a Secret whose keys `access_key_key` / `secret_key_key` become the pods'
@@ -218,28 +230,8 @@ class ObjectStoreRun:
         return str(self.run_uri)
 
     @property
-    def _work(self) -> Path:
+    def _root(self) -> Path:
         return Path(self.work_dir)
-
-    @property
-    def preprocess_output(self) -> Path:
-        return self._work / "inputs" / "preprocess_output"
-
-    @property
-    def model_selector_output(self) -> Path:
-        return self._work / "inputs" / "model_selector_output"
-
-    @property
-    def deepspeed_config(self) -> Path:
-        return self._work / "inputs" / "deepspeed.json"
-
-    @property
-    def pytorch_model_folder(self) -> Path:
-        return self._work / "outputs" / "pytorch_model_folder"
-
-    @property
-    def mlflow_model_folder(self) -> Path:
-        return self._work / "outputs" / "mlflow_model_folder"
 
     def manifest_fields(self) -> dict[str, Any]:
         secret_env = {"AWS_ACCESS_KEY_ID": self.access_key_key, "AWS_SECRET_ACCESS_KEY": self.secret_key_key}
