@@ -150,6 +150,7 @@ def write_subset(src: Path, dst: Path, limit) -> int:
 
 def prepare_inputs(args, work: Path) -> dict:
     """Subset the CoNLL files, run our model import and our preprocess once; every arm reads these folders."""
+    from trainer.config import ModelImportConfig, PreprocessConfig
     from trainer.model_import import model_import
     from trainer.preprocess import preprocess
 
@@ -160,12 +161,13 @@ def prepare_inputs(args, work: Path) -> dict:
                          ("test", args.eval_samples)):
         sizes[split] = write_subset(Path(args.data_dir) / f"{split}.conll", data_dir / f"{split}.conll", limit)
     model_out = work / "model_import"
-    model_import(output_dir=str(model_out), model_path=str(args.model_path))
+    model_import(ModelImportConfig(model_selector_output=str(model_out), model_path=str(args.model_path)))
     pre_out = work / "preprocessed"
     started = time.perf_counter()
-    preprocess(train_file=str(data_dir / "train.conll"), validation_file=str(data_dir / "validation.conll"),
-               test_file=str(data_dir / "test.conll"), tokenizer_path=str(args.model_path), output_dir=str(pre_out),
-               max_seq_length=args.max_seq_length)
+    preprocess(PreprocessConfig(train_data=str(data_dir / "train.conll"),
+                                validation_data=str(data_dir / "validation.conll"),
+                                test_data=str(data_dir / "test.conll"), model_selector_output=str(args.model_path),
+                                preprocess_output=str(pre_out), max_seq_length=args.max_seq_length))
     stats = {"sentences": sizes, "preprocess_seconds": round(time.perf_counter() - started, 2)}
     for split in ("train", "validation", "test"):
         rows = [json.loads(line) for line in (pre_out / f"{split}.jsonl").read_text().splitlines() if line.strip()]

@@ -209,9 +209,8 @@ def run_pytorchjob(
     if poll_interval_s <= 0:
         raise LaunchConfigError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
     if not image:
-        from components.images import TRAINER_CUDA_IMAGE, TRAINER_CPU_IMAGE
-
-        image = TRAINER_CUDA_IMAGE if gpus_per_node > 0 else TRAINER_CPU_IMAGE
+        raise LaunchConfigError("image is required: the trainer image of the pods (the finetune_pytorchjob "
+                                "component defaults it to components/images.py's CUDA or CPU image)")
     try:
         run_id = run_id or new_run_id()
         check_run_id(run_id)

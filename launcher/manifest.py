@@ -31,6 +31,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from trainer.constants import SUCCESS_MARKER
+
 GROUP = "kubeflow.org"
 VERSION = "v1"
 PLURAL = "pytorchjobs"
@@ -72,7 +74,7 @@ class ObjectStoreSpec:
     secret_env: dict[str, str] = field(default_factory=dict)  # env var -> key in secret_name
     endpoint_url: str = ""  # AWS_ENDPOINT_URL of the pods (MinIO, GCS, ...)
     sync_interval_s: int = 300  # seconds between checkpoint uploads of the master
-    marker: str = "_SUCCESS"  # written under outputs/ after the master's final push
+    marker: str = SUCCESS_MARKER  # written under outputs/ after the master's final push
 
 
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")

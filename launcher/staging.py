@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +31,12 @@ from typing import Any, Optional, Protocol
 
 from launcher import objstore
 from launcher.manifest import ObjectStoreSpec
+from trainer.constants import SUCCESS_MARKER
+from trainer.publish import copy_tree_atomic
 
 log = logging.getLogger(__name__)
 
 RUNS_SUBDIR = "tokcls-runs"
-SUCCESS_MARKER = "_SUCCESS"  # written under outputs/ by the master pod after its final upload
 DEFAULT_WORK_DIR = "/workspace/run"  # the pods' emptyDir with object-store staging
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -74,19 +74,6 @@ def check_shared_mount(mount_path: str) -> Path:
     if not os.access(root, os.W_OK | os.X_OK):
         raise StagingError(f"shared volume at {mount_path} is not writable by uid {os.getuid()}")
     return root
-
-
-def _copytree(src: Path, dst: Path) -> None:
-    """Copy a folder via a temporary sibling and a rename, so a half-copied folder is never seen as complete."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        shutil.copytree(src, tmp / "x", symlinks=False)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp / "x", dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class RunStorage(Protocol):
@@ -167,8 +154,8 @@ class SharedVolumeRun(RunLayout):
     def stage_inputs(self, preprocess_output: str, model_selector_output: str,
                      deepspeed_json: Optional[str] = None) -> None:
         """Copy the input artifacts in; output folders are created empty (or kept, for a resumed run)."""
-        _copytree(Path(preprocess_output), self.preprocess_output)
-        _copytree(Path(model_selector_output), self.model_selector_output)
+        copy_tree_atomic(preprocess_output, self.preprocess_output)
+        copy_tree_atomic(model_selector_output, self.model_selector_output)
         if deepspeed_json is not None:
             self.deepspeed_config.write_text(deepspeed_json)
         for folder in (self.pytorch_model_folder, self.mlflow_model_folder):

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Compile every component and pipeline to its checked-in YAML and generate the component READMEs.
+"""Generate every component from the typed configs, compile components and pipelines, write the READMEs.
+
+Generation: each entry of `components/definitions.py` becomes `components/<name>/component.py` (signature and
+docstring from trainer/config.py and launcher/config.py; see components/codegen.py).
 
 Discovery:
 - components: every `components/<name>/component.py`; each KFP component defined in that module is compiled.
@@ -188,8 +191,16 @@ def component_markdown(targets: list[Target], fallback: dict[str, str] | None = 
     return "\n".join(lines).rstrip() + "\n"
 
 
+def component_sources(repo: Path = REPO) -> dict[Path, str]:
+    """components/<name>/component.py of every component definition, as generated from the configs."""
+    from components.codegen import render_component
+    from components.definitions import COMPONENTS
+
+    return {repo / "components" / d.name / "component.py": render_component(d) for d in COMPONENTS}
+
+
 def generated_files(repo: Path = REPO) -> dict[Path, str]:
-    """Every generated file and its expected content."""
+    """Every generated file but the component sources, and its expected content (from the sources on disk)."""
     files: dict[Path, str] = {}
     components = discover_components(repo)
     by_folder: dict[Path, list[Target]] = {}
@@ -214,7 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a checked-in file differs from its source")
     args = parser.parse_args(argv)
     os.chdir(REPO)
-    files = generated_files(REPO)
+    sources = component_sources(REPO)
+    if not args.check:  # the YAMLs are compiled from the sources: write those first
+        for path, content in sources.items():
+            if not path.exists() or path.read_text() != content:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+                print(f"wrote {path.relative_to(REPO)}")
+    files = {**generated_files(REPO), **sources}
     drift = []
     for path, content in sorted(files.items()):
         current = path.read_text() if path.exists() else None

@@ -60,6 +60,22 @@ def make_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
     return out
 
 
+def run_preprocess(**values) -> dict:
+    """trainer.preprocess.preprocess of a PreprocessConfig built from keyword values."""
+    from trainer.config import PreprocessConfig
+    from trainer.preprocess import preprocess
+
+    return preprocess(PreprocessConfig(**values))
+
+
+def run_model_import(**values) -> dict:
+    """trainer.model_import.model_import of a ModelImportConfig built from keyword values."""
+    from trainer.config import ModelImportConfig
+    from trainer.model_import import model_import
+
+    return model_import(ModelImportConfig(**values))
+
+
 def write_conll(path: Path, sentences) -> Path:
     path.write_text("\n\n".join("\n".join(f"{t}\t{g}" for t, g in zip(toks, tags)) for toks, tags in sentences) + "\n")
     return path
@@ -109,12 +125,10 @@ def tiny_model_selector(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_preprocess_output(tmp_path_factory, conll_dir, tiny_model_selector) -> Path:
     """The synthetic task encoded by our own preprocess step with the tiny tokenizer."""
-    from trainer.preprocess import preprocess
-
     out = tmp_path_factory.mktemp("preprocess_output")
-    preprocess(train_file=str(conll_dir / "train.conll"), validation_file=str(conll_dir / "validation.conll"),
-               test_file=str(conll_dir / "test.conll"), tokenizer_path=str(tiny_model_selector),
-               output_dir=str(out), max_seq_length=64)
+    run_preprocess(train_data=str(conll_dir / "train.conll"), validation_data=str(conll_dir / "validation.conll"),
+               test_data=str(conll_dir / "test.conll"), model_selector_output=str(tiny_model_selector),
+               preprocess_output=str(out), max_seq_length=64)
     return out
 
 

@@ -37,12 +37,10 @@ class Case:
 def ctx(tmp_path, tiny_preprocess_output, tiny_model_selector, monkeypatch):
     import transformers
 
-    import trainer.finetune
-
     def _reached(*args, **kwargs):
         pytest.fail("bad input reached model loading / training: validation must come first")
 
-    monkeypatch.setattr(trainer.finetune, "load_model", _reached)
+    monkeypatch.setattr(transformers.AutoModelForTokenClassification, "from_pretrained", _reached)
     monkeypatch.setattr(transformers.Trainer, "train", _reached)
     pre = tmp_path / "preprocess_output"
     ms = tmp_path / "model_selector_output"

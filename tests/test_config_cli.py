@@ -11,13 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cli import GROUP_TITLES, build_parser, config_from_args
-from trainer.config import (METRIC_GREATER_IS_BETTER, OPTIMIZER_MAP, ConfigError, FinetuneConfig, field_base_type,
-                            spec_default)
+from trainer.config import METRIC_GREATER_IS_BETTER, OPTIMIZER_MAP, FinetuneConfig
+from trainer.errors import ConfigError
+from trainer.params import base_type as field_base_type
+from trainer.params import default_text as spec_default
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = dataclasses.fields(FinetuneConfig)
 REQUIRED = [f.name for f in FIELDS if f.default is dataclasses.MISSING]
+
+
+def build_parser():
+    return FinetuneConfig.cli_parser("token-classification-finetune")
+
+
+def config_from_args(argv):
+    return FinetuneConfig.from_cli(argv)
 
 
 @pytest.fixture
@@ -82,7 +91,7 @@ def test_config_file_overridden_by_flags(paths, tmp_path):
 
 
 def test_missing_required_folder_is_config_error(paths, capsys):
-    from trainer.cli import main
+    from trainer.cli import finetune_main as main
 
     argv = _required_argv({k: v for k, v in paths.items() if k != "mlflow_model_folder"})
     with pytest.raises(ConfigError, match="mlflow_model_folder is required"):
@@ -127,7 +136,7 @@ def single_process_env(monkeypatch):
 
 @pytest.mark.parametrize("strategy", ["epoch", "steps"])
 def test_training_args_carry_config(paths, strategy, single_process_env):
-    from trainer.finetune import build_training_args
+    from trainer.training_args import build_training_args
 
     config = FinetuneConfig(**paths, optim="adamw_hf", learning_rate=3e-4, evaluation_strategy=strategy,
                             logging_strategy=strategy, eval_steps=7, logging_steps=5, metric_for_best_model="f1",
@@ -156,7 +165,7 @@ def test_training_args_carry_config(paths, strategy, single_process_env):
 
 
 def test_training_args_loss_limit_and_sampling(paths, single_process_env):
-    from trainer.finetune import build_training_args
+    from trainer.training_args import build_training_args
 
     config = FinetuneConfig(**paths, metric_for_best_model="loss", save_total_limit=2, group_by_length=False,
                             evaluation_strategy="steps", evaluation_steps_interval=0.5,
@@ -176,7 +185,7 @@ def test_training_args_loss_limit_and_sampling(paths, single_process_env):
     (1000, 8, 2, 2, 0.0, 500),  # interval 0: eval_steps as given
 ])
 def test_resolve_eval_steps(paths, examples, batch, accum, world, interval, expected):
-    from trainer.finetune import resolve_eval_steps, steps_per_epoch
+    from trainer.training_args import resolve_eval_steps, steps_per_epoch
 
     config = FinetuneConfig(**paths, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
                             evaluation_steps_interval=interval)
@@ -187,10 +196,10 @@ def test_resolve_eval_steps(paths, examples, batch, accum, world, interval, expe
 
 @pytest.mark.parametrize("preset,stage", [("zero2", 2), ("zero3", 3), (None, 2)])
 def test_deepspeed_presets(preset, stage):
-    from trainer.deepspeed_config import load_deepspeed_config, zero_stage
+    from trainer.deepspeed_config import load_deepspeed_config
 
-    config = load_deepspeed_config(preset)
-    assert zero_stage(config) == stage
+    config = load_deepspeed_config(None, preset) if preset else load_deepspeed_config(None)
+    assert config["zero_optimization"]["stage"] == stage
     assert config["fp16"]["enabled"] == "auto" and config["bf16"]["enabled"] == "auto"
     assert "true" not in json.dumps({k: config[k] for k in ("fp16", "bf16")}).lower()
     assert "optimizer" not in config and "scheduler" not in config  # built by the HF Trainer from our params
@@ -200,11 +209,11 @@ def test_deepspeed_presets(preset, stage):
 
 def test_deepspeed_preset_in_training_args(paths, single_process_env):
     from trainer.deepspeed_config import load_deepspeed_config
-    from trainer.finetune import build_training_args
+    from trainer.training_args import build_training_args
 
-    ds = load_deepspeed_config("zero2")
-    config = FinetuneConfig(**paths, apply_deepspeed=True, deepspeed="zero2")
-    assert config.deepspeed == "zero2"
+    ds = load_deepspeed_config(None, "zero2")
+    config = FinetuneConfig(**paths, apply_deepspeed=True, deepspeed_preset="zero3")
+    assert config.deepspeed is None and config.deepspeed_preset == "zero3"
     try:
         args = build_training_args(config, 16, ds)
     except Exception as err:  # DeepSpeed itself may be missing or unusable on a CPU-only box
@@ -219,8 +228,10 @@ def test_python_m_trainer_help_lists_every_group():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "token-classification-finetune" in out and "--config" in out
-    for title in GROUP_TITLES.values():
+    for title in FinetuneConfig.GROUPS.values():
         assert f"{title}:" in out, title
     for f in FIELDS:
         assert f"--{f.name}" in out, f.name
     assert "(default: false)" in out and "(default: true)" in out  # bools rendered as the spec writes them
+    # each default shown once (argparse's own "(default: ...)" would double them)
+    assert " ".join(out.split()).count("(default: ") == sum(spec_default(f) is not None for f in FIELDS)

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import FinetuneConfig, field_base_type, spec_default, spec_fields
+from trainer.config import FinetuneConfig
+from trainer.params import base_type as field_base_type
+from trainer.params import default_text as spec_default
+
+spec_fields = FinetuneConfig.spec_fields
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_NAME = "token_classification_finetune.md"

@@ -61,7 +61,7 @@ def test_torchrun_two_processes(tmp_path, tiny_preprocess_output, tiny_model_sel
     # 160 rows / (batch 8 × 2 ranks) = 10 optimizer steps per epoch: both ranks share the data.
     epochs = 12 if extra else 8
     _run(["torchrun", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-          *_trainer_flags(tiny_preprocess_output, tiny_model_selector, tmp_path, "--deepspeed", preset,
+          *_trainer_flags(tiny_preprocess_output, tiny_model_selector, tmp_path, "--deepspeed_preset", preset,
                           "--per_device_train_batch_size", "8", "--num_train_epochs", str(epochs), *extra)], tmp_path)
     metrics = _check_outputs(tmp_path, [10 * e for e in range(1, epochs + 1)])
     assert metrics["train_samples"] == 160

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import CONFIG_MAPPING, AutoModelForTokenClassification, AutoTokenizer
 
-from trainer.config import ConfigError
+from trainer.errors import ConfigError
 from trainer.finetune import finetune
-from trainer.model_io import BASE_MODEL_SUBDIR
+from trainer.constants import BASE_MODEL_SUBDIR
 from trainer.lora import LORA_TARGET_MODULES, apply_lora, target_modules_for
 
 TINY = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,

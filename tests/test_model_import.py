@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from trainer.model_import import main, model_import
-from trainer.model_io import InputError, read_model_selector_args, resolve_model_dir
+from conftest import run_model_import
+from trainer.cli import model_import_main as main
+from trainer.errors import ConfigError, InputError
+from trainer.model_io import read_model_selector_args, resolve_model_dir
 
 
 def _plain_model(src: Path, dst: Path) -> Path:
@@ -25,7 +27,7 @@ def _names(folder: Path) -> set[str]:
 def test_hf_folder_roundtrip(tmp_path, tiny_model_selector):
     src = _plain_model(tiny_model_selector, tmp_path / "my-bert")
     out = tmp_path / "out"
-    meta = model_import(output_dir=str(out), model_path=str(src))
+    meta = run_model_import(model_selector_output=str(out), model_path=str(src))
     assert meta["model_name"] == "my-bert" and meta["model_family"] == "bert" and meta["source"] == "model_path"
     assert meta["model_name_or_path"] == str(src.resolve()) and meta["has_tokenizer"] is True
     assert read_model_selector_args(out) == meta
@@ -37,13 +39,13 @@ def test_hf_folder_roundtrip(tmp_path, tiny_model_selector):
     assert AutoTokenizer.from_pretrained(out).is_fast
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
 
-    named = model_import(output_dir=str(tmp_path / "named"), model_path=str(src), model_name="custom")
+    named = run_model_import(model_selector_output=str(tmp_path / "named"), model_path=str(src), model_name="custom")
     assert named["model_name"] == "custom"
 
 
 def test_model_import_output_and_finetune_output(tmp_path, tiny_model_selector):
     # An earlier model-import output keeps its name.
-    meta = model_import(output_dir=str(tmp_path / "again"), model_path=str(tiny_model_selector))
+    meta = run_model_import(model_selector_output=str(tmp_path / "again"), model_path=str(tiny_model_selector))
     assert meta["model_name"] == "tiny-bert" and meta["model_family"] == "bert"
     # An earlier fine-tune output: the best model at the root; checkpoints and trainer state are not copied.
     finetuned = _plain_model(tiny_model_selector, tmp_path / "finetuned")
@@ -52,7 +54,7 @@ def test_model_import_output_and_finetune_output(tmp_path, tiny_model_selector):
     (finetuned / "training_args.bin").write_bytes(b"x")
     (finetuned / "metrics.json").write_text("{}")
     out = tmp_path / "from_finetune"
-    model_import(output_dir=str(out), model_path=str(finetuned))
+    run_model_import(model_selector_output=str(out), model_path=str(finetuned))
     assert "checkpoint-10" not in _names(out) and "training_args.bin" not in _names(out)
     assert "config.json" in _names(out)
 
@@ -67,7 +69,7 @@ def test_lora_adapter_folder(tmp_path, tiny_model_selector):
     for name in ("vocab.txt", "tokenizer_config.json", "tokenizer.json"):
         if (base / name).exists():
             shutil.copy(base / name, adapter / name)
-    meta = model_import(output_dir=str(tmp_path / "out"), model_path=str(adapter))
+    meta = run_model_import(model_selector_output=str(tmp_path / "out"), model_path=str(adapter))
     assert meta["is_lora_adapter"] is True and meta["model_family"] == "bert"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= _names(tmp_path / "out")
 
@@ -93,7 +95,7 @@ def _mlflow_layout(tmp_path: Path, src: Path) -> Path:
 def test_mlflow_model(tmp_path, tiny_model_selector):
     root = _mlflow_layout(tmp_path, tiny_model_selector)
     out = tmp_path / "out"
-    meta = model_import(output_dir=str(out), mlflow_model_path=str(root))
+    meta = run_model_import(model_selector_output=str(out), mlflow_model_path=str(root))
     assert meta["source"] == "mlflow_model_path" and meta["model_name"] == "org/tiny-bert"
     assert meta["model_family"] == "bert" and meta["mlflow_flavor"]["task"] == "token-classification"
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= _names(out)
@@ -102,7 +104,7 @@ def test_mlflow_model(tmp_path, tiny_model_selector):
 
     assert AutoTokenizer.from_pretrained(out).is_fast
     # The same folder given as model_path is recognised by its MLmodel file.
-    meta = model_import(output_dir=str(tmp_path / "out2"), model_path=str(root))
+    meta = run_model_import(model_selector_output=str(tmp_path / "out2"), model_path=str(root))
     assert meta["source"] == "model_path (MLflow)" and (tmp_path / "out2" / "config.json").exists()
 
 
@@ -111,30 +113,30 @@ def test_mlflow_without_weights_is_explained(tmp_path):
     root.mkdir()
     (root / "MLmodel").write_text("flavors:\n  transformers:\n    source_model_name: bert-base-cased\n")
     with pytest.raises(InputError, match="without saved weights"):
-        model_import(output_dir=str(tmp_path / "out"), mlflow_model_path=str(root))
+        run_model_import(model_selector_output=str(tmp_path / "out"), mlflow_model_path=str(root))
     plain = tmp_path / "not_mlflow"
     plain.mkdir()
     with pytest.raises(InputError, match="no MLmodel"):
-        model_import(output_dir=str(tmp_path / "out"), mlflow_model_path=str(plain))
+        run_model_import(model_selector_output=str(tmp_path / "out"), mlflow_model_path=str(plain))
 
 
 def test_errors(tmp_path, tiny_model_selector):
-    with pytest.raises(InputError, match="exactly one"):
-        model_import(output_dir=str(tmp_path / "o"))
-    with pytest.raises(InputError, match="exactly one"):
-        model_import(output_dir=str(tmp_path / "o"), model_path=str(tiny_model_selector),
-                     mlflow_model_path=str(tiny_model_selector))
+    with pytest.raises(ConfigError, match="exactly one"):
+        run_model_import(model_selector_output=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="exactly one"):
+        run_model_import(model_selector_output=str(tmp_path / "o"), model_path=str(tiny_model_selector),
+                         mlflow_model_path=str(tiny_model_selector))
     with pytest.raises(InputError, match="not found"):
-        model_import(output_dir=str(tmp_path / "o"), model_path=str(tmp_path / "missing"))
+        run_model_import(model_selector_output=str(tmp_path / "o"), model_path=str(tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "weights.bin").write_bytes(b"x")
     with pytest.raises(InputError, match="config.json"):
-        model_import(output_dir=str(tmp_path / "o"), model_path=str(empty))
+        run_model_import(model_selector_output=str(tmp_path / "o"), model_path=str(empty))
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
 def test_cli(tmp_path, tiny_model_selector, capsys):
-    assert main(["--output_dir", str(tmp_path / "o"), "--model_path", str(tiny_model_selector)]) == 0
+    assert main(["--model_selector_output", str(tmp_path / "o"), "--model_path", str(tiny_model_selector)]) == 0
     assert json.loads(capsys.readouterr().out)["model_family"] == "bert"
-    assert main(["--output_dir", str(tmp_path / "o2")]) == 2
+    assert main(["--model_selector_output", str(tmp_path / "o2")]) == 2

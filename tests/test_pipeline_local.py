@@ -83,7 +83,7 @@ def test_preprocess_component_splits_a_single_jsonl_file(local_runner, tmp_path,
 
 
 def test_local_run_helpers(tmp_path, conll_dir):
-    from pipelines.local_run import _parse_params, build_parser, default_data_dir, make_subset, stage_path
+    from pipelines.local_run import LOCAL_RECIPE, build_parser, default_data_dir, make_subset, stage_path
 
     # kfp.local rewrites 'python3' inside task arguments: such paths go through a symlink.
     target = tmp_path / "lib" / "python3.11" / "site-packages" / "model"
@@ -97,9 +97,12 @@ def test_local_run_helpers(tmp_path, conll_dir):
     from trainer.preprocess import read_conll
 
     assert [len(read_conll(subset / f"{s}.conll")) for s in ("train", "validation", "test")] == [5, 3, 2]
-    assert _parse_params(["max_steps=5", "lr_scheduler_type=cosine"]) == {"max_steps": 5,
-                                                                           "lr_scheduler_type": "cosine"}
-    args = build_parser().parse_args(["--quick", "--max-steps", "7"])
-    assert args.quick and args.max_steps == 7 and args.max_seq_length == 128
+    args = build_parser().parse_args(["--quick", "--max-steps", "7", "--lr_scheduler_type", "cosine",
+                                      "--apply-lora", "true", "--finetune_node_selector", '{"pool": "cpu"}'])
+    assert args.quick and args.max_steps == 7 and args.lr_scheduler_type == "cosine" and args.apply_lora == "true"
+    assert args.finetune_node_selector == {"pool": "cpu"}
+    # every pipeline parameter is an option; the local recipe's defaults differ from the spec's, documented
+    assert args.max_seq_length == LOCAL_RECIPE["max_seq_length"][0] == 128
+    assert args.per_device_train_batch_size == 16 and args.seed == 42 and args.warmup_steps == 20
     data = default_data_dir()
     assert data is not None and (data / "train.conll").exists() and (data / "README.md").exists()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_sentences, write_conll
-from trainer.model_io import InputError
-from trainer.preprocess import b_to_i_map, class_names_of, main, preprocess, read_conll
+from conftest import make_sentences, run_preprocess, write_conll
+from trainer.cli import preprocess_main as main
+from trainer.errors import InputError
+from trainer.preprocess import b_to_i_map, class_names_of, read_conll
 
 
 def _rows(folder: Path, split: str) -> list[dict]:
@@ -18,18 +19,18 @@ def _rows(folder: Path, split: str) -> list[dict]:
 
 @pytest.fixture()
 def run(tmp_path, tiny_model_selector):
-    """preprocess() with the tiny tokenizer and the output in a fresh folder."""
+    """run_preprocess() with the tiny tokenizer and the output in a fresh folder."""
     def _run(**kwargs):
-        kwargs.setdefault("tokenizer_path", str(tiny_model_selector))
-        kwargs.setdefault("output_dir", str(tmp_path / "out"))
+        kwargs.setdefault("model_selector_output", str(tiny_model_selector))
+        kwargs.setdefault("preprocess_output", str(tmp_path / "out"))
         kwargs.setdefault("max_seq_length", 64)
-        return preprocess(**kwargs), Path(kwargs["output_dir"])
+        return run_preprocess(**kwargs), Path(kwargs["preprocess_output"])
     return _run
 
 
 def test_outputs_and_contract(run, conll_dir):
-    summary, out = run(train_file=str(conll_dir / "train.conll"), validation_file=str(conll_dir / "validation.conll"),
-                       test_file=str(conll_dir / "test.conll"))
+    summary, out = run(train_data=str(conll_dir / "train.conll"), validation_data=str(conll_dir / "validation.conll"),
+                       test_data=str(conll_dir / "test.conll"))
     assert (summary["train_size"], summary["validation_size"], summary["test_size"]) == (160, 40, 40)
     names = json.loads((out / "class_names.json").read_text())["class_names"]
     assert names == ["O", "B-location", "B-organization", "B-person", "I-organization", "I-person"]
@@ -63,7 +64,7 @@ def test_first_subtoken_alignment(run, tmp_path, label_all_tokens, tiny_model_se
     from transformers import AutoTokenizer
 
     data = _alignment_data(tmp_path)
-    _, out = run(train_file=str(data), validation_file=str(data), test_file=str(data),
+    _, out = run(train_data=str(data), validation_data=str(data), test_data=str(data),
                  label_all_tokens=label_all_tokens)
     names = json.loads((out / "class_names.json").read_text())["class_names"]
     tok = AutoTokenizer.from_pretrained(tiny_model_selector)
@@ -97,27 +98,27 @@ def test_b_to_i_map():
 def test_truncation(run, tmp_path):
     long = [(["alice"] * 100, ["B-person"] + ["O"] * 99)] * 4
     data = write_conll(tmp_path / "long.conll", long)
-    summary, out = run(train_file=str(data), validation_file=str(data), test_file=str(data), max_seq_length=16)
+    summary, out = run(train_data=str(data), validation_data=str(data), test_data=str(data), max_seq_length=16)
     assert all(len(r["input_ids"]) == 16 for r in _rows(out, "train"))
     assert summary["truncated_sentences"]["train"] == 4
 
 
 def test_splits_80_10_10_and_80_20(run, conll_dir, tmp_path):
-    summary, out = run(train_file=str(conll_dir / "train.conll"))
+    summary, out = run(train_data=str(conll_dir / "train.conll"))
     assert (summary["train_size"], summary["validation_size"], summary["test_size"]) == (128, 16, 16)
-    again, _ = run(train_file=str(conll_dir / "train.conll"), output_dir=str(tmp_path / "again"))
+    again, _ = run(train_data=str(conll_dir / "train.conll"), preprocess_output=str(tmp_path / "again"))
     assert _rows(out, "validation") == _rows(tmp_path / "again", "validation")  # seeded: reproducible
     train_words = {" ".join(r["tokens"]) for r in _rows(out, "train")}
     assert len(_rows(out, "test")) == 16 and train_words
 
-    summary, out = run(train_file=str(conll_dir / "train.conll"), validation_file=str(conll_dir / "validation.conll"),
-                       output_dir=str(tmp_path / "v"))
+    summary, out = run(train_data=str(conll_dir / "train.conll"), validation_data=str(conll_dir / "validation.conll"),
+                       preprocess_output=str(tmp_path / "v"))
     assert (summary["train_size"], summary["validation_size"], summary["test_size"]) == (128, 40, 32)
-    summary, out = run(train_file=str(conll_dir / "train.conll"), test_file=str(conll_dir / "test.conll"),
-                       output_dir=str(tmp_path / "t"))
+    summary, out = run(train_data=str(conll_dir / "train.conll"), test_data=str(conll_dir / "test.conll"),
+                       preprocess_output=str(tmp_path / "t"))
     assert (summary["train_size"], summary["validation_size"], summary["test_size"]) == (128, 32, 40)
-    summary, out = run(train_file=str(conll_dir / "train.conll"), validation_file=str(conll_dir / "validation.conll"),
-                       test_ratio=0.0, validation_ratio=0.0, output_dir=str(tmp_path / "none"))
+    summary, out = run(train_data=str(conll_dir / "train.conll"), validation_data=str(conll_dir / "validation.conll"),
+                       test_ratio=0.0, validation_ratio=0.0, preprocess_output=str(tmp_path / "none"))
     assert summary["test_size"] == 0 and not (out / "test.jsonl").exists()
 
 
@@ -126,7 +127,7 @@ def test_jsonl_custom_columns_and_conll_variants(run, tmp_path):
     jsonl = tmp_path / "train.jsonl"
     jsonl.write_text("\n".join(json.dumps({"words": t, "labels": g, "id": i})
                                for i, (t, g) in enumerate(sentences)) + "\n")
-    summary, out = run(train_file=str(jsonl), token_column="words", tag_column="labels")
+    summary, out = run(train_data=str(jsonl), token_column="words", tag_column="labels")
     assert summary["train_size"] + summary["validation_size"] + summary["test_size"] == 20
     assert _rows(out, "train")[0]["tags"][0] in summary["class_names"]
 
@@ -141,7 +142,7 @@ def test_folder_with_one_file_is_accepted(run, tmp_path, conll_dir):
     folder = tmp_path / "artifact"
     folder.mkdir()
     (folder / "data.conll").write_text((conll_dir / "train.conll").read_text())
-    summary, _ = run(train_file=str(folder))
+    summary, _ = run(train_data=str(folder))
     assert summary["train_size"] == 128
 
 
@@ -163,82 +164,82 @@ def test_byte_level_bpe_gets_prefix_space(tmp_path, conll_dir):
     folder = tmp_path / "roberta"
     RobertaTokenizerFast(tokenizer_object=bpe).save_pretrained(folder)
     (folder / "config.json").write_text(json.dumps({"model_type": "roberta"}))
-    summary = preprocess(train_file=str(conll_dir / "train.conll"), tokenizer_path=str(folder),
-                         output_dir=str(tmp_path / "out"), max_seq_length=64)
+    summary = run_preprocess(train_data=str(conll_dir / "train.conll"), model_selector_output=str(folder),
+                         preprocess_output=str(tmp_path / "out"), max_seq_length=64)
     assert summary["add_prefix_space"] is True
-    explicit = preprocess(train_file=str(conll_dir / "train.conll"), tokenizer_path=str(folder),
-                          output_dir=str(tmp_path / "out2"), max_seq_length=64, add_prefix_space=False)
+    explicit = run_preprocess(train_data=str(conll_dir / "train.conll"), model_selector_output=str(folder),
+                          preprocess_output=str(tmp_path / "out2"), max_seq_length=64, add_prefix_space=False)
     assert explicit["add_prefix_space"] is False  # an explicit choice is honoured
 
 
 # --- Errors --------------------------------------------------------------------------------------------------------
 def test_missing_and_empty_files(run, tmp_path, conll_dir):
     with pytest.raises(InputError, match="train file not found"):
-        run(train_file=str(tmp_path / "nope.conll"))
+        run(train_data=str(tmp_path / "nope.conll"))
     empty = tmp_path / "empty.conll"
     empty.write_text("")
     with pytest.raises(InputError, match="empty"):
-        run(train_file=str(empty))
+        run(train_data=str(empty))
     blank = tmp_path / "blank.conll"
     blank.write_text("\n\n\n")
     with pytest.raises(InputError, match="no sentences"):
-        run(train_file=str(blank))
+        run(train_data=str(blank))
     with pytest.raises(InputError, match="validation file not found"):
-        run(train_file=str(conll_dir / "train.conll"), validation_file=str(tmp_path / "missing.conll"))
+        run(train_data=str(conll_dir / "train.conll"), validation_data=str(tmp_path / "missing.conll"))
 
 
 def test_token_tag_count_mismatch_names_file_and_sentence(run, tmp_path):
     bad = tmp_path / "bad.conll"
     bad.write_text("alice\tB-person\nlives\tO\n\nbob\tB-person\nparis\n")
     with pytest.raises(InputError, match=r"bad\.conll: sentence 2 \(line 5\).*token and tag counts differ"):
-        run(train_file=str(bad))
+        run(train_data=str(bad))
     bad_jsonl = tmp_path / "bad.jsonl"
     bad_jsonl.write_text(json.dumps({"tokens": ["a"], "ner_tags": ["O"]}) + "\n"
                          + json.dumps({"tokens": ["a", "b"], "ner_tags": ["O"]}) + "\n")
     with pytest.raises(InputError, match=r"bad\.jsonl: sentence 2 .*token and tag counts differ"):
-        run(train_file=str(bad_jsonl))
+        run(train_data=str(bad_jsonl))
 
 
 def test_unseen_label_in_validation_is_named(run, tmp_path, conll_dir):
     val = write_conll(tmp_path / "val.conll", [(["alice", "x"], ["B-person", "B-weapon"])])
     with pytest.raises(InputError, match=r"validation file .*val\.conll: sentence 1 has label\(s\) \['B-weapon'\]"):
-        run(train_file=str(conll_dir / "train.conll"), validation_file=str(val))
+        run(train_data=str(conll_dir / "train.conll"), validation_data=str(val))
     with pytest.raises(InputError, match=r"test file .*B-weapon"):
-        run(train_file=str(conll_dir / "train.conll"), test_file=str(val))
+        run(train_data=str(conll_dir / "train.conll"), test_data=str(val))
 
 
 def test_fewer_than_two_classes(run, tmp_path):
     data = write_conll(tmp_path / "o.conll", [(["a", "b"], ["O", "O"])] * 10)
     with pytest.raises(InputError, match="at least two"):
-        run(train_file=str(data))
+        run(train_data=str(data))
 
 
 def test_missing_jsonl_columns(run, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"tokens": ["a"], "tags": ["O"]}) + "\n")
     with pytest.raises(InputError, match=r"missing column\(s\) \['ner_tags'\].*columns present: \['tags', 'tokens'\]"):
-        run(train_file=str(data))
+        run(train_data=str(data))
 
 
 def test_tokenizer_errors(tmp_path, conll_dir):
     empty = tmp_path / "no_tokenizer"
     empty.mkdir()
     with pytest.raises(InputError, match="no model found|no tokenizer"):
-        preprocess(train_file=str(conll_dir / "train.conll"), tokenizer_path=str(empty),
-                   output_dir=str(tmp_path / "out"))
+        run_preprocess(train_data=str(conll_dir / "train.conll"), model_selector_output=str(empty),
+                   preprocess_output=str(tmp_path / "out"))
     with pytest.raises(InputError, match="not found"):
-        preprocess(train_file=str(conll_dir / "train.conll"), tokenizer_path=str(tmp_path / "missing"),
-                   output_dir=str(tmp_path / "out"))
+        run_preprocess(train_data=str(conll_dir / "train.conll"), model_selector_output=str(tmp_path / "missing"),
+                   preprocess_output=str(tmp_path / "out"))
 
 
 def test_cli(tmp_path, conll_dir, tiny_model_selector, capsys):
     out = tmp_path / "cli"
-    rc = main(["--train_file", str(conll_dir / "train.conll"), "--tokenizer_path", str(tiny_model_selector),
-               "--output_dir", str(out), "--max_seq_length", "32", "--label_all_tokens", "true"])
+    rc = main(["--train_data", str(conll_dir / "train.conll"), "--model_selector_output", str(tiny_model_selector),
+               "--preprocess_output", str(out), "--max_seq_length", "32", "--label_all_tokens", "true"])
     assert rc == 0 and (out / "train.jsonl").exists()
     assert json.loads((out / "preprocess_args.json").read_text())["label_all_tokens"] is True
-    rc = main(["--train_file", str(tmp_path / "missing.conll"), "--tokenizer_path", str(tiny_model_selector),
-               "--output_dir", str(out)])
+    rc = main(["--train_data", str(tmp_path / "missing.conll"), "--model_selector_output", str(tiny_model_selector),
+               "--preprocess_output", str(out)])
     assert rc == 2 and "not found" in capsys.readouterr().err
 
 
@@ -250,5 +251,5 @@ def test_slow_tokenizer_is_refused(tmp_path, conll_dir, tiny_model_selector, mon
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: Slow()))
     with pytest.raises(InputError, match="not a fast"):
-        preprocess(train_file=str(conll_dir / "train.conll"), tokenizer_path=str(tiny_model_selector),
-                   output_dir=str(tmp_path / "out"))
+        run_preprocess(train_data=str(conll_dir / "train.conll"), model_selector_output=str(tiny_model_selector),
+                   preprocess_output=str(tmp_path / "out"))

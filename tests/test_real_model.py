@@ -9,8 +9,7 @@ import pytest
 
 from trainer.config import FinetuneConfig
 from trainer.finetune import finetune
-from trainer.model_import import model_import
-from trainer.preprocess import preprocess
+from conftest import run_model_import, run_preprocess
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +24,9 @@ def test_minilm_learns_wnut17_entities(tmp_path, minilm_dir, wnut17_dir):
     train = _head(wnut17_dir / "train.conll", tmp_path / "train.conll", 1000)
     validation = _head(wnut17_dir / "validation.conll", tmp_path / "validation.conll", 300)
     test = _head(wnut17_dir / "test.conll", tmp_path / "test.conll", 300)
-    model_import(output_dir=str(tmp_path / "model"), model_path=str(minilm_dir))
-    preprocess(train_file=str(train), validation_file=str(validation), test_file=str(test),
-               tokenizer_path=str(tmp_path / "model"), output_dir=str(tmp_path / "data"), max_seq_length=64)
+    run_model_import(model_selector_output=str(tmp_path / "model"), model_path=str(minilm_dir))
+    run_preprocess(train_data=str(train), validation_data=str(validation), test_data=str(test),
+               model_selector_output=str(tmp_path / "model"), preprocess_output=str(tmp_path / "data"), max_seq_length=64)
     result = finetune(FinetuneConfig(
         preprocess_output=str(tmp_path / "data"), model_selector_output=str(tmp_path / "model"),
         pytorch_model_folder=str(tmp_path / "out"), mlflow_model_folder=str(tmp_path / "mlflow"),

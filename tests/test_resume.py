@@ -46,7 +46,7 @@ def test_resume_reproduces_the_uninterrupted_run(make_config):
 
 
 def test_rerun_into_a_folder_with_checkpoints_needs_resume(make_config):
-    from trainer.model_io import InputError
+    from trainer.errors import InputError
 
     config = make_config("twice", num_train_epochs=1)
     finetune(config)

@@ -1,74 +1,80 @@
-"""Command line of the trainer, generated from `FinetuneConfig` (one flag per field).
+"""Command lines of the package's programs, each generated from its typed config (`trainer.config`).
 
-    token-classification-finetune --preprocess_output DIR --model_selector_output DIR \
-        --pytorch_model_folder OUT --mlflow_model_folder OUT [--apply_lora true ...]
+    token-classification-finetune     --preprocess_output DIR --model_selector_output DIR \\
+                                      --pytorch_model_folder OUT --mlflow_model_folder OUT [--apply_lora true ...]
+    token-classification-preprocess   --train_data FILE|DIR --model_selector_output DIR --preprocess_output OUT
+    token-classification-model-import --model_path DIR --model_selector_output OUT
+    token-classification-evaluate     --model DIR --preprocess_output DIR --predictions FILE
 
-Flags accept underscores or dashes (`--apply-lora`). `--config FILE.json` supplies values that flags override.
-Exit codes: 0 done, 2 bad input (message on stderr, nothing trained), 1 anything else.
+Flags accept underscores or dashes (`--apply-lora`); `--config FILE.json` supplies values that flags override.
+Exit codes: 0 done, 2 bad input (one line on stderr, nothing created, loaded or trained), 1 anything else.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
+import logging
 import sys
-from typing import Optional, Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any, Callable, Optional, Sequence
 
-from trainer.config import ConfigError, FinetuneConfig, field_base_type, spec_default
-from trainer.model_io import InputError
+from trainer.config import EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
+from trainer.errors import ConfigError, InputError
 
-GROUP_TITLES = {"io": "data and model inputs, outputs", "lora": "LoRA", "training": "training",
-                "early_stopping": "early stopping", "deepspeed": "DeepSpeed", "ort": "ONNX Runtime"}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="token-classification-finetune", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="JSON file of parameters (flags override it)")
-    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
-    for f in dataclasses.fields(FinetuneConfig):
-        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        kind = field_base_type(f)
-        metavar = "{true,false}" if kind is bool else None
-        groups[f.metadata["group"]].add_argument(
-            *flags, dest=f.name, default=None, help=f"{f.metadata['help']} (default: {spec_default(f)})",
-            choices=f.metadata.get("choices"), metavar=metavar)
-    return parser
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def config_from_args(argv: Optional[Sequence[str]] = None) -> FinetuneConfig:
-    args = vars(build_parser().parse_args(argv))
-    values = {}
-    config_file = args.pop("config")
-    if config_file:
-        try:
-            with open(config_file) as handle:
-                loaded = json.load(handle)
-        except OSError as err:
-            raise ConfigError(f"--config {config_file}: {err.strerror}") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--config {config_file} is not valid JSON: {err}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {config_file} must hold a JSON object of parameters")
-        values.update(loaded)
-    values.update({k: v for k, v in args.items() if v is not None})
-    return FinetuneConfig.from_dict(values)
+def configure_logging(level: int = logging.INFO) -> None:
+    """Logging of a program run (the CLIs and the KFP components); library use leaves logging to the caller."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]], prog: str,
+        show: Callable[[Any], Any] = lambda result: result) -> int:
+    """Parse `argv` into `config_cls`, run `program(config)`, print `show(result)` as JSON; exit code 2 on bad
+    input (ConfigError / InputError) with one line."""
+    configure_logging()
     try:
-        config = config_from_args(argv)
-        from trainer.finetune import finetune
-
-        result = finetune(config)
+        config = config_cls.from_cli(argv, prog=prog, description=(config_cls.__doc__ or "").split("\n")[0])
+        result = program(config)
     except (ConfigError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if result.test_metrics:
-        print(json.dumps({k: v for k, v in result.test_metrics.items() if k.startswith("test_")}, indent=2))
+    shown = show(result)
+    if shown is not None:
+        print(json.dumps(asdict(shown) if is_dataclass(shown) else shown, indent=2, default=str))
     return 0
 
+
+def finetune_main(argv: Optional[Sequence[str]] = None) -> int:
+    from trainer.finetune import finetune
+
+    def show(result):
+        return {k: v for k, v in (result.test_metrics or result.validation_metrics).items()
+                if k.startswith(("test_", "eval_"))}
+
+    return run(FinetuneConfig, finetune, argv, "token-classification-finetune", show)
+
+
+def preprocess_main(argv: Optional[Sequence[str]] = None) -> int:
+    from trainer.preprocess import preprocess
+
+    return run(PreprocessConfig, preprocess, argv, "token-classification-preprocess")
+
+
+def model_import_main(argv: Optional[Sequence[str]] = None) -> int:
+    from trainer.model_import import model_import
+
+    return run(ModelImportConfig, model_import, argv, "token-classification-model-import")
+
+
+def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
+    from trainer.evaluate import evaluate
+
+    return run(EvaluateConfig, evaluate, argv, "token-classification-evaluate")
+
+
+main = finetune_main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,18 +11,17 @@ Contract (the file names the Azure ML preprocess component writes, and our own p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from trainer.model_io import InputError, read_json
+from trainer.constants import CLASS_NAMES_FILE, IGNORE_INDEX, PREPROCESS_ARGS_FILE, SPLIT_FILES, TOKENIZER_FILES
+from trainer.errors import InputError
+from trainer.jsonio import iter_jsonl, read_json
 
-SPLITS = ("train", "validation", "test")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
-IGNORE_INDEX = -100
 
 
 class EncodedSplit(torch.utils.data.Dataset):
@@ -36,10 +35,6 @@ class EncodedSplit(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.rows[index]
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(r["input_ids"]) for r in self.rows]
 
     @property
     def num_tokens(self) -> int:
@@ -66,7 +61,7 @@ class PreprocessOutput:
 
 def load_class_names(folder: Path, preprocess_args: dict) -> list[str]:
     """The label list, from class_names.json or an id2label mapping."""
-    path = folder / "class_names.json"
+    path = folder / CLASS_NAMES_FILE
     if path.exists():
         data = read_json(path)
         names = data.get("class_names") if isinstance(data, dict) else data
@@ -95,32 +90,23 @@ def load_class_names(folder: Path, preprocess_args: dict) -> list[str]:
 def read_split(path: Path, num_labels: int) -> EncodedSplit:
     """Read and validate one encoded split: required keys, equal lengths, label ids inside the map."""
     rows = []
-    with path.open() as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path.name} line {line_no}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{where}: not valid JSON ({err})") from None
-            if not isinstance(raw, dict):
-                raise InputError(f"{where}: a row must be a JSON object")
-            missing = [k for k in ("input_ids", "attention_mask", "labels") if k not in raw]
-            if missing:
-                raise InputError(f"{where}: missing key(s) {missing}; found {sorted(raw)}")
-            row = {k: raw[k] for k in MODEL_INPUTS if k in raw}
-            n = len(row["input_ids"])
-            if n == 0:
-                raise InputError(f"{where}: empty input_ids")
-            for key in ("attention_mask", "token_type_ids", "labels"):
-                if key in row and len(row[key]) != n:
-                    raise InputError(f"{where}: {key} has {len(row[key])} entries but input_ids has {n}")
-            bad = [x for x in row["labels"] if x != IGNORE_INDEX and not (isinstance(x, int) and 0 <= x < num_labels)]
-            if bad:
-                raise InputError(f"{where}: label id(s) {sorted(set(bad))[:5]} outside the label map "
-                                 f"(0..{num_labels - 1}, or {IGNORE_INDEX} for ignored sub-tokens)")
-            rows.append(row)
+    for line_no, raw in iter_jsonl(path):
+        where = f"{path.name} line {line_no}"
+        missing = [k for k in ("input_ids", "attention_mask", "labels") if k not in raw]
+        if missing:
+            raise InputError(f"{where}: missing key(s) {missing}; found {sorted(raw)}")
+        row = {k: raw[k] for k in MODEL_INPUTS if k in raw}
+        n = len(row["input_ids"])
+        if n == 0:
+            raise InputError(f"{where}: empty input_ids")
+        for key in ("attention_mask", "token_type_ids", "labels"):
+            if key in row and len(row[key]) != n:
+                raise InputError(f"{where}: {key} has {len(row[key])} entries but input_ids has {n}")
+        bad = [x for x in row["labels"] if x != IGNORE_INDEX and not (isinstance(x, int) and 0 <= x < num_labels)]
+        if bad:
+            raise InputError(f"{where}: label id(s) {sorted(set(bad))[:5]} outside the label map "
+                             f"(0..{num_labels - 1}, or {IGNORE_INDEX} for ignored sub-tokens)")
+        rows.append(row)
     if not rows:
         raise InputError(f"{path} holds no rows: the {path.stem} split is empty")
     return EncodedSplit(rows)
@@ -131,20 +117,20 @@ def load_preprocess_output(folder: str | Path) -> PreprocessOutput:
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"preprocess_output folder not found: {root}")
-    args_path = root / "preprocess_args.json"
+    args_path = root / PREPROCESS_ARGS_FILE
     preprocess_args = read_json(args_path) if args_path.exists() else {}
     if not isinstance(preprocess_args, dict):
         raise InputError(f"{args_path} must hold a JSON object")
     class_names = load_class_names(root, preprocess_args)
     for split in ("train", "validation"):
-        if not (root / f"{split}.jsonl").exists():
-            raise InputError(f"{root} has no {split}.jsonl (found {sorted(p.name for p in root.iterdir())})")
-    if not any((root / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        if not (root / SPLIT_FILES[split]).exists():
+            raise InputError(f"{root} has no {SPLIT_FILES[split]} (found {sorted(p.name for p in root.iterdir())})")
+    if not any((root / f).exists() for f in TOKENIZER_FILES):
         raise InputError(f"{root} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    test_path = root / "test.jsonl"
+    test_path = root / SPLIT_FILES["test"]
     return PreprocessOutput(
-        train=read_split(root / "train.jsonl", len(class_names)),
-        validation=read_split(root / "validation.jsonl", len(class_names)),
+        train=read_split(root / SPLIT_FILES["train"], len(class_names)),
+        validation=read_split(root / SPLIT_FILES["validation"], len(class_names)),
         test=read_split(test_path, len(class_names)) if test_path.exists() else None,
         class_names=class_names,
         preprocess_args=preprocess_args,

@@ -1,4 +1,4 @@
-"""DeepSpeed configs: our default (ZeRO-2, "auto" values resolved by the HF Trainer) or the user's JSON.
+"""DeepSpeed configs: a preset (ZeRO-2 or ZeRO-3, "auto" values resolved by the HF Trainer) or the user's JSON.
 
 No optimizer/scheduler block by default, so the HF Trainer builds them from our parameters (`optim`,
 `lr_scheduler_type`, ...) and DeepSpeed wraps them; a custom JSON that has them takes precedence.
@@ -11,16 +11,17 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from trainer.config import DEEPSPEED_PRESETS, ConfigError
+from trainer.config import DEEPSPEED_PRESETS
+from trainer.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "deepspeed_configs"
 
 
-def load_deepspeed_config(source: Optional[str]) -> dict:
-    """The config dict for a path, a preset name ('zero2', 'zero3') or None (the default ZeRO-2)."""
-    if not source:
-        source = "zero2"
-    path = PRESET_DIR / f"{source}.json" if source in DEEPSPEED_PRESETS else Path(source)
+def load_deepspeed_config(source: Optional[str], preset: str = "zero2") -> dict:
+    """The config dict of a JSON file (or a folder holding one), else of the preset ('zero2', 'zero3')."""
+    if preset not in DEEPSPEED_PRESETS:
+        raise ConfigError(f"deepspeed_preset={preset!r} is not one of {list(DEEPSPEED_PRESETS)}")
+    path = Path(source) if source else PRESET_DIR / f"{preset}.json"
     if path.is_dir():  # a KFP artifact folder holding one JSON file
         files = sorted(path.glob("*.json"))
         if len(files) != 1:
@@ -38,7 +39,3 @@ def load_deepspeed_config(source: Optional[str]) -> dict:
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"deepspeed config {path}: zero_optimization.stage must be 0-3, got {stage!r}")
     return config
-
-
-def zero_stage(config: dict) -> int:
-    return int(config.get("zero_optimization", {}).get("stage", 0))

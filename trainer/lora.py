@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from trainer.config import ConfigError, FinetuneConfig
+from trainer.config import FinetuneConfig
+from trainer.errors import ConfigError
 
 # Attention projections per model_type; the classifier head is always trained and saved (modules_to_save).
 LORA_TARGET_MODULES: dict[str, list[str]] = {

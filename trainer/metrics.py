@@ -8,7 +8,7 @@ import numpy as np
 from seqeval import metrics as seqeval_metrics
 from seqeval.scheme import IOB2
 
-from trainer.data import IGNORE_INDEX
+from trainer.constants import IGNORE_INDEX
 
 
 def is_iob2(class_names: list[str]) -> bool:
@@ -43,6 +43,12 @@ def entity_scores(true: list[list[str]], pred: list[list[str]], class_names: lis
                          "f1": float(v["f1-score"]), "number": int(v["support"])}
                   for name, v in report.items() if not name.endswith(" avg")}
     return {k: float(v) for k, v in overall.items()}, per_entity
+
+
+def per_entity_scores(predictions, label_ids, class_names: list[str]) -> dict:
+    """The per-entity report of predicted vs gold label ids (arrays aligned on token positions)."""
+    true, pred = align(np.asarray(predictions), np.asarray(label_ids), class_names)
+    return entity_scores(true, pred, class_names)[1]
 
 
 def argmax_logits(logits, labels):

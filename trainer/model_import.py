@@ -14,17 +14,17 @@ tokenizer files when the source has them) at the root, plus `model_selector_args
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from trainer.model_io import MODEL_MARKERS, MODEL_SELECTOR_ARGS, InputError, read_model_selector_args, \
-    resolve_model_dir
-from trainer.preprocess import TOKENIZER_FILES, _move_contents, atomic_output
+from trainer.config import ModelImportConfig
+from trainer.constants import MODEL_MARKERS, MODEL_SELECTOR_ARGS, TOKENIZER_FILES
+from trainer.errors import InputError
+from trainer.model_io import read_model_selector_args, resolve_model_dir
+from trainer.publish import publish_dir, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +125,12 @@ def _locate_mlflow_model(root: Path) -> tuple[Path, Optional[Path], dict]:
     return model_dir, tok_dir, flavor
 
 
-def model_import(*, output_dir: str, model_path: Optional[str] = None, mlflow_model_path: Optional[str] = None,
-                 model_name: Optional[str] = None) -> dict:
-    """Copy a local HF / MLflow model into `output_dir` and write model_selector_args.json; returns the metadata."""
-    model_path = model_path or None
-    mlflow_model_path = mlflow_model_path or None
-    if bool(model_path) == bool(mlflow_model_path):
-        raise InputError("give exactly one of model_path and mlflow_model_path "
-                         f"(got model_path={model_path!r}, mlflow_model_path={mlflow_model_path!r})")
+def model_import(config: ModelImportConfig) -> dict:
+    """Copy a local HF / MLflow model into `model_selector_output` with model_selector_args.json; returns the
+    metadata."""
+    model_path = config.model or config.model_path or None
+    mlflow_model_path = config.mlflow_model_path or None
+    model_name = config.model_name or None
     src = Path(model_path or mlflow_model_path)
     if not src.is_dir():
         raise InputError(f"model folder not found: {src}")
@@ -140,10 +138,10 @@ def model_import(*, output_dir: str, model_path: Optional[str] = None, mlflow_mo
     flavor: dict = {}
     tok_dir: Optional[Path] = None
     if mlflow_model_path or (src / "MLmodel").exists():
-        source = "mlflow_model_path" if mlflow_model_path else "model_path (MLflow)"
+        source = "mlflow_model_path" if mlflow_model_path else f"{'model' if config.model else 'model_path'} (MLflow)"
         model_dir, tok_dir, flavor = _locate_mlflow_model(src)
     else:
-        source = "model_path"
+        source = "model" if config.model else "model_path"
         model_dir = _locate_hf_model(src)
     earlier = read_model_selector_args(src)
     is_adapter = (model_dir / "adapter_config.json").exists() and not (model_dir / "config.json").exists()
@@ -164,42 +162,18 @@ def model_import(*, output_dir: str, model_path: Optional[str] = None, mlflow_mo
         meta["mlflow_flavor"] = {k: flavor.get(k) for k in ("task", "source_model_name", "transformers_version")
                                  if flavor.get(k) is not None}
 
-    tmp, out = atomic_output(output_dir)
+    out = Path(config.model_selector_output)
+    stage = staging_dir(out)
     try:
-        copied = _copy_model_files(model_dir, tmp)
+        copied = _copy_model_files(model_dir, stage)
         if tok_dir is not None and tok_dir != model_dir:
-            copied += [f"tokenizer/{n}" for n in _copy_model_files(tok_dir, tmp, overwrite=False)]
-        if not any((tmp / m).exists() for m in MODEL_MARKERS):
+            copied += [f"tokenizer/{n}" for n in _copy_model_files(tok_dir, stage, overwrite=False)]
+        if not any((stage / m).exists() for m in MODEL_MARKERS):
             raise InputError(f"no config.json or adapter_config.json in {model_dir}")
-        meta["has_tokenizer"] = any((tmp / f).exists() for f in TOKENIZER_FILES)
-        (tmp / MODEL_SELECTOR_ARGS).write_text(json.dumps(meta, indent=2))
-        _move_contents(tmp, out)
+        meta["has_tokenizer"] = any((stage / f).exists() for f in TOKENIZER_FILES)
+        (stage / MODEL_SELECTOR_ARGS).write_text(json.dumps(meta, indent=2))
+        publish_dir(stage, out, replace=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
     logger.info("imported %s (%s) from %s into %s: %s", meta["model_name"], family, model_dir, out, copied)
     return meta
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.model_import", description=__doc__.splitlines()[0])
-    p.add_argument("--output_dir", "--output-dir", required=True)
-    p.add_argument("--model_path", "--model-path", default=None, help="Local HF model / adapter folder.")
-    p.add_argument("--mlflow_model_path", "--mlflow-model-path", default=None, help="MLflow transformers model.")
-    p.add_argument("--model_name", "--model-name", default=None, help="Name recorded in model_selector_args.json.")
-    return p
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ns = build_parser().parse_args(argv)
-    try:
-        meta = model_import(**vars(ns))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(meta, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-MODEL_SELECTOR_ARGS = "model_selector_args.json"
-MODEL_MARKERS = ("config.json", "adapter_config.json")
-BASE_MODEL_SUBDIR = "base_model"  # beside the adapter in an unmerged LoRA fine-tune output
-
-
-class InputError(ValueError):
-    """An input folder or file that does not satisfy its contract."""
-
-
-def read_json(path: Path) -> object:
-    """A JSON input file, or an InputError naming it."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path} is not valid JSON: {err}") from None
+from trainer.constants import BASE_MODEL_SUBDIR, MODEL_MARKERS, MODEL_SELECTOR_ARGS
+from trainer.errors import InputError
+from trainer.jsonio import read_json
 
 
 def read_model_selector_args(folder: str | Path) -> dict:

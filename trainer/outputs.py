@@ -1,58 +1,85 @@
-"""Writing outputs so that a crash never leaves a folder that looks complete."""
+"""What a fine-tune publishes: the best model in pytorch_model_folder, the MLflow model, metrics.json last.
+
+Order (nothing that looks whole before it is): the best model is staged on every rank (ZeRO-3 gathers its
+shards), then the main process moves it into `pytorch_model_folder` (weights last), stages the MLflow model
+beside its target and renames it into place, and finally writes `metrics.json`: a folder without it is not
+a finished run.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import shutil
-import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
-from trainer.model_io import InputError
+from trainer.checkpoints import list_checkpoints
+from trainer.config import FinetuneConfig
+from trainer.constants import BASE_MODEL_SUBDIR, FINETUNE_ARGS, METRICS_FILE
+from trainer.errors import InputError
+from trainer.modeling import load_model, plain_loading
+from trainer.publish import ensure_empty_or_absent, publish_dir, publish_into, staging_dir, write_json_atomic
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def write_json_atomic(path: str | Path, data: object) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=str)
-        tmp = handle.name
-    os.replace(tmp, path)
+logger = logging.getLogger(__name__)
+BEST_MODEL_STAGE = ".best_model.incomplete"
 
 
-def staging_dir(target: str | Path) -> Path:
-    """A fresh folder beside `target` on the same filesystem, so the final move is a rename."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.incomplete-"))
+def validate_outputs(config: FinetuneConfig) -> None:
+    """The output folders can take this run (before anything is created or loaded)."""
+    ensure_empty_or_absent(config.mlflow_model_folder, "mlflow_model_folder")
+    if list_checkpoints(config.pytorch_model_folder) and not config.resume_from_checkpoint:
+        raise InputError(f"pytorch_model_folder {config.pytorch_model_folder} already holds checkpoints; set "
+                         "resume_from_checkpoint=true to continue them or give an empty folder")
 
 
-def ensure_empty_or_absent(folder: str | Path, name: str) -> None:
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise InputError(f"{name} {folder} already exists and is not empty; give an empty or new folder")
+def publish(trainer, config: FinetuneConfig, model_dir: Path, class_names: list[str], result) -> None:
+    """Stage the best model on every rank (ZeRO-3 gathers), then publish from the main process only."""
+    from trainer.lora import is_peft_model
+
+    root = Path(config.pytorch_model_folder)
+    stage = root / BEST_MODEL_STAGE
+    if trainer.args.should_save and stage.exists():
+        shutil.rmtree(stage)
+    trainer.accelerator.wait_for_everyone()
+    peft = is_peft_model(trainer.accelerator.unwrap_model(trainer.model))
+    trainer.save_model(str(stage / "adapter" if peft else stage))
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.args.should_save:
+        return
+    with plain_loading(trainer.args):  # the main process alone reloads the model: no collective partitioning
+        _publish_main(stage, root, peft, config, model_dir, class_names, result)
 
 
-def publish_dir(staged: Path, target: str | Path) -> None:
-    """Move a finished staging folder to `target` (absent or empty) in one rename."""
-    target = Path(target)
-    if target.is_dir():
-        target.rmdir()  # raises if not empty: we never overwrite a finished output
-    os.replace(staged, target)
+def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, model_dir: Path,
+                  class_names: list[str], result) -> None:
+    from trainer.mlflow_model import save_mlflow_model
+
+    if peft:
+        _finish_lora(stage, model_dir, class_names, config)
+    write_json_atomic(stage / FINETUNE_ARGS, config.to_dict())
+    publish_into(stage, root)
+    mlflow_stage = staging_dir(config.mlflow_model_folder)
+    shutil.rmtree(mlflow_stage)  # mlflow wants to create the folder itself
+    save_mlflow_model(root, mlflow_stage)
+    publish_dir(mlflow_stage, config.mlflow_model_folder)
+    write_json_atomic(root / METRICS_FILE, asdict(result))  # last: its presence means the folder is complete
+    logger.info("best model: %s (%s=%s); outputs in %s and %s", result.best_checkpoint,
+                config.metric_for_best_model, result.best_metric, root, config.mlflow_model_folder)
 
 
-def publish_into(staged: Path, target: str | Path) -> None:
-    """Move the files of a staging folder into an existing folder, weights last, then drop the staging folder.
+def _finish_lora(stage: Path, model_dir: Path, class_names: list[str], config: FinetuneConfig) -> None:
+    """Turn the saved adapter into a merged model, or into adapter + base_model/ that reload together."""
+    from peft import PeftModel
 
-    The model is only loadable once its weights arrive, so a crash in between leaves no model that looks whole.
-    """
-    target = Path(target)
-    entries = sorted(staged.iterdir(), key=lambda p: (p.suffix in WEIGHT_SUFFIXES, p.name))
-    for entry in entries:
-        destination = target / entry.name
-        if destination.is_dir():
-            shutil.rmtree(destination)
-        os.replace(entry, destination)
-    staged.rmdir()
+    adapter_dir = stage / "adapter"
+    base = load_model(model_dir, class_names, config)
+    if config.merge_lora_weights:
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        merged.save_pretrained(stage)
+    else:
+        base.save_pretrained(stage / BASE_MODEL_SUBDIR)
+        for item in adapter_dir.iterdir():
+            os.replace(item, stage / item.name)
+        base.config.save_pretrained(stage)  # config.json with id2label/label2id beside the adapter
+    shutil.rmtree(adapter_dir, ignore_errors=True)

@@ -15,34 +15,31 @@ Word/sub-token alignment follows the transformers `run_ner` example.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import random
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from trainer.model_io import InputError, read_model_selector_args, resolve_model_dir
+from trainer.booleans import parse_auto_bool
+from trainer.config import PreprocessConfig
+from trainer.constants import CLASS_NAMES_FILE, IGNORE_INDEX, PREPROCESS_ARGS_FILE, SPLIT_FILES, TOKENIZER_FILES
+from trainer.errors import InputError
+from trainer.jsonio import iter_jsonl, write_jsonl
+from trainer.model_io import read_model_selector_args, resolve_model_dir
+from trainer.publish import publish_dir, staging_dir
 
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "TokenClassification"
-CLASS_NAMES_FILE = "class_names.json"
-PREPROCESS_ARGS_FILE = "preprocess_args.json"
-SPLIT_FILES = {"train": "train.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
-IGNORE_INDEX = -100
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 DATA_SUFFIXES = (".conll", ".txt", ".tsv", ".iob", ".bio", ".conllu") + JSONL_SUFFIXES
 # Model families whose fast tokenizer is byte-level BPE: pre-split words need add_prefix_space=True.
 BYTE_LEVEL_FAMILIES = ("roberta", "xlm-roberta-bpe", "gpt2", "gpt_neo", "gpt_neox", "gptj", "bart", "mvp", "led",
                        "longformer", "deberta", "bloom", "codegen", "blenderbot", "markuplm", "layoutlmv3", "ibert",
                        "data2vec-text", "luke", "mpnet-bpe", "opt", "megatron-gpt2", "xmod", "roberta-prelayernorm")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model")
 
 Sentence = tuple[list[str], list[str]]
 
@@ -115,30 +112,21 @@ def read_jsonl(path: str | os.PathLike, token_column: str = "tokens", tag_column
     """Sentences of a JSON Lines file: one object per line with a list of tokens and a list of tags."""
     path = Path(path)
     sentences: list[Sentence] = []
-    with path.open(encoding="utf-8") as fh:
-        rows = [(n, line) for n, line in enumerate(fh, start=1) if line.strip()]
-    for number, (lineno, line) in enumerate(rows, start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: line {lineno} is not valid JSON: {err}") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{path}: line {lineno} must be a JSON object")
+    for number, (lineno, row) in enumerate(iter_jsonl(path), start=1):
         missing = [c for c in (token_column, tag_column) if c not in row]
         if missing:
             raise InputError(f"{path}: sentence {number} (line {lineno}) is missing column(s) {missing} "
                              f"(token_column={token_column!r}, tag_column={tag_column!r}); "
                              f"columns present: {sorted(row)}")
         toks, tags = row[token_column], row[tag_column]
-        if isinstance(toks, str) or not isinstance(toks, list) or isinstance(tags, str) or not isinstance(tags, list):
+        if not isinstance(toks, list) or not isinstance(tags, list):
             raise InputError(f"{path}: sentence {number} (line {lineno}): columns {token_column!r} and "
                              f"{tag_column!r} must be lists")
         if len(toks) != len(tags):
             raise InputError(f"{path}: sentence {number} (line {lineno}): token and tag counts differ "
                              f"({len(toks)} tokens, {len(tags)} tags)")
-        if not toks:
-            continue
-        sentences.append(([str(t) for t in toks], [str(t) for t in tags]))
+        if toks:
+            sentences.append(([str(t) for t in toks], [str(t) for t in tags]))
     return sentences
 
 
@@ -298,61 +286,50 @@ def encode_sentences(sentences: list[Sentence], tokenizer: Any, label_to_id: dic
 
 
 # --------------------------------------------------------------------------------------------------
-# Atomic output
-# --------------------------------------------------------------------------------------------------
-def _move_contents(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        target = dst / item.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        os.replace(item, target)
-
-
-def atomic_output(output_dir: str | os.PathLike):
-    """A temp folder beside output_dir; call `commit(tmp)` to move its contents in (see preprocess())."""
-    out = Path(output_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)), out
-
-
-# --------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------
-def preprocess(*, train_file: str, output_dir: str, tokenizer_path: str, validation_file: Optional[str] = None,
-               test_file: Optional[str] = None, token_column: str = "tokens", tag_column: str = "ner_tags",
-               max_seq_length: int = 512, label_all_tokens: bool = False, add_prefix_space: Optional[bool] = None,
-               validation_ratio: float = 0.1, test_ratio: float = 0.1, split_seed: int = 42) -> dict:
+def _pick(folder: Path, stems: tuple[str, ...]) -> Optional[str]:
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.suffix.lower() in DATA_SUFFIXES and f.stem.lower() in stems:
+            return str(f)
+    return None
+
+
+def resolve_data_files(config: PreprocessConfig) -> dict[str, Optional[str]]:
+    """The train/validation/test files: `train_data` may be a folder holding train.* (and validation.*/dev.*,
+    test.*, used where validation_data / test_data are not given)."""
+    files = {"train": config.train_data, "validation": config.validation_data, "test": config.test_data}
+    root = Path(config.train_data)
+    if root.is_dir():
+        train = _pick(root, ("train", "training"))
+        if train is None:
+            data = [f for f in sorted(root.iterdir()) if f.is_file() and not f.name.startswith(".")]
+            if len(data) != 1:
+                raise InputError(f"train_data folder {root} has no train.* data file "
+                                 f"(found {sorted(p.name for p in root.iterdir())})")
+            train = str(data[0])
+        files["train"] = train
+        files["validation"] = files["validation"] or _pick(root, ("validation", "valid", "dev", "val"))
+        files["test"] = files["test"] or _pick(root, ("test",))
+    return files
+
+
+def preprocess(config: PreprocessConfig) -> dict:
     """Read, split, tokenize and align a token-classification dataset; write the preprocess output folder.
 
     Returns a summary: split sizes, class names, model name, truncation count.
     """
-    args = dict(train_file=train_file, output_dir=output_dir, tokenizer_path=tokenizer_path,
-                validation_file=validation_file, test_file=test_file, token_column=token_column,
-                tag_column=tag_column, max_seq_length=max_seq_length, label_all_tokens=label_all_tokens,
-                add_prefix_space=add_prefix_space, validation_ratio=validation_ratio, test_ratio=test_ratio,
-                split_seed=split_seed)
-    validation_file = validation_file or None
-    test_file = test_file or None
-    if int(max_seq_length) < 2:
-        raise InputError(f"max_seq_length must be >= 2, got {max_seq_length}")
-    for name, value in (("validation_ratio", validation_ratio), ("test_ratio", test_ratio)):
-        if not 0.0 <= float(value) < 1.0:
-            raise InputError(f"{name} must be in [0, 1), got {value}")
-
-    read = lambda path, role: read_sentences(path, role, token_column, tag_column)  # noqa: E731
-    train = read(train_file, "train")
+    files = resolve_data_files(config)
+    read = lambda path, role: read_sentences(path, role, config.token_column, config.tag_column)  # noqa: E731
+    train = read(files["train"], "train")
     splits: dict[str, list[Sentence]] = {"train": train}
-    if validation_file:
-        splits["validation"] = read(validation_file, "validation")
-    if test_file:
-        splits["test"] = read(test_file, "test")
+    for role in ("validation", "test"):
+        if files[role]:
+            splits[role] = read(files[role], role)
 
     class_names = class_names_of(train)
     if len(class_names) < 2:
-        raise InputError(f"training data {train_file} has {len(class_names)} class(es) {class_names}: "
+        raise InputError(f"training data {files['train']} has {len(class_names)} class(es) {class_names}: "
                          f"token classification needs at least two")
     known = set(class_names)
     for role in ("validation", "test"):
@@ -360,119 +337,61 @@ def preprocess(*, train_file: str, output_dir: str, tokenizer_path: str, validat
             for number, (_, tags) in enumerate(splits[role], start=1):
                 unseen = sorted(set(tags) - known)
                 if unseen:
-                    raise InputError(f"{role} file {args[role + '_file']}: sentence {number} has label(s) "
+                    raise InputError(f"{role} file {files[role]}: sentence {number} has label(s) "
                                      f"{unseen} not seen in the training data (train labels: {class_names})")
 
     # Split what is missing: 80/10/10 when both are missing, 80/20 when one is.
     missing = [r for r in ("validation", "test") if r not in splits]
     if missing:
-        total = float(validation_ratio) + float(test_ratio)
+        total = config.validation_ratio + config.test_ratio
         if len(missing) == 2:
-            fractions = {"validation": float(validation_ratio), "test": float(test_ratio)}
+            fractions = {"validation": config.validation_ratio, "test": config.test_ratio}
         else:
             fractions = {missing[0]: total}
         fractions = {k: v for k, v in fractions.items() if v > 0}
         if "validation" in missing and "validation" not in fractions:
-            raise InputError("no validation_file and validation_ratio is 0: a validation split is required")
-        carved = split_sentences(train, fractions, int(split_seed))
+            raise InputError("no validation data and validation_ratio is 0: a validation split is required")
+        carved = split_sentences(train, fractions, config.split_seed)
         splits.update(carved)
         splits.setdefault("test", [])
 
-    tokenizer, tok_folder, prefix = load_tokenizer(tokenizer_path, add_prefix_space)
+    tokenizer, tok_folder, prefix = load_tokenizer(config.model_selector_output,
+                                                   parse_auto_bool(config.add_prefix_space, "add_prefix_space"))
     model_max = getattr(tokenizer, "model_max_length", None) or 0
-    effective_len = int(max_seq_length)
+    effective_len = config.max_seq_length
     if 0 < model_max < effective_len:
         logger.warning("max_seq_length %d exceeds the tokenizer's model_max_length %d; using %d",
                        effective_len, model_max, model_max)
         effective_len = int(model_max)
 
     label_to_id = {name: i for i, name in enumerate(class_names)}
-    meta = read_model_selector_args(tokenizer_path) if Path(tokenizer_path).is_dir() else {}
-    model_name = meta.get("model_name") or Path(tokenizer_path).resolve().name
+    meta = read_model_selector_args(config.model_selector_output)
+    model_name = meta.get("model_name") or Path(config.model_selector_output).resolve().name
 
-    tmp, out = atomic_output(output_dir)
+    stage = staging_dir(config.preprocess_output)
     try:
         sizes, truncated = {}, {}
         for role in ("train", "validation", "test"):
             rows, cut = encode_sentences(splits.get(role, []), tokenizer, label_to_id, effective_len,
-                                         bool(label_all_tokens))
+                                         config.label_all_tokens)
             sizes[role], truncated[role] = len(rows), cut
-            if role == "test" and not rows:
-                continue
-            with (tmp / SPLIT_FILES[role]).open("w", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (tmp / CLASS_NAMES_FILE).write_text(json.dumps({"class_names": class_names}, indent=2))
-        tokenizer.save_pretrained(str(tmp))
-        record = dict(args)
-        record.update(model_name=model_name, task_name=TASK_NAME, add_prefix_space=prefix,
+            if role != "test" or rows:
+                write_jsonl(stage / SPLIT_FILES[role], rows)
+        (stage / CLASS_NAMES_FILE).write_text(json.dumps({"class_names": class_names}, indent=2))
+        tokenizer.save_pretrained(str(stage))
+        record = config.to_dict()
+        record.update(data_files=files, model_name=model_name, task_name=TASK_NAME, add_prefix_space=prefix,
                       effective_max_seq_length=effective_len, tokenizer_folder=str(tok_folder),
                       train_size=sizes["train"], validation_size=sizes["validation"], test_size=sizes["test"],
                       truncated_sentences=truncated, num_labels=len(class_names), class_names=class_names)
-        (tmp / PREPROCESS_ARGS_FILE).write_text(json.dumps(record, indent=2, default=str))
-        if out.exists() and (out / SPLIT_FILES["test"]).exists() and not sizes["test"]:
-            (out / SPLIT_FILES["test"]).unlink()  # do not leave a stale test split from an earlier run
-        _move_contents(tmp, out)
+        (stage / PREPROCESS_ARGS_FILE).write_text(json.dumps(record, indent=2, default=str))
+        publish_dir(stage, config.preprocess_output, replace=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
 
     summary = {"train_size": sizes["train"], "validation_size": sizes["validation"], "test_size": sizes["test"],
                "class_names": class_names, "num_labels": len(class_names), "model_name": model_name,
-               "truncated_sentences": truncated, "add_prefix_space": prefix, "output_dir": str(out)}
+               "truncated_sentences": truncated, "add_prefix_space": prefix,
+               "output_dir": str(Path(config.preprocess_output).resolve())}
     logger.info("preprocess summary: %s", summary)
     return summary
-
-
-def _opt_bool(value: str) -> Optional[bool]:
-    text = str(value).strip().lower()
-    if text in ("", "auto", "none"):
-        return None
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false/auto, got {value!r}")
-
-
-def _bool(value: str) -> bool:
-    result = _opt_bool(value)
-    if result is None:
-        raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
-    return result
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.preprocess", description=__doc__.splitlines()[0])
-    p.add_argument("--train_file", "--train-file", required=True, help="CoNLL or JSON Lines training data.")
-    p.add_argument("--validation_file", "--validation-file", default=None, help="Validation data (else split).")
-    p.add_argument("--test_file", "--test-file", default=None, help="Test data (else split).")
-    p.add_argument("--tokenizer_path", "--tokenizer-path", required=True,
-                   help="Tokenizer folder, model folder or model-import output folder.")
-    p.add_argument("--output_dir", "--output-dir", required=True, help="Preprocess output folder.")
-    p.add_argument("--token_column", default="tokens", help="JSON Lines column of the words.")
-    p.add_argument("--tag_column", default="ner_tags", help="JSON Lines column of the tags.")
-    p.add_argument("--max_seq_length", type=int, default=512, help="Truncate encoded rows to this many tokens.")
-    p.add_argument("--label_all_tokens", type=_bool, default=False,
-                   help="Label continuation sub-tokens too (B- becomes I-).")
-    p.add_argument("--add_prefix_space", type=_opt_bool, default=None,
-                   help="true/false/auto (auto: true for byte-level BPE tokenizers).")
-    p.add_argument("--validation_ratio", type=float, default=0.1)
-    p.add_argument("--test_ratio", type=float, default=0.1)
-    p.add_argument("--split_seed", type=int, default=42)
-    return p
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ns = build_parser().parse_args(argv)
-    try:
-        summary = preprocess(**vars(ns))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -220,6 +220,11 @@ class FakeApiServer:
         (pytorch_dir / "checkpoint-10" / "trainer_state.json").write_text("{}")
         (pytorch_dir / "config.json").write_text('{"model_type": "bert"}')
         (pytorch_dir / "model.safetensors").write_bytes(b"weights")
+        (pytorch_dir / "metrics.json").write_text(json.dumps(
+            {"best_checkpoint": str(pytorch_dir / "checkpoint-10"), "best_metric": 0.5,
+             "validation_metrics": {"eval_f1": 0.5, "eval_loss": 0.25}, "test_metrics": {"test_f1": 0.4},
+             "per_entity": {"person": {"precision": 0.5, "recall": 0.3, "f1": 0.375, "number": 8}},
+             "train_runtime": 12.5}))
         mlflow_dir.mkdir(parents=True, exist_ok=True)
         (mlflow_dir / "MLmodel").write_text("flavors:\n  transformers: {}\n")
 

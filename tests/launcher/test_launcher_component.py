@@ -2,7 +2,6 @@
 
 import dataclasses
 import inspect
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,28 +10,25 @@ import yaml
 
 from kube_fake import FakeApiServer, artifacts, make_clients  # noqa: F401 (fixture)
 from components.finetune_pytorchjob.component import finetune_pytorchjob
-from launcher import LaunchConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-LAUNCHER_INPUTS = {"shared_pvc_name", "num_nodes", "gpus_per_node", "procs_per_node", "image", "namespace",
-                   "shared_mount_path", "staging_uri", "staging_endpoint_url", "staging_secret_name",
-                   "staging_access_key_key", "staging_secret_key_key", "resources_json", "node_selector_json", "tolerations_json",
-                   "env_json", "service_account", "shm_size", "timeout_seconds", "poll_interval_seconds",
-                   "cleanup_policy", "run_id", "deepspeed_preset", "deepspeed_config_json", "finetune_args"}
 
 
-def test_explicit_trainer_inputs_are_finetune_config_fields_with_its_defaults():
-    from trainer.config import FinetuneConfig, spec_default
+def test_signature_is_the_launch_config_plus_the_finetune_config_with_their_defaults():
+    from launcher.config import LaunchConfig
+    from trainer.config import FinetuneConfig
+    from trainer.params import default_text
 
-    fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
-    params = inspect.signature(finetune_pytorchjob.python_func).parameters
-    artifacts = {"preprocess_output", "model_selector_output", "pytorch_model_folder", "mlflow_model_folder"}
-    for name, param in params.items():
-        if name in artifacts | LAUNCHER_INPUTS:
-            continue
-        assert name in fields, f"{name} is neither a launcher input nor a FinetuneConfig field"
-        if name != "apply_deepspeed":  # the point of this component: DeepSpeed on by default
-            assert param.default == spec_default(fields[name]), name
+    fields = {f.name: f for cls in (LaunchConfig, FinetuneConfig) for f in dataclasses.fields(cls)}
+    spec = finetune_pytorchjob.component_spec
+    assert set(spec.inputs) | set(spec.outputs) == set(fields) | {"metrics", "report"}
+    for name, param in inspect.signature(finetune_pytorchjob.python_func).parameters.items():
+        if name in fields and default_text(fields[name]) is not None:
+            assert param.default == default_text(fields[name]), name
+    # the pods' image defaults to the CUDA image, set on the compiled spec (components/definitions.py)
+    from components.images import TRAINER_CUDA_IMAGE
+
+    assert spec.inputs["image"].default == TRAINER_CUDA_IMAGE
 
 
 def test_compiled_yaml_is_current_and_names_the_images():
@@ -47,11 +43,17 @@ def test_compiled_yaml_is_current_and_names_the_images():
     # staging: a PVC or an object store, exactly one (checked at run time)
     assert inputs["shared_pvc_name"]["defaultValue"] == "" and inputs["staging_uri"]["defaultValue"] == ""
     assert inputs["staging_access_key_key"]["defaultValue"] == "AWS_ACCESS_KEY_ID"
-    assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"pytorch_model_folder", "mlflow_model_folder"}
+    assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"pytorch_model_folder", "mlflow_model_folder",
+                                                                   "metrics", "report"}
+
+
+class _Artifact(SimpleNamespace):
+    def log_metric(self, name, value):
+        self.metadata[name] = value
 
 
 def _artifact(path: str):
-    return SimpleNamespace(path=path, metadata={})
+    return _Artifact(path=path, metadata={})
 
 
 def _run_component(artifacts, monkeypatch, server, **overrides):
@@ -59,6 +61,8 @@ def _run_component(artifacts, monkeypatch, server, **overrides):
 
     monkeypatch.setattr(launch_module, "_load_clients", lambda: make_clients(server))
     outputs = {k: _artifact(artifacts[k]) for k in ("pytorch_model_folder", "mlflow_model_folder")}
+    outputs.update(metrics=_artifact(str(Path(artifacts["shared"]).parent / "metrics")),
+                   report=_artifact(str(Path(artifacts["shared"]).parent / "report.md")))
     kwargs = {name: p.default for name, p in inspect.signature(finetune_pytorchjob.python_func).parameters.items()
               if p.default is not inspect.Parameter.empty}
     kwargs.update(preprocess_output=_artifact(artifacts["preprocess_output"]),
@@ -72,31 +76,35 @@ def _run_component(artifacts, monkeypatch, server, **overrides):
 
 def test_component_body_runs_the_job_and_fills_the_outputs(artifacts, monkeypatch):
     server = FakeApiServer(["succeeded"])
-    outputs = _run_component(artifacts, monkeypatch, server, num_nodes=3, gpus_per_node=2,
-                             deepspeed_preset="zero3", learning_rate=5e-5,
-                             finetune_args=json.dumps({"lora_r": 16, "warmup_steps": 10}),
+    outputs = _run_component(artifacts, monkeypatch, server, num_nodes=3, gpus_per_node=2, apply_deepspeed="true",
+                             deepspeed_preset="zero3", learning_rate=5e-5, lora_r=16, warmup_steps=10,
                              tolerations_json='[{"key": "nvidia.com/gpu", "operator": "Exists"}]',
                              resources_json='{"limits": {"memory": "64Gi"}}')
     (job,) = server.created
     command = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["command"][2]
-    for piece in ("--nnodes 3", "--nproc_per_node 2", "--deepspeed zero3", "--apply_deepspeed true",
+    for piece in ("--nnodes 3", "--nproc_per_node 2", "--deepspeed_preset zero3", "--apply_deepspeed true",
                   "--learning_rate 5e-05", "--lora_r 16", "--warmup_steps 10"):
         assert piece in command
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
     assert job["metadata"]["namespace"] == "team-a"
     assert (Path(artifacts["mlflow_model_folder"]) / "MLmodel").exists()
     assert outputs["pytorch_model_folder"].metadata["pytorchjob"] == job["metadata"]["name"]
-    assert outputs["mlflow_model_folder"].metadata["framework"] == "mlflow.transformers"
+    assert outputs["mlflow_model_folder"].metadata["framework"] == "mlflow"
+    # Metrics and report come from rank 0's metrics.json, as in the single-pod finetune
+    assert outputs["metrics"].metadata["test_f1"] == 0.4 and outputs["metrics"].metadata["entity_person_f1"] == 0.375
+    assert "| person | 0.5000 | 0.3000 | 0.3750 | 8 |" in Path(outputs["report"].path).read_text()
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"finetune_args": '{"learning_rate": 1}'}, "inputs of their own"),
-    ({"finetune_args": "[1]"}, "JSON object"),
-    ({"tolerations_json": "{"}, "not valid JSON"),
+    ({"resources_json": "[1]"}, "resources_json must be a JSON object"),
+    ({"tolerations_json": "{"}, "tolerations_json is not valid JSON"),
+    ({"learning_rate": -1.0}, "learning_rate must be > 0"),
 ])
-def test_component_rejects_bad_json_before_any_api_call(artifacts, monkeypatch, overrides, message):
+def test_component_rejects_bad_values_before_any_api_call(artifacts, monkeypatch, overrides, message):
+    from trainer.errors import ConfigError
+
     server = FakeApiServer(["succeeded"])
-    with pytest.raises(LaunchConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         _run_component(artifacts, monkeypatch, server, **overrides)
     assert server.requests == []
 

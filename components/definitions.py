@@ -1,0 +1,58 @@
+"""Every KFP component of the package: which typed configs make its signature, its extra outputs, its body.
+
+`scripts/compile_components.py` renders each into `components/<name>/component.py` (then its YAML and README).
+To add a component: a config in trainer/config.py (or launcher/config.py), a `components/<name>/runtime.py`
+with `run(**kwargs)`, an entry here, then regenerate.
+"""
+
+from __future__ import annotations
+
+from components.codegen import ComponentDef
+from launcher.config import LaunchConfig
+from trainer.config import EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
+
+METRICS = ("Metrics", "Every validation (eval_*) and test (test_*) figure, plus best_metric, train_runtime and "
+                      "entity_<name>_f1.")
+REPORT = ("Markdown", "Markdown report: overall figures and the per-entity precision/recall/F1 table.")
+
+COMPONENTS = [
+    ComponentDef(
+        name="model_import", configs=(ModelImportConfig,), runtime="components.model_import.runtime",
+        summary="Import a Hugging Face model (folder, LoRA adapter, earlier fine-tune output or MLflow model)."),
+    ComponentDef(
+        name="preprocess", configs=(PreprocessConfig,), runtime="components.preprocess.runtime",
+        summary="Read labelled token-classification data, split it, tokenize it and align word labels to "
+                "sub-tokens.",
+        returns=[("num_labels", "int", "Number of classes."),
+                 ("class_names", "list", "Class names; label id = index."),
+                 ("train_size", "int", "Number of training sentences.")]),
+    ComponentDef(
+        name="finetune", configs=(FinetuneConfig,), runtime="components.finetune.runtime",
+        summary="Fine-tune a Hugging Face model for token classification (NER, POS, PII), with optional LoRA, "
+                "DeepSpeed, ORT.",
+        description="Every parameter of the reference spec (shared/spec/token_classification_finetune.md) is an "
+                    "input with the spec's name, type and default (booleans are the strings \"true\"/\"false\").",
+        outputs={"metrics": METRICS, "report": REPORT}),
+    ComponentDef(
+        name="evaluate", configs=(EvaluateConfig,), runtime="components.evaluate.runtime",
+        summary="Evaluate a fine-tuned model on a split of the preprocess output: entity-level (seqeval) and "
+                "token figures.",
+        outputs={"metrics": ("Metrics", "<split>_f1, <split>_precision, <split>_recall, <split>_accuracy, "
+                                        "<split>_loss and per-entity F1."),
+                 "report": ("Markdown", "Markdown report with the overall figures and the per-entity table.")},
+        returns=[("f1", "float", "Entity-level micro F1."), ("precision", "float", "Entity-level micro precision."),
+                 ("recall", "float", "Entity-level micro recall."),
+                 ("accuracy", "float", "Token accuracy (over first sub-tokens).")]),
+    ComponentDef(
+        name="finetune_pytorchjob", configs=(LaunchConfig, FinetuneConfig),
+        runtime="components.finetune_pytorchjob.runtime",
+        summary="Fine-tune for token classification as a multi-node PyTorchJob (torchrun + DeepSpeed) and collect "
+                "the outputs.",
+        description="A small launcher step (CPU image): it stages the input artifacts to a ReadWriteMany PVC or an "
+                    "object store, creates a kubeflow.org/v1 PyTorchJob (Master + num_nodes-1 Workers running "
+                    "torchrun -m trainer.cli), follows it, echoes the master's log, copies rank 0's outputs into "
+                    "its output artifacts and deletes the job per cleanup_policy. Give exactly one of "
+                    "shared_pvc_name and staging_uri. See docs/distributed.md.",
+        outputs={"metrics": METRICS, "report": REPORT},
+        default_exprs={"image": "TRAINER_CUDA_IMAGE"}),
+]

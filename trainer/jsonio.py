@@ -1,0 +1,49 @@
+"""Reading JSON and JSON Lines input files; every error names the file (and line) and raises InputError."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from trainer.errors import InputError
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON input file, or an InputError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON: {err}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path} is not UTF-8 text: {err}") from None
+
+
+def iter_jsonl(path: str | Path, *, objects: bool = True) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line; with `objects`, each value must be a JSON object."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{path} line {line_no}: not valid JSON ({err})") from None
+                if objects and not isinstance(value, dict):
+                    raise InputError(f"{path} line {line_no}: expected a JSON object, got {type(value).__name__}")
+                yield line_no, value
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path} is not UTF-8 text: {err}") from None
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
+    """Write one JSON value per line (UTF-8, not ASCII-escaped); returns the number of rows."""
+    count = 0
+    with Path(path).open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
