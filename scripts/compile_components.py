@@ -220,6 +220,12 @@ def generated_files(repo: Path = REPO) -> dict[Path, str]:
     return files
 
 
+def find_drift(files: dict[Path, str]) -> list[Path]:
+    """The files whose content on disk differs from the expected content (absent ones included)."""
+    return [path for path, content in sorted(files.items())
+            if not path.exists() or path.read_text() != content]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a checked-in file differs from its source")
@@ -227,32 +233,28 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)
     sources = component_sources(REPO)
     if not args.check:  # the YAMLs are compiled from the sources: write those first
-        for path, content in sources.items():
-            if not path.exists() or path.read_text() != content:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(content)
-                print(f"wrote {path.relative_to(REPO)}")
-    files = {**generated_files(REPO), **sources}
-    drift = []
-    for path, content in sorted(files.items()):
-        current = path.read_text() if path.exists() else None
-        if current == content:
-            continue
-        if args.check:
-            drift.append(path)
-            diff = difflib.unified_diff((current or "").splitlines(), content.splitlines(),
-                                        f"{path.relative_to(REPO)} (checked in)", f"{path.relative_to(REPO)} (generated)",
-                                        lineterm="", n=1)
-            print("\n".join(list(diff)[:40]))
-        else:
-            path.write_text(content)
+        for path in find_drift(sources):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(sources[path])
             print(f"wrote {path.relative_to(REPO)}")
-    if args.check:
-        if drift:
-            print(f"\n{len(drift)} file(s) out of date: {[str(p.relative_to(REPO)) for p in drift]}\n"
-                  f"run: python scripts/compile_components.py", file=sys.stderr)
-            return 1
-        print(f"{len(files)} generated file(s) up to date")
+    files = {**generated_files(REPO), **sources}
+    drift = find_drift(files)
+    if not args.check:
+        for path in drift:
+            path.write_text(files[path])
+            print(f"wrote {path.relative_to(REPO)}")
+        return 0
+    for path in drift:
+        current = path.read_text() if path.exists() else ""
+        diff = difflib.unified_diff(current.splitlines(), files[path].splitlines(),
+                                    f"{path.relative_to(REPO)} (checked in)", f"{path.relative_to(REPO)} (generated)",
+                                    lineterm="", n=1)
+        print("\n".join(list(diff)[:40]))
+    if drift:
+        print(f"\n{len(drift)} file(s) out of date: {[str(p.relative_to(REPO)) for p in drift]}\n"
+              f"run: python scripts/compile_components.py", file=sys.stderr)
+        return 1
+    print(f"{len(files)} generated file(s) up to date")
     return 0
 
 

@@ -50,6 +50,7 @@ def test_deepspeed_single_process_default_config(tmp_path, tiny_preprocess_outpu
     _run([sys.executable, *_trainer_flags(tiny_preprocess_output, tiny_model_selector, tmp_path,
                                           "--per_device_train_batch_size", "16", "--num_train_epochs", "8")], tmp_path)
     _check_outputs(tmp_path, [10 * e for e in range(1, 9)])
+    assert (tmp_path / "pytorch" / "checkpoint-10" / "global_step10" / "mp_rank_00_model_states.pt").exists()
 
 
 @pytest.mark.parametrize("preset,extra", [
@@ -63,5 +64,10 @@ def test_torchrun_two_processes(tmp_path, tiny_preprocess_output, tiny_model_sel
     _run(["torchrun", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
           *_trainer_flags(tiny_preprocess_output, tiny_model_selector, tmp_path, "--deepspeed_preset", preset,
                           "--per_device_train_batch_size", "8", "--num_train_epochs", str(epochs), *extra)], tmp_path)
-    metrics = _check_outputs(tmp_path, [10 * e for e in range(1, epochs + 1)])
-    assert metrics["train_samples"] == 160
+    _check_outputs(tmp_path, [10 * e for e in range(1, epochs + 1)])
+    # DeepSpeed really ran at that ZeRO stage on 2 ranks: each rank saved its own optimizer shard, and ZeRO-3
+    # also its own parameter shard (ZeRO-2 keeps one whole copy of the model states).
+    shards = {p.name for p in (tmp_path / "pytorch" / "checkpoint-10").glob("global_step10/*.pt")}
+    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= shards, shards
+    partitioned = {f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)}
+    assert (partitioned <= shards) if preset == "zero3" else ("mp_rank_00_model_states.pt" in shards), shards

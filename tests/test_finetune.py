@@ -43,6 +43,23 @@ def test_model_learns_and_outputs_load_back(make_config):
     assert not list(root.glob(".*incomplete*"))
 
 
+def test_reported_validation_figures_are_the_published_models(make_config, tmp_path):
+    """The validation figures come from the best checkpoint's evaluation during training (not a second pass):
+    scoring the published model on the validation split again gives the same numbers."""
+    from trainer.config import EvaluateConfig
+    from trainer.evaluate import evaluate
+
+    config = make_config(num_train_epochs=3, learning_rate=2e-3, metric_for_best_model="loss")
+    result = finetune(config)
+    step = int(Path(result.best_checkpoint).name.split("-")[1])
+    again = evaluate(EvaluateConfig(model=config.pytorch_model_folder, preprocess_output=config.preprocess_output,
+                                    predictions=str(tmp_path / "predictions.jsonl"), split="validation"))
+    assert result.validation_metrics["eval_f1"] == pytest.approx(again.figures["f1"], abs=1e-9)
+    assert result.validation_metrics["eval_accuracy"] == pytest.approx(again.figures["accuracy"], abs=1e-9)
+    assert result.best_metric == pytest.approx(result.validation_metrics["eval_loss"])
+    assert step in {10, 20, 30}
+
+
 def test_mlflow_model_serves_offline(make_config):
     import mlflow.pyfunc
 
@@ -72,38 +89,100 @@ def test_save_total_limit_never_deletes_the_best(make_config):
     assert result.best_checkpoint in kept and len(kept) <= 2  # the best plus the newest
 
 
-class _Recorder(TrainerCallback):
+class _Observer(TrainerCallback):
+    """What the training loop really ran with: optimizer, learning rates, step count, precision, determinism."""
+
     def __init__(self):
-        self.evaluations = 0
+        self.lrs, self.evaluations, self.forward_dtypes = [], 0, set()
+
+    def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+        self.max_steps = state.max_steps
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
+        head = model.classifier
+        head.register_forward_hook(lambda module, inputs, output: self.forward_dtypes.add(output.dtype)
+                                   if module.training else None)
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.lrs.append(lr_scheduler.get_last_lr()[0])
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.evaluations += 1
 
 
 def test_early_stopping_stops_before_the_last_epoch(make_config):
-    # lr 0 never improves: patience 1 stops after the second evaluation of 8.
-    recorder = _Recorder()
+    # lr ~0 never improves: patience 1 stops after the second evaluation of 8.
+    observer = _Observer()
     config = make_config(learning_rate=1e-12, apply_early_stopping=True, early_stopping_patience=1,
                          early_stopping_threshold=0.01, metric_for_best_model="loss")
-    finetune(config, callbacks=[recorder])
+    finetune(config, callbacks=[observer])
+    assert observer.evaluations == 2 and observer.max_steps == 80
     assert len(list_checkpoints(config.pytorch_model_folder)) == 2
 
 
-@pytest.mark.parametrize("overrides", [
-    {"optim": "adafactor", "learning_rate": 1e-2, "lr_scheduler_type": "constant"},
-    {"optim": "adamw_hf", "lr_scheduler_type": "cosine", "warmup_steps": 5, "weight_decay": 0.01},
-    {"precision": "16", "gradient_accumulation_steps": 2, "learning_rate": 1e-2},
-    {"auto_find_batch_size": True, "lr_scheduler_type": "polynomial"},
-], ids=["adafactor", "adamw_hf-cosine", "precision16-gradaccum", "auto-batch"])
-def test_training_options_train_a_model(make_config, overrides):
-    config = make_config(**overrides)
+def test_adafactor_with_constant_schedule(make_config):
+    observer = _Observer()
+    result = finetune(make_config(optim="adafactor", learning_rate=1e-2, lr_scheduler_type="constant"),
+                      callbacks=[observer])
+    assert type(observer.optimizer).__name__ == "Adafactor"
+    assert observer.lrs == [1e-2] * 80
+    assert result.validation_metrics["eval_f1"] > 0.5
+
+
+def test_adamw_hf_runs_fused_adamw_with_warmup_cosine_and_weight_decay(make_config):
+    observer = _Observer()
+    result = finetune(make_config(optim="adamw_hf", lr_scheduler_type="cosine", warmup_steps=5, weight_decay=0.01),
+                      callbacks=[observer])
+    optimizer = observer.optimizer
+    assert type(optimizer).__name__ == "AdamW" and optimizer.defaults["fused"] is True
+    assert sorted(group["weight_decay"] for group in optimizer.param_groups) == [0.0, 0.01]  # no decay on biases
+    peak = 5e-3
+    assert observer.lrs[:5] == pytest.approx([peak * i / 5 for i in range(1, 6)])  # linear warmup
+    halfway = 5 + (80 - 5) // 2  # cosine: half the peak halfway through the decay
+    assert observer.lrs[halfway - 1] == pytest.approx(peak / 2, rel=0.05) and observer.lrs[-1] < peak * 0.01
+    assert result.validation_metrics["eval_f1"] > 0.5
+
+
+def test_precision_16_trains_in_bf16_on_cpu_and_accumulates_gradients(make_config):
+    observer = _Observer()
+    result = finetune(make_config(precision="16", gradient_accumulation_steps=2, learning_rate=1e-2),
+                      callbacks=[observer])
+    assert observer.forward_dtypes == {torch.bfloat16}  # autocast: the head computes in bf16
+    assert observer.max_steps == 40  # 160 rows / batch 16 / 2 accumulation steps = 5 steps per epoch, 8 epochs
+    assert result.validation_metrics["eval_f1"] > 0.5
+
+
+def test_precision_32_trains_in_fp32(make_config):
+    observer = _Observer()
+    finetune(make_config(num_train_epochs=1), callbacks=[observer])
+    assert observer.forward_dtypes == {torch.float32}
+
+
+def test_auto_find_batch_size_shrinks_the_batch_until_it_fits(make_config, monkeypatch):
+    from trainer.hf_trainer import TokenClassificationTrainer
+
+    original, seen = TokenClassificationTrainer.training_step, []
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        seen.append(len(inputs["input_ids"]))
+        if len(inputs["input_ids"]) > 8:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GiB")
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(TokenClassificationTrainer, "training_step", training_step)
+    config = make_config(auto_find_batch_size=True, lr_scheduler_type="polynomial", num_train_epochs=2)
     result = finetune(config)
-    assert result.validation_metrics["eval_f1"] > 0.5, result.validation_metrics
+    state = json.loads((list_checkpoints(config.pytorch_model_folder)[-1] / "trainer_state.json").read_text())
+    # accelerate 1.15 retries 10% smaller each time (the spec says halving): 16, 14, 12, 10, 9, then 8 fits
+    assert seen[:5] == [16, 14, 12, 10, 9] and max(seen[5:]) == 8 and state["train_batch_size"] == 8
+    assert result.validation_metrics["eval_f1"] > 0.3
 
 
 def test_full_determinism_reproduces_a_run(make_config):
-    first = finetune(make_config("a", enable_full_determinism=True, num_train_epochs=2))
-    second = finetune(make_config("b", enable_full_determinism=True, num_train_epochs=2))
+    observers = [_Observer(), _Observer()]
+    first = finetune(make_config("a", enable_full_determinism=True, num_train_epochs=2), callbacks=[observers[0]])
+    second = finetune(make_config("b", enable_full_determinism=True, num_train_epochs=2), callbacks=[observers[1]])
+    assert observers[0].deterministic and observers[1].deterministic  # torch's deterministic algorithms were on
     assert first.validation_metrics["eval_loss"] == second.validation_metrics["eval_loss"]
 
 

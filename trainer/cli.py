@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict, is_dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -25,8 +26,17 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Logging of a program run (the CLIs and the KFP components); library use leaves logging to the caller."""
+    """Logging of a program run (the CLIs and the KFP components); library use leaves logging to the caller.
+
+    Progress bars (weights loading/saving, downloads) are off: a pod log has no terminal to redraw them in, and
+    trainer.progress logs the training progress as lines.
+    """
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]], prog: str,

@@ -70,8 +70,8 @@ class FinetuneConfig(Params):
     max_steps: int = _spec(-1, "If positive, total optimizer steps; overrides num_train_epochs.", group="training")
     per_device_train_batch_size: int = _spec(1, "Per-device training batch size.", group="training", minimum=1)
     per_device_eval_batch_size: int = _spec(1, "Per-device evaluation batch size.", group="training", minimum=1)
-    auto_find_batch_size: bool = _spec(False, "Halve the batch size on out-of-memory until it fits.",
-                                       group="training")
+    auto_find_batch_size: bool = _spec(False, "On out-of-memory, retry with a smaller batch until it fits "
+                                       "(accelerate: 10% smaller each time).", group="training")
     optim: str = _spec("adamw_hf", "Optimizer (adamw_hf and adamw_torch run torch's fused AdamW; the unfused one "
                        "under DeepSpeed).", choices=tuple(OPTIMIZER_MAP), group="training")
     learning_rate: float = _spec(2e-5, "Initial learning rate.", group="training", above=0)

@@ -38,6 +38,18 @@ class FinetuneResult:
     train_metrics: dict = field(default_factory=dict)
 
 
+def best_validation_metrics(trainer) -> Optional[dict]:
+    """The validation figures of the best checkpoint, as logged when it was evaluated during training (the best
+    model is that checkpoint reloaded: evaluating it again would only repeat the work)."""
+    best = trainer.state.best_model_checkpoint
+    if best is None:
+        return None
+    step = int(Path(best).name.rsplit("-", 1)[-1])
+    entry = next((entry for entry in reversed(trainer.state.log_history)
+                  if entry.get("step") == step and "eval_loss" in entry), None)
+    return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"} if entry else None
+
+
 def prepare(config: FinetuneConfig):
     """Every check that can fail, before any model is loaded. Returns (data, model_dir, deepspeed_config)."""
     from transformers import AutoConfig
@@ -129,7 +141,8 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_runtime = time.perf_counter() - started
 
-    validation_metrics = trainer.evaluate(data.validation, metric_key_prefix="eval")
+    validation_metrics = best_validation_metrics(trainer) or trainer.evaluate(data.validation,
+                                                                               metric_key_prefix="eval")
     scored = data.test if data.test is not None else data.validation
     prediction = trainer.predict(scored, metric_key_prefix="test" if data.test is not None else "eval")
 

@@ -224,7 +224,8 @@ class Params:
             suffix = " (required)" if is_required(f) else (f" (default: {default})" if default is not None else "")
             metavar = "PATH" if is_path(f) else ({bool: "{true,false}", int: "N", float: "X", str: "TEXT"}[base_type(f)]
                                                  if not f.metadata.get("choices") else None)
-            groups[group].add_argument(*flags, dest=f.name, default=None, help=describe(f, cls.SPEC) + suffix,
+            groups[group].add_argument(*flags, dest=f.name, default=None,
+                                       help=(describe(f, cls.SPEC) + suffix).replace("%", "%%"),  # argparse formats
                                        choices=f.metadata.get("choices"), metavar=metavar)
         return parser
 
