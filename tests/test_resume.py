@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from trainer.checkpoints import latest_complete_checkpoint, list_checkpoints
+from trainer.checkpoints import choose_resume_checkpoint, list_checkpoints
 from trainer.finetune import finetune
 
 
@@ -36,7 +36,7 @@ def test_resume_reproduces_the_uninterrupted_run(make_config):
     torn = root / "checkpoint-30"
     torn.mkdir()
     (torn / "model.safetensors").write_bytes(b"partial")
-    assert latest_complete_checkpoint(root).name == "checkpoint-20"
+    assert choose_resume_checkpoint(root).name == "checkpoint-20"
 
     resumed = finetune(make_config("crashed", resume_from_checkpoint="true", **settings))
     assert not torn.exists() or (torn / "trainer_state.json").exists()

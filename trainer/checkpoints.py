@@ -1,16 +1,35 @@
-"""Finding resumable checkpoints: a checkpoint is complete once the HF Trainer wrote trainer_state.json (last)."""
+"""Resumable checkpoints: a checkpoint counts only once its manifest, written last, matches its files.
+
+The HF Trainer writes `checkpoint-N/` file by file; a crash, a full disk or a killed pod can leave any of them
+missing, empty or truncated (a 0-byte `trainer_state.json` once made every later resume fail). So after each
+save, every rank having finished (`CheckpointManifestCallback`), the main process writes
+`checkpoint_manifest.json` — the size and SHA-256 of every file — atomically and last:
+
+- `is_complete` (cheap: the manifest parses and every file has its size) decides what is uploaded or kept;
+- `choose_resume_checkpoint` picks the newest checkpoint whose files also match their hashes and that holds no
+  pickled object outside the allowlist (`trainer.safe_loading`), says which newer ones it skipped and why, and
+  removes the torn ones (they would be written into again when training reaches their step).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import shutil
 from pathlib import Path
 from typing import Optional
 
+from transformers import TrainerCallback
+
+from trainer.publish import write_json_atomic
+
 logger = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARKER = "trainer_state.json"
+MANIFEST = "checkpoint_manifest.json"
+COMPLETE_MARKER = MANIFEST  # written last; uploads and copies put it last too
+MANIFEST_FORMAT = 1
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -22,17 +41,93 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(checkpoint: Path) -> list[Path]:
+    return sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST
+                  and not p.name.startswith("."))
+
+
+def write_manifest(checkpoint: Path) -> dict:
+    """Record the size and hash of every file of a finished checkpoint (atomically, as its last file)."""
+    manifest = {"format": MANIFEST_FORMAT, "files": {
+        str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(checkpoint)}}
+    write_json_atomic(checkpoint / MANIFEST, manifest)
+    return manifest
+
+
+def _read_manifest(checkpoint: Path) -> tuple[Optional[dict], str]:
+    path = checkpoint / MANIFEST
+    if not path.is_file():
+        return None, f"no {MANIFEST} (interrupted while saving)"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        return None, f"{MANIFEST} is unreadable ({type(err).__name__})"
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
+            or not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+        return None, f"{MANIFEST} is not a manifest of format {MANIFEST_FORMAT}"
+    return manifest, ""
+
+
+def problem(checkpoint: Path, verify_hashes: bool = False) -> str:
+    """Why `checkpoint` cannot be used ('' when it can): missing manifest, missing/resized/altered files."""
+    manifest, why = _read_manifest(checkpoint)
+    if manifest is None:
+        return why
+    for name, expected in manifest["files"].items():
+        path = checkpoint / name
+        if ".." in Path(name).parts or not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected.get("size"):
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {expected.get('size')}"
+        if verify_hashes and _sha256(path) != expected.get("sha256"):
+            return f"{name} does not match its SHA-256 in the manifest"
+    return ""
+
+
 def is_complete(checkpoint: Path) -> bool:
-    return (checkpoint / COMPLETE_MARKER).is_file()
+    """The manifest is there and every file has its recorded size (no hashing: cheap enough to poll)."""
+    return not problem(checkpoint)
 
 
-def latest_complete_checkpoint(folder: str | Path, drop_incomplete: bool = False) -> Optional[Path]:
-    """The newest complete checkpoint; newer incomplete ones (a crash mid-save) are removed if asked."""
-    latest = None
-    for checkpoint in list_checkpoints(folder):
-        if is_complete(checkpoint):
-            latest = checkpoint
-        elif drop_incomplete:
-            logger.warning("removing incomplete checkpoint %s (interrupted while saving)", checkpoint)
+def choose_resume_checkpoint(folder: str | Path, remove_torn: bool = False) -> Optional[Path]:
+    """The newest checkpoint that is complete, matches its hashes and holds only allowed pickled objects.
+
+    Newer ones are skipped with a warning saying why; torn ones (no valid manifest) are removed if asked.
+    """
+    from trainer.safe_loading import unsafe_pickles
+
+    for checkpoint in reversed(list_checkpoints(folder)):
+        why = problem(checkpoint, verify_hashes=True)
+        if not why:
+            unsafe = unsafe_pickles(checkpoint)
+            if not unsafe:
+                return checkpoint
+            why = f"it holds pickled objects that are not on the allowlist: {unsafe}"
+        logger.warning("not resuming from %s: %s", checkpoint, why)
+        if remove_torn and _read_manifest(checkpoint)[0] is None:
             shutil.rmtree(checkpoint, ignore_errors=True)
-    return latest
+    return None
+
+
+class CheckpointManifestCallback(TrainerCallback):
+    """Writes the manifest of each checkpoint once every rank has finished saving it (main process only)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # DeepSpeed ranks write their own shards into the same folder
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                write_manifest(checkpoint)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # nobody rotates or reads it before it is complete

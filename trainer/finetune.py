@@ -79,13 +79,42 @@ def prepare(config: FinetuneConfig):
 
 def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> FinetuneResult:
     """Fine-tune per `config`; returns the best model's metrics. Raises ConfigError/InputError on bad input."""
-    data, model_dir, deepspeed_config = prepare(config)
+    import contextlib
 
+    from trainer.distributed import is_main_process
+    from trainer.lock import FolderLock
+    from trainer.outputs import validate_outputs
+
+    data, model_dir, deepspeed_config = prepare(config)
+    # One run per output folder: the main process holds its lock until the outputs are published.
+    with FolderLock(config.pytorch_model_folder) if is_main_process() else contextlib.nullcontext():
+        validate_outputs(config)  # again, under the lock: another run may have written since prepare()
+        resume = _resume_checkpoint(config)
+        return _train_and_publish(config, data, model_dir, deepspeed_config, resume, callbacks)
+
+
+def _resume_checkpoint(config: FinetuneConfig) -> Optional[Path]:
+    from trainer.checkpoints import choose_resume_checkpoint
+    from trainer.distributed import is_main_process
+
+    if not config.resume_from_checkpoint:
+        return None
+    resume = choose_resume_checkpoint(config.pytorch_model_folder, remove_torn=is_main_process())
+    if resume is None:
+        logger.warning("resume_from_checkpoint=true but no usable checkpoint in %s: starting fresh",
+                       config.pytorch_model_folder)
+    else:
+        logger.info("resuming from %s", resume)
+    return resume
+
+
+def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_config: Optional[dict],
+                       resume: Optional[Path], callbacks: Optional[list]) -> FinetuneResult:
     from transformers import AutoTokenizer, DataCollatorForTokenClassification, EarlyStoppingCallback
     from transformers import PrinterCallback, enable_full_determinism, set_seed
 
-    from trainer.checkpoints import latest_complete_checkpoint
-    from trainer.distributed import ensure_process_group_env, has_cuda, is_main_process, world_size
+    from trainer.checkpoints import CheckpointManifestCallback
+    from trainer.distributed import ensure_process_group_env, has_cuda, world_size
     from trainer.hf_trainer import TokenClassificationTrainer
     from trainer.lora import apply_lora
     from trainer.metrics import argmax_logits, make_compute_metrics, per_entity_scores
@@ -94,8 +123,10 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     from trainer.progress import ProgressCallback, ProgressMeter
     from trainer.training_args import build_training_args
 
-    Path(config.pytorch_model_folder).mkdir(parents=True, exist_ok=True)
     if deepspeed_config is not None:
+        from trainer import safe_loading
+
+        safe_loading.install()
         ensure_process_group_env()
     args = build_training_args(config, len(data.train), deepspeed_config)
     _ = args.device  # initialise the process group now: ZeRO-3 partitions weights inside from_pretrained
@@ -118,7 +149,8 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
         model = wrap(model)
 
     meter = ProgressMeter()
-    all_callbacks = [ProgressCallback(meter, config.progress_seconds, world_size())] + list(callbacks or [])
+    all_callbacks = [CheckpointManifestCallback(), ProgressCallback(meter, config.progress_seconds, world_size()),
+                     *(callbacks or [])]
     if config.apply_early_stopping:
         all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if config.precision == "16" else None)
@@ -129,14 +161,6 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressCallback formats them
 
-    resume = None
-    if config.resume_from_checkpoint:
-        resume = latest_complete_checkpoint(config.pytorch_model_folder, drop_incomplete=is_main_process())
-        if resume is None:
-            logger.warning("resume_from_checkpoint=true but no complete checkpoint in %s: starting fresh",
-                           config.pytorch_model_folder)
-        else:
-            logger.info("resuming from %s", resume)
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_runtime = time.perf_counter() - started
