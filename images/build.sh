@@ -25,12 +25,11 @@
 # with the same environment (python scripts/compile_components.py) and the YAMLs name these images.
 # Extra build flags: DOCKER_BUILD_ARGS="--platform linux/amd64 --build-arg TORCH_CUDA=cu126".
 set -euo pipefail
-cd "$(dirname "$0")/.."
-REPO="$(pwd)"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=engine.sh
-. images/engine.sh
+. "$REPO/images/engine.sh"
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$REPO/images/build.sh" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 
 targets=()
@@ -74,6 +73,9 @@ if [ -n "$WHEEL_DIR" ]; then
     build_contexts+=(--build-context "torch-wheels=$(cd "$WHEEL_DIR" && pwd)")
 fi
 
+# Relative DIRs above are relative to where the script was started; from here on, the repository root.
+cd "$REPO"
+
 # Image names from the one place that defines them.
 read -r CPU_IMAGE CUDA_IMAGE REGISTRY TAG < <(python3 - <<'PY'
 import importlib.util, pathlib
@@ -84,6 +86,16 @@ PY
 )
 ORT_IMAGE="${TOKCLS_TRAINER_ORT_IMAGE:-${REGISTRY}/trainer-ort:${TAG}}"
 
+# The host-input contexts need a stage of that name in the Dockerfile (else they would be silently ignored).
+for target in "${targets[@]}"; do
+    for ctx in extra-ca-certs torch-wheels; do
+        if printf '%s\n' "${build_contexts[@]:-}" | grep -q "^$ctx=" \
+                && ! grep -q "^FROM scratch AS $ctx$" "$REPO/images/Dockerfile.$target"; then
+            die "images/Dockerfile.$target has no '$ctx' stage: --extra-ca-certs / --wheel-dir work for cpu only"
+        fi
+    done
+done
+
 tokcls_pick_engine "$REPO"
 export DOCKER_BUILDKIT=1
 for target in "${targets[@]}"; do
@@ -93,13 +105,6 @@ for target in "${targets[@]}"; do
         ort)  image="$ORT_IMAGE"; echo "warning: the ORT image is experimental and unsupported (see images/README.md)" >&2 ;;
     esac
     dockerfile="images/Dockerfile.$target"
-    if [ ${#build_contexts[@]} -gt 0 ]; then
-        for ctx in extra-ca-certs torch-wheels; do
-            if printf '%s\n' "${build_contexts[@]}" | grep -q "^$ctx=" && ! grep -q "^FROM scratch AS $ctx$" "$dockerfile"; then
-                die "$dockerfile has no '$ctx' stage: --extra-ca-certs / --wheel-dir are supported for cpu only"
-            fi
-        done
-    fi
     args=(-f "$dockerfile" -t "$image"
           --label "org.opencontainers.image.revision=$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)"
           --label "org.opencontainers.image.source=kfp-token-classification")
