@@ -21,8 +21,8 @@ What `container_session` does:
   the pipeline root is handed to that uid; as any other user, the containers run as that user's uid:gid so
   the outputs belong to them.
 
-The compiled YAMLs name `ghcr.io/kfp-token-classification/trainer-cpu:<tag>` (components/images.py): build and
-tag it locally (images/build.sh cpu) and nothing is pulled.
+The compiled YAMLs name components/images.py's TRAINER_CPU_IMAGE: images/build.sh cpu builds it under that name,
+so nothing is pulled.
 """
 
 from __future__ import annotations
