@@ -51,9 +51,10 @@ class ContainerEngineUnavailable(RuntimeError):
 # auto_remove=True, then its logs are streamed and container.wait() is called. When the container is gone by then
 # (it exited and was auto-removed), Docker answers 404 and kfp *returns 0*: a failed component is reported as
 # SUCCESS. With podman's Docker-compatible API (4.3.1, measured here) the container is always gone by then:
-# podman removes it the moment it exits, wait() gets 404 "no such container", and every component, failed or not,
-# is reported as SUCCESS; a component that exits before the log stream attaches loses its logs too (the stream
-# gets 404 as well). Upstream: kubeflow/pipelines issue #13332, fixes proposed in PRs #13402 and
+# podman removes it the moment it exits, and answers wait() or the log request 404 "no such container" or, when
+# the request races the removal, 500 "does not exist in database". On 404 every component, failed or not, is
+# reported as SUCCESS (and one that exits before the log stream attaches loses its logs); the 500 escapes kfp as a
+# docker APIError, with no exit code and no logs. Upstream: kubeflow/pipelines issue #13332, fixes proposed in PRs #13402 and
 # #13907 (open, not in 2.17.3). `run_container` below is kfp's function without auto_remove: it streams the logs,
 # waits for the real exit code and removes the container afterwards. DockerTaskHandler.run() looks
 # run_docker_container up in its module at call time, so replacing that one module attribute is the hook.
@@ -73,7 +74,11 @@ def run_container(client, image: str, command: list, volumes: dict, **container_
         print(f"Found image {image!r}\n")
     except docker.errors.ImageNotFound:
         print(f"Pulling image {image!r}")
-        client.images.pull(image)
+        try:
+            client.images.pull(image)
+        except docker.errors.APIError as err:
+            raise RuntimeError(f"image {image} is not in the local store and could not be pulled ({err}); build it "
+                               "with images/build.sh (see images/README.md)") from None
         print("Image pull complete\n")
     container_run_args.pop("auto_remove", None)  # we remove the container ourselves, after reading its exit code
     container_run_args.pop("remove", None)

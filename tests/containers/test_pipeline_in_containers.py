@@ -124,13 +124,28 @@ def test_run_container_returns_the_exit_code_and_the_logs(docker_client, trainer
     assert "going down" in capfd.readouterr().out
 
 
-def test_kfp_2_17_docker_runner_reports_a_failed_container_as_exit_0(docker_client, trainer_image, capfd):
-    """Why pipelines/container_runner.py replaces kfp's run_docker_container: kfp's own returns 0 for a container that
-    exited 3 (podman removes it before kfp's wait()). When this fails, kfp has fixed it: drop the replacement."""
+def test_run_container_says_how_to_build_a_missing_image(docker_client, docker_url):
+    from pipelines.container_runner import run_container
+
+    with pytest.raises(RuntimeError, match="not in the local store and could not be pulled.*images/build.sh"):
+        run_container(docker_client, "localhost/tokcls-no-such-image:0", ["true"], volumes={})
+
+
+def test_kfp_2_17_docker_runner_loses_the_exit_code_on_podman(docker_client, trainer_image):
+    """Why pipelines/container_runner.py replaces kfp's run_docker_container: for a container that exits 3, kfp's own
+    returns 0 (podman answered 404: the container was removed before wait()) or raises a docker APIError (podman
+    answered 500 while removing it). When this fails, kfp has fixed it: drop the replacement."""
+    import docker
     from kfp.local import docker_task_handler
 
+    if not any("podman" in c.get("Name", "").lower() for c in docker_client.version().get("Components", [])):
+        pytest.skip("deterministic with podman only (Docker may still answer wait() before it removes the container)")
     if docker_task_handler.run_docker_container.__module__ != docker_task_handler.__name__:
         pytest.fail("kfp's run_docker_container is still replaced: the test must see kfp's own")
-    code = docker_task_handler.run_docker_container(docker_client, trainer_image, ["-c", "exit 3"], volumes={},
-                                                    entrypoint=["sh"])
-    assert code == 0
+    for _ in range(3):
+        try:
+            code = docker_task_handler.run_docker_container(docker_client, trainer_image, ["-c", "exit 3"],
+                                                            volumes={}, entrypoint=["sh"])
+        except docker.errors.APIError:
+            code = None
+        assert code in (0, None)
