@@ -111,6 +111,7 @@ for target in "${targets[@]}"; do
     [ -n "$BASE_IMAGE" ] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
     # BuildKit reads <Dockerfile>.dockerignore by itself; podman/buildah are told.
     [ "$ENGINE" != docker ] && [ -f "$dockerfile.dockerignore" ] && args+=(--ignorefile "$dockerfile.dockerignore")
+    [ "$ENGINE" = buildah ] && args+=(--layers)  # cache layers as docker and podman do (buildah's default: no)
     args+=("${build_contexts[@]}")
     echo "==> building $image from $dockerfile ($ENGINE${BASE_IMAGE:+, base $BASE_IMAGE})"
     started=$(date +%s)
