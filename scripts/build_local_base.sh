@@ -74,7 +74,8 @@ CHANGES=(--change 'ENV LANG=C.UTF-8' --change 'ENV PATH=/usr/local/sbin:/usr/loc
 echo "==> importing as $IMAGE ($ENGINE)" >&2
 case "$ENGINE" in
     podman|docker)
-        "$ENGINE" import "${CHANGES[@]}" --message "mmdebstrap --variant=minbase $SUITE + python3" \
+        quiet=(); [ "$ENGINE" = podman ] && quiet=(--quiet)
+        "$ENGINE" import "${quiet[@]}" "${CHANGES[@]}" --message "mmdebstrap --variant=minbase $SUITE + python3" \
             "$WORK/rootfs.tar" "$IMAGE" >/dev/null ;;
     buildah)
         ctr=$(buildah from scratch)
