@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"Tiny subset ({QUICK['train']}/{QUICK['validation']}/{QUICK['test']} sentences, 20 "
                             "steps): a smoke run.")
     local.add_argument("--no-evaluate", action="store_true", help="Skip the evaluate step.")
+    local.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                       help="subprocess: each step in this Python; docker: each step in the trainer image, through "
+                            "Docker or podman (pipelines/container_runner.py; build it with images/build.sh cpu).")
     params = p.add_argument_group("pipeline parameters (run `--help`; each also takes --name-with-dashes)")
     for name, param in pipeline_signature().parameters.items():
         if name in ("data_uri", "run_evaluation"):
@@ -147,21 +150,29 @@ def run(args: argparse.Namespace) -> dict:
         # evaluate (and checkpoint) once, at the end of the capped run
         params.update(evaluation_strategy="steps", eval_steps=params["max_steps"], logging_strategy="steps",
                       logging_steps=max(1, params["max_steps"] // 4))
-    staging = output_dir / "inputs"
-    params.update(data_uri=stage_path(Path(data_dir), staging, "data"),
-                  model_path=stage_path(Path(params["model_path"]) if params["model_path"] else None, staging,
-                                        "model"),
-                  mlflow_model_path=stage_path(Path(params["mlflow_model_path"]) if params["mlflow_model_path"]
-                                               else None, staging, "mlflow_model"),
-                  run_evaluation=not args.no_evaluate)
+    params["run_evaluation"] = not args.no_evaluate
+    inputs = {"data": Path(data_dir), "model": params["model_path"], "mlflow_model": params["mlflow_model_path"]}
+    inputs = {name: Path(path) for name, path in inputs.items() if path}
 
-    # kfp.local warns that our components name a container image while SubprocessRunner runs them in this
-    # Python (that is the point of the local run), and that resource limits do nothing locally: both expected.
-    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+    # kfp.local warns that resource limits do nothing locally, and (SubprocessRunner) that our components name a
+    # container image while running in this Python (the point of that runner): both expected.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir))
     started = time.time()
-    result = token_classification_pipeline(**params)
+    if args.runner == "docker":
+        from pipelines.container_runner import container_session
+
+        with container_session(output_dir, inputs=inputs) as paths:
+            params.update(data_uri=paths["data"], model_path=paths.get("model", ""),
+                          mlflow_model_path=paths.get("mlflow_model", ""))
+            result = token_classification_pipeline(**params)
+    else:
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+        staging = output_dir / "inputs"
+        params.update(data_uri=stage_path(inputs["data"], staging, "data"),
+                      model_path=stage_path(inputs.get("model"), staging, "model"),
+                      mlflow_model_path=stage_path(inputs.get("mlflow_model"), staging, "mlflow_model"))
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir))
+        result = token_classification_pipeline(**params)
     elapsed = time.time() - started
 
     outputs = result.outputs
