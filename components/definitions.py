@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from components.codegen import ComponentDef
 from launcher.config import LaunchConfig
-from trainer.config import EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
+from trainer.config import DataImportConfig, EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
 
 METRICS = ("Metrics", "Every validation (eval_*) and test (test_*) figure, plus best_metric, train_runtime and "
                       "entity_<name>_f1.")
@@ -18,7 +18,12 @@ REPORT = ("Markdown", "Markdown report: overall figures and the per-entity preci
 COMPONENTS = [
     ComponentDef(
         name="model_import", configs=(ModelImportConfig,), runtime="components.model_import.runtime",
-        summary="Import a Hugging Face model (folder, LoRA adapter, earlier fine-tune output or MLflow model)."),
+        summary="Import a Hugging Face model (hub repository, object store, PVC folder, LoRA adapter, earlier "
+                "fine-tune output or MLflow model)."),
+    ComponentDef(
+        name="data_import", configs=(DataImportConfig,), runtime="components.data_import.runtime",
+        summary="Import labelled token-classification data (CoNLL / JSON Lines files) from a PVC, an object store "
+                "or the Hugging Face hub."),
     ComponentDef(
         name="preprocess", configs=(PreprocessConfig,), runtime="components.preprocess.runtime",
         summary="Read labelled token-classification data, split it, tokenize it and align word labels to "
