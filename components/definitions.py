@@ -51,12 +51,14 @@ COMPONENTS = [
     ComponentDef(
         name="finetune_pytorchjob", configs=(LaunchConfig, FinetuneConfig),
         runtime="components.finetune_pytorchjob.runtime",
-        summary="Fine-tune for token classification as a multi-node PyTorchJob (torchrun + DeepSpeed) and collect "
-                "the outputs.",
+        summary="Fine-tune for token classification as a multi-node Kubeflow job (PyTorchJob or Trainer v2 "
+                "TrainJob; torchrun + DeepSpeed) and collect the outputs.",
         description="A small launcher step (CPU image): it stages the input artifacts to a ReadWriteMany PVC or an "
-                    "object store, creates a kubeflow.org/v1 PyTorchJob (Master + num_nodes-1 Workers running "
-                    "torchrun -m trainer.cli), follows it, echoes the master's log, copies rank 0's outputs into "
-                    "its output artifacts and deletes the job per cleanup_policy. Give exactly one of "
+                    "object store, creates a kubeflow.org/v1 PyTorchJob (Master + num_nodes-1 Workers) or, with "
+                    "backend=trainjob, a trainer.kubeflow.org/v1alpha1 TrainJob, each pod running torchrun -m "
+                    "trainer.cli; it follows the job and rank 0's log, copies rank 0's outputs into its output "
+                    "artifacts and deletes the job per cleanup_policy. Terminating the run deletes the job (SIGTERM), "
+                    "and the job is owned by this step's pod (garbage-collected with it). Give exactly one of "
                     "shared_pvc_name and staging_uri. See docs/distributed.md.",
         outputs={"metrics": METRICS, "report": REPORT},
         default_exprs={"image": "TRAINER_CUDA_IMAGE"}),
