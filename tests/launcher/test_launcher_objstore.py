@@ -8,16 +8,15 @@ API server (kube_fake.py) plays the operator; its "master pod" runs the job's ow
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from trainer.errors import ConfigError
+from s3_server import SECRET, s3, s3_endpoint  # noqa: F401 (fixtures)
 from kube_fake import FakeApiServer, FakeClock, artifacts, crd_errors, make_clients, run_launch  # noqa: F401
 from launcher import LaunchConfigError, PyTorchJobFailed
 from launcher import objstore
@@ -25,7 +24,6 @@ from launcher.objstore import CheckpointSync, ObjectStoreError, S3Uri, parse_uri
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "kubeflow-user-example-com"
-SECRET = {"accesskey": "minio-test-key", "secretkey": "minio-test-secret"}  # as in mlpipeline-minio-artifact
 
 FAKE_TORCHRUN = r"""#!/bin/sh
 # Fake torchrun: writes what the trainer's rank 0 writes; FAKE_TRAIN=fail writes a checkpoint and fails.
@@ -48,38 +46,6 @@ echo '{"model_type": "bert"}' > "$P/config.json"
 printf weights > "$P/model.safetensors"
 mkdir -p "$M" && printf 'flavors:\n  transformers: {}\n' > "$M/MLmodel"
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint, monkeypatch):
-    """A fresh bucket; this process's AWS_* env points at the server (as use_secret_as_env would set it)."""
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", SECRET["accesskey"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET["secretkey"])
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    client = objstore.make_client()
-    bucket = f"tokcls-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    return client, bucket, s3_endpoint
 
 
 def keys(client, bucket: str, prefix: str = "") -> list[str]:
