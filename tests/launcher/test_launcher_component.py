@@ -140,14 +140,15 @@ def test_pipeline_usage_from_the_docs_compiles(tmp_path):
     from kfp.dsl import Dataset, Model
 
     @dsl.pipeline(name="finetune-distributed")
-    def pipeline(pvc: str = "tokcls-shared", nodes: int = 2):
+    def pipeline(pvc: str = "tokcls-shared", nodes: int = 2, backend: str = "trainjob"):
         pre = dsl.importer(artifact_uri="gs://bucket/preprocess_output", artifact_class=Dataset)
         sel = dsl.importer(artifact_uri="gs://bucket/model_selector_output", artifact_class=Model)
         task = finetune_pytorchjob(preprocess_output=pre.output, model_selector_output=sel.output,
-                                   shared_pvc_name=pvc, num_nodes=nodes, gpus_per_node=4,
-                                   deepspeed_preset="zero3", precision="16",
+                                   backend=backend, shared_pvc_name=pvc, num_nodes=nodes, gpus_per_node=4,
+                                   apply_deepspeed="true", deepspeed_preset="zero3", precision="16",
                                    tolerations_json='[{"key": "nvidia.com/gpu", "operator": "Exists", '
-                                                    '"effect": "NoSchedule"}]')
+                                                    '"effect": "NoSchedule"}]',
+                                   secret_env_json='{"MLFLOW_TRACKING_TOKEN": {"name": "mlflow", "key": "token"}}')
         kubernetes.mount_pvc(task, pvc_name=pvc, mount_path="/mnt/shared")
         task.set_caching_options(False)
 
@@ -157,3 +158,5 @@ def test_pipeline_usage_from_the_docs_compiles(tmp_path):
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     (executor,) = platform.values()
     assert executor["pvcMount"][0]["mountPath"] == "/mnt/shared"
+    task = docs[0]["root"]["dag"]["tasks"]["finetune-pytorchjob"]["inputs"]["parameters"]
+    assert task["backend"] == {"componentInputParameter": "backend"}
