@@ -132,7 +132,8 @@ def _install_crds_runtimes_and_rbac(server: ApiServer) -> None:
     client.CoreV1Api(admin).create_namespace({"metadata": {"name": server.namespace}})
     client.CoreV1Api(admin).create_namespace({"metadata": {"name": "other-team"}})
     ext = client.ApiextensionsV1Api(admin)
-    crds = [yaml.safe_load(path.read_text()) for path in CRD_PATHS]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large
+    crds = [yaml.load(path.read_text(), Loader=loader) for path in CRD_PATHS]
     crds = [for_v1_20(crd) if crd["spec"]["group"] == "trainer.kubeflow.org" else crd for crd in crds]
     for crd in crds:
         ext.create_custom_resource_definition(crd)

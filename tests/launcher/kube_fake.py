@@ -15,6 +15,8 @@ the job's command.
 
 from __future__ import annotations
 
+import copy
+import functools
 import io
 import json
 import re
@@ -46,7 +48,12 @@ JOB_LABELS = {"pytorchjobs": "training.kubeflow.org/job-name", "trainjobs": "job
 
 
 def load_crd_schema(plural: str = "pytorchjobs") -> dict:
-    crd = yaml.safe_load(CRD_FILES[plural].read_text())
+    return copy.deepcopy(_crd_schema(plural))
+
+
+@functools.lru_cache(maxsize=None)
+def _crd_schema(plural: str) -> dict:  # the CRDs are large: parse each once
+    crd = yaml.load(CRD_FILES[plural].read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     (version,) = [v for v in crd["spec"]["versions"] if v.get("storage")]
     return version["schema"]["openAPIV3Schema"]
 
@@ -76,8 +83,8 @@ def crd_errors(manifest: dict) -> list[str]:
     """What the API server would say about `manifest`: schema violations plus unknown (pruned) fields."""
     import jsonschema
 
-    schema = load_crd_schema({"PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs",
-                              "ClusterTrainingRuntime": "clustertrainingruntimes"}[manifest.get("kind", "PyTorchJob")])
+    schema = _crd_schema({"PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs",
+                          "ClusterTrainingRuntime": "clustertrainingruntimes"}[manifest.get("kind", "PyTorchJob")])
     validator = jsonschema.Draft7Validator(schema)
     errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(manifest)]
     errors += [f"{p}: unknown field" for p in unknown_fields(manifest, schema)]
