@@ -252,12 +252,14 @@ def _log_time(line: str) -> Optional[tuple[float, int]]:
 class LogFollower(threading.Thread):
     """Streams rank 0's log to `out` while the job runs (a daemon thread; see the module docstring)."""
 
+    RETRY_S = 2.0  # seconds between looks for rank 0's pod / a stream to reopen
+
     def __init__(self, core_api, backend: Backend, job_name: str, namespace: str, out: TextIO,
-                 retry_s: float = 2.0, wall_clock: Callable[[], float] = time.time):
+                 retry_s: Optional[float] = None, wall_clock: Callable[[], float] = time.time):
         super().__init__(daemon=True, name=f"logs-{job_name}")
         self.core_api, self.backend, self.job_name, self.namespace, self.out = (
             core_api, backend, job_name, namespace, out)
-        self.retry_s, self.wall_clock = retry_s, wall_clock
+        self.retry_s, self.wall_clock = self.RETRY_S if retry_s is None else retry_s, wall_clock
         self._halt = threading.Event()
         self._drain = threading.Event()  # also wakes the thread up
         self._last: dict[str, tuple[float, int]] = {}  # pod -> last timestamp printed

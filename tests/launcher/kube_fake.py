@@ -21,6 +21,7 @@ import io
 import json
 import re
 import shlex
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -109,6 +110,26 @@ def error_response(file_name: str, **values: str) -> tuple[int, Any, str]:
     return code, response_json(file_name, **values), "application/json"
 
 
+class FollowBody(io.RawIOBase):
+    """The body of a `follow=true` log request: the log so far, then nothing until `ended()` (the container has
+    finished), then end of stream; as a kubelet streams a running container's log."""
+
+    def __init__(self, data: bytes, ended: Callable[[], bool], timeout: float = 30.0):
+        self.data, self.ended, self.deadline = data, ended, time.monotonic() + timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.data:
+            if self.ended() or time.monotonic() > self.deadline:
+                return 0
+            time.sleep(0.01)
+        n = min(len(buffer), len(self.data))
+        buffer[:n], self.data = self.data[:n], self.data[n:]
+        return n
+
+
 class FakeApiServer:
     """Answers the client's HTTP requests; `stages` is the status sequence a created job goes through."""
 
@@ -143,6 +164,9 @@ class FakeApiServer:
         if self.on_request:
             self.on_request(method, path)
         status, payload, ctype = self.route(method, path, query, json.loads(body) if body else None)
+        if isinstance(payload, FollowBody):
+            return urllib3.HTTPResponse(body=payload, status=status, reason="OK", headers={"Content-Type": ctype},
+                                        preload_content=preload_content)
         data = payload if isinstance(payload, bytes) else (
             payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
         # A file-like body, as from a socket: an empty log reads as b"" (a bytes body of b"" would read as None).
@@ -240,8 +264,20 @@ class FakeApiServer:
         if name is None or self.gets.get((namespace, name), 0) == 0 or self._stage((namespace, name)) == "created":
             return 200, response_json("pod_list_empty.json"), "application/json"
         uid = self.jobs[(namespace, name)]["metadata"]["uid"]
-        listing = self.pod_list or POD_LISTS[self.plurals[(namespace, name)]]
-        return 200, response_json(listing, name=name, namespace=namespace, uid=uid), "application/json"
+        listing = response_json(self.pod_list or POD_LISTS[self.plurals[(namespace, name)]], name=name,
+                                namespace=namespace, uid=uid)
+        stage = self._stage((namespace, name))
+        if self.pod_list is None and stage in ("succeeded", "failed"):  # rank 0's container has ended
+            pod = listing["items"][0]
+            pod["status"]["phase"] = "Succeeded" if stage == "succeeded" else "Failed"
+            pod["status"]["containerStatuses"][0]["state"] = {"terminated": {
+                "exitCode": 0 if stage == "succeeded" else 1, "reason": "Completed" if stage == "succeeded" else "Error",
+                "startedAt": "2026-11-24T18:00:38Z", "finishedAt": "2026-11-24T18:20:11Z"}}
+        return 200, listing, "application/json"
+
+    def _finished(self, namespace: str, name: str) -> bool:
+        key = (namespace, name)
+        return key not in self.jobs or self._stage(key) in ("succeeded", "failed")
 
     def log_requests(self) -> list[dict]:
         return [q for m, p, q in self.requests if p.endswith("/log")]
@@ -258,6 +294,9 @@ class FakeApiServer:
             text = "\n".join(text.splitlines()[-int(query["tailLines"]):]) + "\n"
         if query.get("timestamps") in ("true", "True", True):
             text = "".join(f"2026-11-24T18:00:{i:02d}.{i:09d}Z {line}\n" for i, line in enumerate(text.splitlines()))
+        if query.get("follow") in ("true", "True", True) and not self._finished(namespace, name):
+            # a followed log of a running container: what is there, then the stream stays open until it ends
+            return 200, FollowBody(text.encode(), lambda: self._finished(namespace, name)), "text/plain"
         return 200, text, "text/plain"
 
     # -- what the trainer's rank 0 would leave behind ----------------------------------------------------------

@@ -68,11 +68,22 @@ def test_success_stages_creates_watches_collects_and_deletes(artifacts):
     assert f"training.kubeflow.org/job-name={name}" in selectors
 
 
-def test_the_log_is_followed_once_not_reread_every_poll(artifacts):
-    """One follow=true stream prints every line once, however many polls the job takes."""
-    server = FakeApiServer(["created"] + ["running"] * 20 + ["succeeded"])
+def test_the_log_is_followed_once_not_reread_every_poll(artifacts, monkeypatch):
+    """One follow=true stream prints every line once, however many polls (and looks at the pod) the job takes."""
+    import time
+
+    from launcher.watch import LogFollower
+
+    monkeypatch.setattr(LogFollower, "RETRY_S", 0.02)  # the follower looks at the pod ~50 times a second
+
+    class Clock(FakeClock):
+        def sleep(self, seconds):  # 40 polls of 30 s, in 1.2 s of real time
+            super().sleep(seconds)
+            time.sleep(0.03)
+
+    server = FakeApiServer(["created"] + ["running"] * 40 + ["succeeded"])
     out = io.StringIO()
-    launch(server, artifacts, out=out)
+    launch(server, artifacts, Clock(), out=out)
     logs = server.log_requests()
     assert 1 <= len(logs) <= 2, logs  # the stream, and at most one reopen when draining at the end
     assert all(str(q.get("follow")).lower() == "true" == str(q.get("timestamps")).lower() for q in logs)
@@ -83,7 +94,7 @@ def test_the_log_is_followed_once_not_reread_every_poll(artifacts):
 def test_a_reopened_stream_skips_lines_already_printed(artifacts):
     from launcher.watch import LogFollower
 
-    server = FakeApiServer(["running"])
+    server = FakeApiServer(["succeeded"])  # the container has ended: each stream ends after the whole log
     custom, core = make_clients(server)
     server.jobs[(NS, "j")] = {"metadata": {"name": "j", "uid": "u"}, "kind": "PyTorchJob"}
     server.plurals[(NS, "j")] = "pytorchjobs"
