@@ -573,3 +573,11 @@ def test_make_configs_splits_the_values():
     with pytest.raises(LaunchConfigError.__mro__[1]):  # ConfigError
         make_configs({"preprocess_output": "/p", "model_selector_output": "/m", "pytorch_model_folder": "/o",
                       "mlflow_model_folder": "/f"}, backend="mpijob")
+
+
+def test_a_secret_passed_as_plain_env_gets_a_warning(artifacts, caplog):
+    server = FakeApiServer(["succeeded"])
+    with caplog.at_level("WARNING", logger="launcher.launch"):
+        launch(server, artifacts, env_json='{"HF_TOKEN": "hf_abc", "NCCL_DEBUG": "INFO"}')
+    (record,) = [r for r in caplog.records if "secret_env_json" in r.getMessage()]
+    assert "['HF_TOKEN']" in record.getMessage() and "NCCL_DEBUG" not in record.getMessage()
