@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from components.codegen import ComponentDef
 from launcher.config import LaunchConfig
-from trainer.config import EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
+from trainer.config import DataImportConfig, EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
 
 METRICS = ("Metrics", "Every validation (eval_*) and test (test_*) figure, plus best_metric, train_runtime and "
                       "entity_<name>_f1.")
@@ -18,7 +18,12 @@ REPORT = ("Markdown", "Markdown report: overall figures and the per-entity preci
 COMPONENTS = [
     ComponentDef(
         name="model_import", configs=(ModelImportConfig,), runtime="components.model_import.runtime",
-        summary="Import a Hugging Face model (folder, LoRA adapter, earlier fine-tune output or MLflow model)."),
+        summary="Import a Hugging Face model (hub repository, object store, PVC folder, LoRA adapter, earlier "
+                "fine-tune output or MLflow model)."),
+    ComponentDef(
+        name="data_import", configs=(DataImportConfig,), runtime="components.data_import.runtime",
+        summary="Import labelled token-classification data (CoNLL / JSON Lines files) from a PVC, an object store "
+                "or the Hugging Face hub."),
     ComponentDef(
         name="preprocess", configs=(PreprocessConfig,), runtime="components.preprocess.runtime",
         summary="Read labelled token-classification data, split it, tokenize it and align word labels to "
@@ -46,12 +51,14 @@ COMPONENTS = [
     ComponentDef(
         name="finetune_pytorchjob", configs=(LaunchConfig, FinetuneConfig),
         runtime="components.finetune_pytorchjob.runtime",
-        summary="Fine-tune for token classification as a multi-node PyTorchJob (torchrun + DeepSpeed) and collect "
-                "the outputs.",
+        summary="Fine-tune for token classification as a multi-node Kubeflow job (PyTorchJob or Trainer v2 "
+                "TrainJob; torchrun + DeepSpeed) and collect the outputs.",
         description="A small launcher step (CPU image): it stages the input artifacts to a ReadWriteMany PVC or an "
-                    "object store, creates a kubeflow.org/v1 PyTorchJob (Master + num_nodes-1 Workers running "
-                    "torchrun -m trainer.cli), follows it, echoes the master's log, copies rank 0's outputs into "
-                    "its output artifacts and deletes the job per cleanup_policy. Give exactly one of "
+                    "object store, creates a kubeflow.org/v1 PyTorchJob (Master + num_nodes-1 Workers) or, with "
+                    "backend=trainjob, a trainer.kubeflow.org/v1alpha1 TrainJob, each pod running torchrun -m "
+                    "trainer.cli; it follows the job and rank 0's log, copies rank 0's outputs into its output "
+                    "artifacts and deletes the job per cleanup_policy. Terminating the run deletes the job (SIGTERM), "
+                    "and the job is owned by this step's pod (garbage-collected with it). Give exactly one of "
                     "shared_pvc_name and staging_uri. See docs/distributed.md.",
         outputs={"metrics": METRICS, "report": REPORT},
         default_exprs={"image": "TRAINER_CUDA_IMAGE"}),

@@ -1,9 +1,12 @@
-"""Run the fine-tune as a Kubeflow Training Operator PyTorchJob (DeepSpeed across GPU nodes).
+"""Run the fine-tune as a distributed job: a Kubeflow Training Operator PyTorchJob or a Kubeflow Trainer v2 TrainJob.
 
-`launcher.launch.run_pytorchjob` is the entry point; see docs/distributed.md.
+`launcher.launch.launch(LaunchConfig, FinetuneConfig)` is the entry point; see docs/distributed.md.
 """
 
-from launcher.launch import LaunchConfigError, LaunchResult, run_pytorchjob
-from launcher.watch import PyTorchJobFailed, PyTorchJobTimeout
+from launcher.cancel import Cancelled
+from launcher.config import LaunchConfig
+from launcher.launch import LaunchConfigError, LaunchOptions, LaunchResult
+from launcher.watch import JobFailed, JobTimeout, PyTorchJobFailed, PyTorchJobTimeout
 
-__all__ = ["LaunchConfigError", "LaunchResult", "PyTorchJobFailed", "PyTorchJobTimeout", "run_pytorchjob"]
+__all__ = ["Cancelled", "JobFailed", "JobTimeout", "LaunchConfig", "LaunchConfigError", "LaunchOptions",
+           "LaunchResult", "PyTorchJobFailed", "PyTorchJobTimeout"]

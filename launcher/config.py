@@ -1,19 +1,23 @@
 """The typed parameter surface of a distributed launch (the `finetune_pytorchjob` component's own inputs).
 
-The trainer's parameters come from `trainer.config.FinetuneConfig`; these are the launch's: pod shape,
+The trainer's parameters come from `trainer.config.FinetuneConfig`; these are the launch's: backend, pod shape,
 staging storage, scheduling, watch and cleanup. Both generate the component's signature
-(`scripts/compile_components.py`).
+(`scripts/compile_components.py`), and `launcher.launch.launch(LaunchConfig, FinetuneConfig)` takes both.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from trainer.errors import ConfigError
 from trainer.params import Params, param, surface
 
 CLEANUP_POLICIES = ("always", "on_success", "never")
+BACKENDS = ("pytorchjob", "trainjob")
+RUNTIME_KINDS = ("ClusterTrainingRuntime", "TrainingRuntime")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 def parse_json(name: str, text: str, kind: type) -> Any:
@@ -31,8 +35,18 @@ def parse_json(name: str, text: str, kind: type) -> Any:
 class LaunchConfig(Params):
     """Where and how the distributed fine-tune runs: pods, staging, scheduling, watch, cleanup."""
 
-    GROUPS = {"pods": "pods", "staging": "staging", "scheduling": "scheduling", "watch": "watch and cleanup"}
+    GROUPS = {"backend": "backend", "pods": "pods", "staging": "staging", "scheduling": "scheduling",
+              "watch": "watch and cleanup"}
 
+    backend: str = param("pytorchjob", "Which Kubeflow training API runs the job: pytorchjob (Training Operator v1, "
+                         "kubeflow.org/v1 PyTorchJob) or trainjob (Kubeflow Trainer v2, trainer.kubeflow.org/v1alpha1 "
+                         "TrainJob).", choices=BACKENDS, group="backend")
+    trainjob_runtime: str = param("torch-distributed", "Training runtime of a TrainJob: Trainer's torch-distributed "
+                                  "ClusterTrainingRuntime, or ours from manifests/trainer-runtime.yaml "
+                                  "(tokcls-torch-distributed: no pod retries).", group="backend")
+    trainjob_runtime_kind: str = param("ClusterTrainingRuntime", "Kind of trainjob_runtime (a namespaced "
+                                       "TrainingRuntime must be in the job's namespace).", choices=RUNTIME_KINDS,
+                                       group="backend")
     shared_pvc_name: str = param("", "ReadWriteMany PVC mounted by every trainer pod, and by this step at "
                                  "shared_mount_path. Empty: use staging_uri.", group="staging")
     num_nodes: int = param(2, "Number of pods: 1 Master + num_nodes-1 Workers.", group="pods", minimum=1)
@@ -63,21 +77,31 @@ class LaunchConfig(Params):
     tolerations_json: str = param("[]", "Tolerations of the trainer pods as a JSON list of Kubernetes toleration "
                                   "objects.", group="scheduling")
     env_json: str = param("{}", "Extra environment variables of the trainer pods as a JSON object (e.g. NCCL "
-                          "settings, MLFLOW_TRACKING_URI).", group="scheduling")
+                          "settings, MLFLOW_TRACKING_URI); not for secrets: see secret_env_json.", group="scheduling")
+    secret_env_json: str = param("{}", "Environment variables of the trainer pods taken from Secrets in the job's "
+                                 "namespace (secretKeyRef), as a JSON object {\"ENV\": {\"name\": secret, \"key\": "
+                                 "key}}, e.g. {\"MLFLOW_TRACKING_TOKEN\": {\"name\": \"mlflow\", \"key\": "
+                                 "\"token\"}}.", group="scheduling")
     service_account: str = param("", "Service account of the trainer pods (empty: the namespace default).",
                                  group="scheduling")
     shm_size: str = param("16Gi", "Size of the in-memory /dev/shm of each pod.", group="scheduling")
     timeout_seconds: int = param(86400, "Fail (and clean up per policy) if the job has not finished after this many "
                                  "seconds.", group="watch", minimum=1)
-    poll_interval_seconds: int = param(30, "Seconds between status polls.", group="watch", minimum=1)
+    poll_interval_seconds: int = param(30, "Seconds between status polls (rank 0's log is followed as it is "
+                                       "written).", group="watch", minimum=1)
+    checkpoint_sync_interval_seconds: int = param(300, "With staging_uri: seconds between the master pod's uploads "
+                                                  "of new complete checkpoints.", group="staging", minimum=1)
     cleanup_policy: str = param("on_success", "When to delete the job: always, on_success (keep a failed job's "
                                 "pods and logs) or never.", choices=CLEANUP_POLICIES, group="watch")
     run_id: str = param("", "Folder name of the run on the shared volume or in the store; reuse a failed run's id "
                         "with resume_from_checkpoint=true to resume it. Empty: a new unique id.", group="watch")
 
     def validate(self) -> None:
-        for name in ("resources", "node_selector", "tolerations", "env"):
+        for name in ("resources", "node_selector", "tolerations", "env", "secret_env"):
             getattr(self, name)  # each JSON parameter parses, or a ConfigError names it
+        if self.backend != "trainjob" and (self.trainjob_runtime != "torch-distributed"
+                                           or self.trainjob_runtime_kind != "ClusterTrainingRuntime"):
+            raise ConfigError("trainjob_runtime / trainjob_runtime_kind apply to backend=trainjob only")
 
     @property
     def resources(self) -> dict:
@@ -94,3 +118,14 @@ class LaunchConfig(Params):
     @property
     def env(self) -> dict:
         return parse_json("env_json", self.env_json, dict)
+
+    @property
+    def secret_env(self) -> dict[str, tuple[str, str]]:
+        """env var -> (Secret name, key)."""
+        out = {}
+        for name, ref in parse_json("secret_env_json", self.secret_env_json, dict).items():
+            if not _ENV_NAME.match(name) or not isinstance(ref, dict) or set(ref) != {"name", "key"} \
+                    or not all(isinstance(v, str) and v for v in ref.values()):
+                raise ConfigError(f"secret_env_json: {name!r}: {ref!r} must be {{\"name\": <Secret>, \"key\": <key>}}")
+            out[name] = (ref["name"], ref["key"])
+        return out

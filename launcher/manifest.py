@@ -1,6 +1,12 @@
-"""Build the `kubeflow.org/v1` PyTorchJob that runs the trainer on several pods.
+"""The trainer pods of a distributed run (shared by both backends) and the `kubeflow.org/v1` PyTorchJob.
 
-Layout: one `Master` replica (node rank 0, writes the outputs) plus `num_nodes - 1` `Worker` replicas,
+`JobSpec` holds everything a job depends on; `pod_template(spec, container_name)` is the pod both backends run
+(`launcher.trainjob` builds the Trainer v2 TrainJob from the same pieces). Every pod passes the Pod Security
+Standards "restricted" profile: non-root uid/gid 1000, `seccompProfile: RuntimeDefault`, no privilege
+escalation, `capabilities.drop: [ALL]`, only PVC / emptyDir volumes. Secrets reach the pods only through
+`env[].valueFrom.secretKeyRef` (`JobSpec.secret_env`), never as plain values.
+
+PyTorchJob layout: one `Master` replica (node rank 0, writes the outputs) plus `num_nodes - 1` `Worker` replicas,
 each pod running
 
     torchrun --nnodes N --nproc_per_node G --node_rank R --master_addr A --master_port P \
@@ -19,7 +25,8 @@ Staging: either a shared ReadWriteMany PVC (`pvc_name`, mounted at `mount_path`)
 (`object_store`): then each pod mounts an emptyDir at `work_dir`, pulls the run's inputs and earlier
 checkpoints with `python -m launcher.objstore`, the master uploads complete checkpoints in the
 background while torchrun runs and, after torchrun succeeded, pushes its outputs and then the
-completion marker. A failed torchrun exits the container with its code and writes no marker.
+completion marker. A failed torchrun exits the container with its code and writes no marker. The folders
+the script names come from `launcher.layout.RunLayout`, as do the staged ones.
 
 The dict returned is plain JSON-able data: pass it to `CustomObjectsApi.create_namespaced_custom_object`.
 """
@@ -31,6 +38,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from launcher.layout import RunLayout
 from trainer.constants import SUCCESS_MARKER
 
 GROUP = "kubeflow.org"
@@ -79,6 +87,15 @@ class ObjectStoreSpec:
 
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def validate_secret_ref(env_name: str, secret: str, key: str) -> None:
+    if not secret or len(secret) > 253 or not _DNS_1123_SUBDOMAIN.match(secret):
+        raise ManifestError(f"Secret name {secret!r} (for {env_name}) is not a valid Secret name")
+    if not key or len(key) > 253 or not _SECRET_KEY.match(key):
+        raise ManifestError(f"Secret key {key!r} (for {env_name}) is not a valid Secret key "
+                            "(letters, digits, '-', '_', '.')")
 
 
 class ManifestError(ValueError):
@@ -107,6 +124,8 @@ class JobSpec:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, tuple[str, str]] = field(default_factory=dict)  # env var -> (Secret name, key)
+    owner_references: list[dict[str, Any]] = field(default_factory=list)  # e.g. the launcher's own pod
     shm_size: str = "16Gi"
     service_account: str = ""
     image_pull_policy: str = "IfNotPresent"
@@ -170,9 +189,17 @@ class JobSpec:
                 isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()):
             raise ManifestError("node_selector must be a mapping of strings to strings")
         validate_tolerations(self.tolerations)
-        for key in self.env:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", key):
+        for key in [*self.env, *self.secret_env]:
+            if not _ENV_NAME.match(key):
                 raise ManifestError(f"env name {key!r} is not valid")
+        clash = sorted(set(self.env) & set(self.secret_env))
+        if clash:
+            raise ManifestError(f"{clash} set both as plain env and from a Secret")
+        for key, (secret, secret_key) in self.secret_env.items():
+            validate_secret_ref(key, secret, secret_key)
+        for ref in self.owner_references:
+            if not {"apiVersion", "kind", "name", "uid"} <= set(ref):
+                raise ManifestError(f"owner reference {ref} needs apiVersion, kind, name and uid")
 
 
 def validate_object_store(store: ObjectStoreSpec) -> None:
@@ -253,28 +280,29 @@ def object_store_script(spec: JobSpec, store: ObjectStoreSpec) -> str:
     (mirroring them: rotated checkpoints go) and then writes the marker.
     """
     q = shlex.quote
+    inputs, outputs = RunLayout.INPUTS, RunLayout.OUTPUTS
+    pytorch, mlflow = RunLayout.PYTORCH_MODEL_FOLDER, RunLayout.MLFLOW_MODEL_FOLDER
     return "\n".join([
         "set -u",
         f'W={q(store.work_dir.rstrip("/"))}; U={q(store.run_uri.rstrip("/"))}; R="${{PET_NODE_RANK:-${{RANK:-0}}}}"',
-        f'{OBJSTORE_CLI} pull "$U/inputs" "$W/inputs" || exit 1',
-        f'{OBJSTORE_CLI} pull "$U/outputs/pytorch_model_folder" "$W/outputs/pytorch_model_folder" || exit 1',
+        f'{OBJSTORE_CLI} pull "$U/{inputs}" "$W/{inputs}" || exit 1',
+        f'{OBJSTORE_CLI} pull "$U/{pytorch}" "$W/{pytorch}" || exit 1',
         # (a restarted container finds its emptyDir as it left it: the trainer wants an empty mlflow folder)
-        'rm -rf "$W/outputs/mlflow_model_folder" && mkdir -p "$W/outputs/mlflow_model_folder" || exit 1',
+        f'rm -rf "$W/{mlflow}" && mkdir -p "$W/{mlflow}" || exit 1',
         'S=""',
-        f'if [ "$R" = 0 ]; then {OBJSTORE_CLI} sync-checkpoints "$W/outputs/pytorch_model_folder" '
-        f'"$U/outputs/pytorch_model_folder" --interval {int(store.sync_interval_s)} & S=$!; fi',
+        f'if [ "$R" = 0 ]; then {OBJSTORE_CLI} sync-checkpoints "$W/{pytorch}" "$U/{pytorch}" '
+        f'--interval {int(store.sync_interval_s)} & S=$!; fi',
         f"{torchrun_line(spec)} &",
         "T=$!",
         """trap 'kill -TERM "$T" 2>/dev/null' TERM INT""",
         'while :; do wait "$T"; RC=$?; kill -0 "$T" 2>/dev/null || break; done',
         'if [ -n "$S" ]; then kill -TERM "$S" 2>/dev/null; wait "$S"; fi',
         'if [ "$RC" -ne 0 ]; then echo "torchrun failed with exit code $RC" >&2',
-        f'  if [ "$R" = 0 ]; then {OBJSTORE_CLI} sync-checkpoints --once "$W/outputs/pytorch_model_folder" '
-        '"$U/outputs/pytorch_model_folder"; fi',
+        f'  if [ "$R" = 0 ]; then {OBJSTORE_CLI} sync-checkpoints --once "$W/{pytorch}" "$U/{pytorch}"; fi',
         '  exit "$RC"',
         "fi",
-        f'if [ "$R" = 0 ]; then {OBJSTORE_CLI} push --mirror --marker {q(store.marker)} "$W/outputs" "$U/outputs" '
-        "|| exit 1; fi",
+        f'if [ "$R" = 0 ]; then {OBJSTORE_CLI} push --mirror --marker {q(store.marker)} "$W/{outputs}" '
+        f'"$U/{outputs}" || exit 1; fi',
         "exit 0",
     ])
 
@@ -286,74 +314,115 @@ def torchrun_command(spec: JobSpec) -> list[str]:
     return ["/bin/sh", "-c", f"exec {torchrun_line(spec)}"]
 
 
-def _container(spec: JobSpec) -> dict[str, Any]:
-    # Quantities as strings: the API accepts ints too, but strings are what it returns and what tools expect.
+# Pod Security Standards, "restricted" profile (https://kubernetes.io/docs/concepts/security/pod-security-standards/).
+SECCOMP = {"type": "RuntimeDefault"}
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": dict(SECCOMP)}
+
+
+def pod_security_context(spec: JobSpec) -> dict[str, Any]:
+    return {"runAsUser": spec.run_as_user, "runAsGroup": spec.fs_group, "fsGroup": spec.fs_group,
+            "runAsNonRoot": True, "seccompProfile": dict(SECCOMP)}
+
+
+def container_resources(spec: JobSpec) -> dict[str, Any]:
+    """limits/requests as strings (what the API returns), with the GPU limit from gpus_per_node."""
     limits = {k: str(v) for k, v in spec.resources.get("limits", {}).items()}
     requests = {k: str(v) for k, v in spec.resources.get("requests", {}).items()}
     if spec.gpus_per_node > 0:
         limits[GPU_RESOURCE] = str(spec.gpus_per_node)
-    resources: dict[str, Any] = {}
-    if limits:
-        resources["limits"] = limits
-    if requests:
-        resources["requests"] = requests
+    return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
+
+
+def container_env(spec: JobSpec) -> list[dict[str, Any]]:
+    """Plain values (BASE_ENV, DS_ACCELERATOR, the user's env), then values from Secrets (secretKeyRef)."""
     env = {**BASE_ENV, "DS_ACCELERATOR": "cuda" if spec.gpus_per_node > 0 else "cpu", **spec.env}
-    env_list: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in env.items()]
+    secret_env = dict(spec.secret_env)
     store = spec.object_store
     if store is not None:
         if store.endpoint_url:
-            env_list = [e for e in env_list if e["name"] != "AWS_ENDPOINT_URL"]
-            env_list.append({"name": "AWS_ENDPOINT_URL", "value": store.endpoint_url})
-        for name, key in store.secret_env.items():
-            env_list = [e for e in env_list if e["name"] != name]
-            env_list.append({"name": name, "valueFrom": {"secretKeyRef": {"name": store.secret_name, "key": key}}})
-    data_mount = ({"name": "work", "mountPath": store.work_dir} if store is not None
-                  else {"name": "shared", "mountPath": spec.mount_path})
+            env["AWS_ENDPOINT_URL"] = store.endpoint_url
+        secret_env.update({name: (store.secret_name, key) for name, key in store.secret_env.items()})
+    for name in secret_env:
+        env.pop(name, None)
+    return ([{"name": k, "value": str(v)} for k, v in env.items()]
+            + [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+               for k, (secret, key) in secret_env.items()])
+
+
+def volume_mounts(spec: JobSpec) -> list[dict[str, Any]]:
+    data = ({"name": "work", "mountPath": spec.object_store.work_dir} if spec.object_store is not None
+            else {"name": "shared", "mountPath": spec.mount_path})
+    return [data, {"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def volumes(spec: JobSpec) -> list[dict[str, Any]]:
+    data = ({"name": "work", "emptyDir": {}} if spec.object_store is not None
+            else {"name": "shared", "persistentVolumeClaim": {"claimName": spec.pvc_name}})
+    return [data, {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}}]
+
+
+def pod_metadata(spec: JobSpec, role: str) -> dict[str, Any]:
+    # Istio sidecars keep pods alive after training ends; Kubeflow profiles inject them by default.
+    return {"labels": {**spec.labels, "app.kubernetes.io/component": role},
+            "annotations": {**spec.annotations, "sidecar.istio.io/inject": "false"}}
+
+
+def pod_spec_extras(spec: JobSpec) -> dict[str, Any]:
+    """The pod-level fields besides containers and volumes: security context and scheduling."""
+    extras: dict[str, Any] = {"securityContext": pod_security_context(spec)}
+    if spec.node_selector:
+        extras["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        extras["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.service_account:
+        extras["serviceAccountName"] = spec.service_account
+    if spec.image_pull_secrets:
+        extras["imagePullSecrets"] = [{"name": s} for s in spec.image_pull_secrets]
+    return extras
+
+
+def _container(spec: JobSpec) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": torchrun_command(spec),
         "workingDir": "/tmp",
-        "env": env_list,
+        "env": container_env(spec),
         "ports": [{"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
-        "volumeMounts": [data_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+        "volumeMounts": volume_mounts(spec),
+        "securityContext": container_security_context(),
     }
+    resources = container_resources(spec)
     if resources:
         container["resources"] = resources
     return container
 
 
 def _replica(spec: JobSpec, replicas: int, role: str) -> dict[str, Any]:
-    pod_spec: dict[str, Any] = {
-        "containers": [_container(spec)],
-        "volumes": [
-            {"name": "work", "emptyDir": {}} if spec.object_store is not None
-            else {"name": "shared", "persistentVolumeClaim": {"claimName": spec.pvc_name}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
-        ],
-        "securityContext": {"runAsUser": spec.run_as_user, "runAsGroup": spec.fs_group,
-                            "fsGroup": spec.fs_group, "runAsNonRoot": True},
-    }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
-    if spec.service_account:
-        pod_spec["serviceAccountName"] = spec.service_account
-    if spec.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s} for s in spec.image_pull_secrets]
-    metadata: dict[str, Any] = {"labels": {**spec.labels, "app.kubernetes.io/component": role}}
-    if spec.annotations:
-        metadata["annotations"] = dict(spec.annotations)
-    # Istio sidecars keep pods alive after training ends; Kubeflow profiles inject them by default.
-    metadata.setdefault("annotations", {})["sidecar.istio.io/inject"] = "false"
+    pod_spec = {"containers": [_container(spec)], "volumes": volumes(spec), **pod_spec_extras(spec)}
     return {
         "replicas": replicas,
         "restartPolicy": spec.restart_policy,
-        "template": {"metadata": metadata, "spec": pod_spec},
+        "template": {"metadata": pod_metadata(spec, role), "spec": pod_spec},
     }
+
+
+def job_metadata(spec: JobSpec) -> dict[str, Any]:
+    """metadata of the job object: name, namespace, our labels, annotations and owner references."""
+    metadata: dict[str, Any] = {"name": spec.name, "namespace": spec.namespace,
+                                "labels": {"app.kubernetes.io/name": "token-classification-finetune",
+                                           "app.kubernetes.io/managed-by": "kfp-token-classification-launcher",
+                                           **spec.labels}}
+    if spec.annotations:
+        metadata["annotations"] = dict(spec.annotations)
+    if spec.owner_references:
+        metadata["ownerReferences"] = [dict(r) for r in spec.owner_references]
+    return metadata
 
 
 def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
@@ -367,16 +436,10 @@ def build_pytorchjob(spec: JobSpec) -> dict[str, Any]:
         run_policy["ttlSecondsAfterFinished"] = int(spec.ttl_seconds_after_finished)
     if spec.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = int(spec.active_deadline_seconds)
-    metadata: dict[str, Any] = {"name": spec.name, "namespace": spec.namespace,
-                                "labels": {"app.kubernetes.io/name": "token-classification-finetune",
-                                           "app.kubernetes.io/managed-by": "kfp-token-classification-launcher",
-                                           **spec.labels}}
-    if spec.annotations:
-        metadata["annotations"] = dict(spec.annotations)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": metadata,
+        "metadata": job_metadata(spec),
         "spec": {
             "nprocPerNode": str(spec.nproc_per_node),
             "pytorchReplicaSpecs": replica_specs,

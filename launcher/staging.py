@@ -9,13 +9,7 @@ Two kinds, with one interface (`RunStorage`) so the launcher does not care which
   emptyDir, the master pod uploads complete checkpoints while training and, after a successful run, its
   outputs and then the marker `outputs/_SUCCESS` (see launcher/manifest.py and launcher/objstore.py).
 
-Layout, the same in both:
-
-    inputs/preprocess_output/      copy of the preprocess artifact
-    inputs/model_selector_output/  copy of the model-import artifact
-    inputs/deepspeed.json          the user's DeepSpeed JSON, when one was given as text
-    outputs/pytorch_model_folder/  written by rank 0 (checkpoints too: resume finds them here)
-    outputs/mlflow_model_folder/   written by rank 0
+The folder layout of a run, the same in both, is `launcher.layout.RunLayout`.
 """
 
 from __future__ import annotations
@@ -29,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from launcher import objstore
+from launcher.layout import RunLayout
 from launcher.manifest import ObjectStoreSpec
+from trainer import objstore
 from trainer.constants import SUCCESS_MARKER
 from trainer.publish import copy_tree_atomic
 
@@ -95,34 +90,6 @@ class RunStorage(Protocol):
     def check_outputs(self) -> None: ...
     def collect_outputs(self, pytorch_model_folder: str, mlflow_model_folder: str) -> None: ...
     def remove(self) -> None: ...
-
-
-class RunLayout:
-    """The run layout (module docstring) under `_root`: the folder the trainer pods see the run in."""
-
-    @property
-    def _root(self) -> Path:
-        raise NotImplementedError
-
-    @property
-    def preprocess_output(self) -> Path:
-        return self._root / "inputs" / "preprocess_output"
-
-    @property
-    def model_selector_output(self) -> Path:
-        return self._root / "inputs" / "model_selector_output"
-
-    @property
-    def deepspeed_config(self) -> Path:
-        return self._root / "inputs" / "deepspeed.json"
-
-    @property
-    def pytorch_model_folder(self) -> Path:
-        return self._root / "outputs" / "pytorch_model_folder"
-
-    @property
-    def mlflow_model_folder(self) -> Path:
-        return self._root / "outputs" / "mlflow_model_folder"
 
 
 @dataclass
@@ -243,34 +210,36 @@ class ObjectStoreRun(RunLayout):
                      deepspeed_json: Optional[str] = None) -> None:
         """Replace the run's inputs; outputs (checkpoints of an earlier attempt) stay, an old marker goes."""
         client = self._client()
-        objstore.delete_keys(client, self.base.bucket, [self.run_uri.join("outputs", SUCCESS_MARKER).prefix])
-        objstore.delete_prefix(client, self.run_uri.join("inputs"))
-        objstore.upload_tree(client, preprocess_output, self.run_uri.join("inputs", "preprocess_output"))
-        objstore.upload_tree(client, model_selector_output, self.run_uri.join("inputs", "model_selector_output"))
+        objstore.delete_keys(client, self.base.bucket, [self.run_uri.join(RunLayout.OUTPUTS, SUCCESS_MARKER).prefix])
+        objstore.delete_prefix(client, self.run_uri.join(RunLayout.INPUTS))
+        objstore.upload_tree(client, preprocess_output, self.run_uri.join(RunLayout.PREPROCESS_OUTPUT))
+        objstore.upload_tree(client, model_selector_output, self.run_uri.join(RunLayout.MODEL_SELECTOR_OUTPUT))
         if deepspeed_json is not None:
-            objstore.put_text(client, self.run_uri.join("inputs", "deepspeed.json"), deepspeed_json)
+            objstore.put_text(client, self.run_uri.join(RunLayout.DEEPSPEED_CONFIG), deepspeed_json)
 
     def check_outputs(self) -> None:
         """The master's marker (written after its last upload) and both outputs must be in the store."""
         client = self._client()
-        outputs = self.run_uri.join("outputs")
+        outputs = self.run_uri.join(RunLayout.OUTPUTS)
         marker = outputs.join(SUCCESS_MARKER)
         if not objstore.exists(client, marker):
             raise StagingError(f"the job reported success but {marker} is missing: the master pod did not finish "
                                "uploading its outputs")
         problems = []
-        if not objstore.any_object(client, outputs.join("pytorch_model_folder")):
-            problems.append(f"{outputs.join('pytorch_model_folder')} is empty")
-        if not objstore.exists(client, outputs.join("mlflow_model_folder", "MLmodel")):
-            problems.append(f"{outputs.join('mlflow_model_folder', 'MLmodel')} is missing")
+        pytorch, mlflow = self.run_uri.join(RunLayout.PYTORCH_MODEL_FOLDER), self.run_uri.join(RunLayout.MLFLOW_MODEL_FOLDER)
+        if not objstore.any_object(client, pytorch):
+            problems.append(f"{pytorch} is empty")
+        if not objstore.exists(client, mlflow.join("MLmodel")):
+            problems.append(f"{mlflow.join('MLmodel')} is missing")
         if problems:
             raise StagingError("the job reported success but its outputs are incomplete: " + "; ".join(problems))
 
     def collect_outputs(self, pytorch_model_folder: str, mlflow_model_folder: str) -> None:
         """Download rank 0's outputs into the component's output artifact folders (replacing their contents)."""
         client = self._client()
-        for name, dst in (("pytorch_model_folder", pytorch_model_folder), ("mlflow_model_folder", mlflow_model_folder)):
-            objstore.download_tree(client, self.run_uri.join("outputs", name), dst)
+        for rel, dst in ((RunLayout.PYTORCH_MODEL_FOLDER, pytorch_model_folder),
+                         (RunLayout.MLFLOW_MODEL_FOLDER, mlflow_model_folder)):
+            objstore.download_tree(client, self.run_uri.join(rel), dst)
 
     def remove(self) -> None:
         try:

@@ -1,32 +1,48 @@
-"""Token-classification pipeline: model import -> preprocess -> finetune -> (optional) evaluate on the test split.
+"""Token-classification pipeline: data import + model import -> preprocess -> finetune -> (optional) evaluate.
 
-The training data enters as an input artifact via `dsl.importer` from `data_uri` (a folder holding train.* and
-optionally validation.*/dev.* and test.* CoNLL or JSON Lines files, or a single training file that is then split
-80/10/10). The model comes from a path in the container (`model_path`, e.g. on the PVC mounted at
-`pvc_mount_path`) or an MLflow model folder (`mlflow_model_path`).
+Everything a run needs is a run parameter; the compiled YAML runs on a cluster as shipped:
 
-Run parameters: every parameter of the model import, preprocess and finetune components (generated from
-`trainer/config.py`, with the same names and defaults), `run_evaluation`, and the fine-tune step's placement
-(CPU/memory limits, node selector, tolerations, PVC name). Compile-time options (`build_pipeline(...)`): GPU count
-and accelerator type of the fine-tune step (switches it to the CUDA image), the PVC mount path.
+- `data_uri`: the labelled data (a folder with train.*, optionally validation.*/dev.* and test.* CoNLL or JSON Lines
+  files, or one training file, split 80/10/10): a path in the container, an object-store URI (s3://, minio://,
+  gs:// through its S3 API) or a hub dataset (hf://datasets/org/name). Fetched by the `data_import` step.
+- `model_path`: the encoder: a hub repository (org/name, revision pinned with `model_revision`), an object-store URI
+  (e.g. an earlier run's model artifact, minio://mlpipeline/v2/artifacts/...) or a path in the container; or
+  `mlflow_model_path`. Fetched by the `model_import` step.
+- Credentials of both import steps come from two optional Secrets named by run parameters: `s3_secret_name`
+  (keys `accesskey`, `secretkey`, as in KFP's own `mlpipeline-minio-artifact`) and `hf_token_secret_name` (key
+  `token`); a Secret that does not exist is skipped.
+- Every parameter of the preprocess and finetune components (generated from `trainer/config.py`, same names and
+  defaults), `run_evaluation`, and the fine-tune step's placement (CPU/memory limits, node selector, tolerations).
+
+Two compiled variants ship: `token_classification_pipeline.yaml` (no volume) and
+`token_classification_pipeline_pvc.yaml`, whose import steps also mount the PersistentVolumeClaim named by the run
+parameter `pvc_name` at /mnt/pvc (so `data_uri` / `model_path` may be /mnt/pvc/... paths). They are two files
+because a PVC mount whose name is empty fails the pod, and choosing between a mounted and an unmounted step at run
+time needs `dsl.OneOf` over artifacts, which KFP backends before 2.17 resolve wrongly (kubeflow/pipelines#13436).
+Compile-time options (`build_pipeline(...)`): GPU count and accelerator type of the fine-tune step (switches it to
+the CUDA image), the PVC mount path.
 """
 
 import inspect
 from typing import NamedTuple, Optional
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Markdown, Metrics, Model
 
 from components.codegen import pipeline_parameters, with_signature
+from components.data_import.component import data_import
 from components.evaluate.component import evaluate
 from components.finetune.component import finetune
 from components.images import TRAINER_CUDA_IMAGE
 from components.kubernetes import PvcMount, TaskPlacement, apply_placement
 from components.model_import.component import model_import
 from components.preprocess.component import preprocess
-from trainer.config import FinetuneConfig, ModelImportConfig, PreprocessConfig
+from trainer.config import DataImportConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
 
 PIPELINE_NAME = "token-classification-finetune"
+PVC_MOUNT_PATH = "/mnt/pvc"
+S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+HF_SECRET_KEYS = {"token": "HF_TOKEN"}
 Outputs = NamedTuple("PipelineOutputs", [("pytorch_model_folder", Model), ("mlflow_model_folder", Model),
                                          ("metrics", Metrics), ("report", Markdown)])
 
@@ -36,10 +52,17 @@ def _own(name: str, annotation, default, description: str) -> tuple[inspect.Para
                              annotation=annotation), description
 
 
-PIPELINE_ONLY = [
-    _own("data_uri", str, inspect.Parameter.empty,
-         "URI of the data (imported as a Dataset): a folder with train.*, validation.* (or dev.*) and test.* CoNLL "
-         "/ JSON Lines files, or one training file (split 80/10/10)."),
+DATA_URI = _own("data_uri", str, inspect.Parameter.empty, DataImportConfig.describe(
+    next(f for f in DataImportConfig.parameter_fields() if f.name == "data_uri")))
+ACCESS = [
+    _own("s3_secret_name", str, "mlpipeline-minio-artifact",
+         "Secret with the object-store credentials of the import steps (keys accesskey, secretkey); skipped if it "
+         "does not exist."),
+    _own("hf_token_secret_name", str, "hf-token",
+         "Secret with a Hugging Face token for private or gated repositories (key token); skipped if it does not "
+         "exist."),
+]
+PLACEMENT = [
     _own("run_evaluation", bool, True, "Evaluate the fine-tuned model on the test split (metrics, report, "
                                        "predictions)."),
     _own("finetune_cpu_limit", str, "4", "CPU limit of the fine-tune step."),
@@ -47,31 +70,38 @@ PIPELINE_ONLY = [
     _own("finetune_node_selector", dict, {}, "Node selector of the fine-tune step, e.g. {\"pool\": \"gpu\"}."),
     _own("finetune_tolerations", list, [], "Tolerations of the fine-tune step (list of Kubernetes toleration "
                                            "objects)."),
-    _own("pvc_name", str, "", "PersistentVolumeClaim mounted at the compile-time pvc_mount_path (only when compiled "
-                              "with one)."),
 ]
+SHARED_ACCESS = ("hf_endpoint", "s3_endpoint_url")  # fields of both import configs: one run parameter each
 
 
 def _values(config_cls, values: dict) -> dict:
     return {f.name: values[f.name] for f in config_cls.parameter_fields() if f.name in values}
 
 
+def _import_step(task, values: dict, mounts: list[PvcMount]):
+    """Credentials (optional Secrets named by run parameters) and the PVC of an import step."""
+    kubernetes.use_secret_as_env(task, secret_name=values["s3_secret_name"], secret_key_to_env=S3_SECRET_KEYS,
+                                 optional=True)
+    kubernetes.use_secret_as_env(task, secret_name=values["hf_token_secret_name"], secret_key_to_env=HF_SECRET_KEYS,
+                                 optional=True)
+    return apply_placement(task, TaskPlacement(pvc_mounts=mounts))
+
+
 def build_pipeline(*, gpus: int = 0, accelerator_type: str = "nvidia.com/gpu", pvc_mount_path: Optional[str] = None,
-                   name: str = PIPELINE_NAME):
-    """The pipeline function for a set of compile-time options (the default: CPU, no PVC)."""
+                   name: str = PIPELINE_NAME, function_name: str = "token_classification_pipeline"):
+    """The pipeline function for a set of compile-time options (the default: CPU, no PVC). With `pvc_mount_path`,
+    the import steps mount the PVC named by the (then required) run parameter `pvc_name` there."""
     finetune_op = finetune
     if gpus > 0:
         finetune_op = dsl.component(finetune.python_func, base_image=TRAINER_CUDA_IMAGE, install_kfp_package=False)
 
     def body(**values) -> Outputs:
-        data = dsl.importer(artifact_uri=values["data_uri"], artifact_class=dsl.Dataset, reimport=False)
-        data.set_display_name("import-data")
         mounts = [PvcMount(values["pvc_name"], pvc_mount_path)] if pvc_mount_path else []
+        data = _import_step(data_import(**_values(DataImportConfig, values)), values, mounts)
+        imported = _import_step(model_import(**_values(ModelImportConfig, values)), values, mounts)
 
-        imported = model_import(**_values(ModelImportConfig, values))
-        apply_placement(imported, TaskPlacement(pvc_mounts=mounts))
-
-        prep = preprocess(train_data=data.output, model_selector_output=imported.outputs["model_selector_output"],
+        prep = preprocess(train_data=data.outputs["data_output"],
+                          model_selector_output=imported.outputs["model_selector_output"],
                           **_values(PreprocessConfig, values))
 
         tuned = finetune_op(preprocess_output=prep.outputs["preprocess_output"],
@@ -80,8 +110,7 @@ def build_pipeline(*, gpus: int = 0, accelerator_type: str = "nvidia.com/gpu", p
         apply_placement(tuned, TaskPlacement(
             cpu_limit=values["finetune_cpu_limit"], memory_limit=values["finetune_memory_limit"],
             accelerator_type=accelerator_type if gpus > 0 else None, accelerator_limit=gpus if gpus > 0 else None,
-            node_selector=values["finetune_node_selector"], tolerations=values["finetune_tolerations"],
-            pvc_mounts=mounts))
+            node_selector=values["finetune_node_selector"], tolerations=values["finetune_tolerations"]))
 
         with dsl.If(values["run_evaluation"] == True):  # noqa: E712 - a KFP condition, not a Python comparison
             evaluate(model=tuned.outputs["pytorch_model_folder"], preprocess_output=prep.outputs["preprocess_output"],
@@ -90,12 +119,22 @@ def build_pipeline(*, gpus: int = 0, accelerator_type: str = "nvidia.com/gpu", p
         return Outputs(tuned.outputs["pytorch_model_folder"], tuned.outputs["mlflow_model_folder"],
                        tuned.outputs["metrics"], tuned.outputs["report"])
 
-    parameters = PIPELINE_ONLY[:1] + pipeline_parameters(ModelImportConfig, PreprocessConfig, FinetuneConfig) \
-        + PIPELINE_ONLY[1:]
+    pvc = [_own("pvc_name", str, inspect.Parameter.empty,
+                f"PersistentVolumeClaim mounted at {pvc_mount_path} in the data and model import steps (data_uri / "
+                f"model_path may then be {pvc_mount_path}/... paths).")] if pvc_mount_path else []
+    parameters = ([DATA_URI] + pvc
+                  + pipeline_parameters(DataImportConfig, exclude=("data_uri", *SHARED_ACCESS))
+                  + pipeline_parameters(ModelImportConfig)
+                  + ACCESS
+                  + pipeline_parameters(PreprocessConfig, FinetuneConfig)
+                  + PLACEMENT)
     function = with_signature(body, parameters, "Fine-tune a Hugging Face encoder for token classification and "
-                              "evaluate it on the test split.", returns=Outputs, name="token_classification_pipeline")
+                              "evaluate it on the test split.", returns=Outputs, name=function_name)
     return dsl.pipeline(name=name, description=__doc__.splitlines()[0])(function)
 
 
-# The default (CPU, no PVC) pipeline, compiled to token_classification_pipeline.yaml.
+# The default (CPU, no PVC) pipeline, compiled to token_classification_pipeline.yaml, and its PVC variant, compiled to
+# token_classification_pipeline_pvc.yaml.
 token_classification_pipeline = build_pipeline()
+token_classification_pipeline_pvc = build_pipeline(pvc_mount_path=PVC_MOUNT_PATH, name=f"{PIPELINE_NAME}-pvc",
+                                                   function_name="token_classification_pipeline_pvc")

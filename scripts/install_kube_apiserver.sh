@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# A real Kubernetes API server for tests/launcher/test_launcher_apiserver.py, from Debian's package archive:
+# A real Kubernetes control plane for tests/launcher/test_launcher_apiserver.py, from Debian's package archive:
 #   etcd            Debian package `etcd-server` (3.4)
 #   kube-apiserver  built from Debian's `kubernetes` source package (upstream v1.20.2 with its vendored
 #                   dependencies) with Debian's Go 1.19, offline (GOPATH mode + vendor/). Two changes to the
 #                   tree: the generated file the tarball lacks (pkg/generated/openapi) is generated with the
 #                   vendored openapi-gen, as upstream's `make` does; the vendored modern-go/reflect2 1.0.1, whose
 #                   map iteration crashes under Go >= 1.18, is replaced by Debian's 1.0.2 (the upstream fix).
-# Result: $KUBE_BIN_DIR/kube-apiserver (default .cache/kube/). Idempotent; the first run takes ~10 min on 2 cores.
+#   kube-controller-manager  from the same tree; the tests run only its garbage collector (ownerReferences).
+# Result: $KUBE_BIN_DIR/kube-apiserver and kube-controller-manager (default .cache/kube/). Idempotent: builds what
+# is missing; the first run takes ~15 min on 2 cores.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,8 +31,12 @@ if ! command -v etcd >/dev/null || ! command -v go >/dev/null || ! command -v op
         --no-install-recommends $PACKAGES >/dev/null; }
 fi
 
-if [ -x "$DEST/kube-apiserver" ]; then
-    echo "kube-apiserver: $DEST/kube-apiserver ($("$DEST/kube-apiserver" --version)); etcd: $(command -v etcd)"
+BINARIES=""
+for b in kube-apiserver kube-controller-manager; do
+    [ -x "$DEST/$b" ] || BINARIES="$BINARIES $b"
+done
+if [ -z "$BINARIES" ]; then
+    echo "kube-apiserver, kube-controller-manager: $DEST ($("$DEST/kube-apiserver" --version)); etcd: $(command -v etcd)"
     exit 0
 fi
 
@@ -57,10 +63,12 @@ DIRS=$(find -H . \( -not \( \( -path './_*' -o -path './.*' -o -path ./vendor \)
     | sed 's|^|k8s.io/kubernetes/|' | paste -sd,)
 "$WORK/openapi-gen" --logtostderr -i "$DIRS" -p k8s.io/kubernetes/pkg/generated/openapi -O zz_generated.openapi \
     -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt -r "$WORK/violations.report"
-echo "building kube-apiserver (go $(go env GOVERSION))"
 mkdir -p "$DEST"
 V=k8s.io/kubernetes/vendor/k8s.io/component-base/version
-go build -trimpath -ldflags "-s -w -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20" \
-    -o "$DEST/kube-apiserver.tmp" ./cmd/kube-apiserver
-mv "$DEST/kube-apiserver.tmp" "$DEST/kube-apiserver"
-echo "kube-apiserver: $DEST/kube-apiserver ($("$DEST/kube-apiserver" --version)); etcd: $(command -v etcd)"
+for b in $BINARIES; do
+    echo "building $b (go $(go env GOVERSION))"
+    go build -trimpath -ldflags "-s -w -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20" \
+        -o "$DEST/$b.tmp" "./cmd/$b"
+    mv "$DEST/$b.tmp" "$DEST/$b"
+done
+echo "kube-apiserver, kube-controller-manager: $DEST ($("$DEST/kube-apiserver" --version)); etcd: $(command -v etcd)"

@@ -34,7 +34,7 @@ def test_discovery_finds_every_component_folder():
     folders = {p.parent.name for p in (REPO / "components").glob("*/component.py")}
     assert {"preprocess", "model_import", "finetune", "evaluate"} <= folders
     assert {t.yaml_path.parent.name for t in COMPONENTS} == folders
-    assert [t.attr for t in PIPELINES] == ["token_classification_pipeline"]
+    assert [t.attr for t in PIPELINES] == ["token_classification_pipeline", "token_classification_pipeline_pvc"]
 
 
 @pytest.mark.parametrize("target", COMPONENTS + PIPELINES, ids=lambda t: f"{t.module}.{t.attr}")
@@ -114,10 +114,11 @@ def test_gpu_pvc_pipeline_variant(tmp_path):
     assert str(finetune["resources"]["accelerator"]["resourceCount"]) == "2"
     assert "finetune_cpu_limit" in finetune["resources"]["resourceCpuLimit"]
     executors = _platform(text)
-    assert executors["exec-finetune"]["pvcMount"][0]["mountPath"] == "/mnt/models"
+    assert "pvcMount" not in executors["exec-finetune"]  # the PVC serves the import steps' sources
     assert executors["exec-finetune"]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == \
         "finetune_node_selector"
-    assert executors["exec-model-import"]["pvcMount"][0]["mountPath"] == "/mnt/models"
+    for step in ("exec-model-import", "exec-data-import"):
+        assert executors[step]["pvcMount"][0]["mountPath"] == "/mnt/models"
 
 
 def test_apply_placement_static_values(tmp_path):

@@ -3,7 +3,8 @@
     token-classification-finetune     --preprocess_output DIR --model_selector_output DIR \\
                                       --pytorch_model_folder OUT --mlflow_model_folder OUT [--apply_lora true ...]
     token-classification-preprocess   --train_data FILE|DIR --model_selector_output DIR --preprocess_output OUT
-    token-classification-model-import --model_path DIR --model_selector_output OUT
+    token-classification-model-import --model_path DIR|s3://...|org/name --model_selector_output OUT
+    token-classification-data-import  --data_uri FILE|DIR|s3://...|hf://datasets/org/name --data_output OUT
     token-classification-evaluate     --model DIR --preprocess_output DIR --predictions FILE
 
 Flags accept underscores or dashes (`--apply-lora`); `--config FILE.json` supplies values that flags override.
@@ -19,7 +20,7 @@ import sys
 from dataclasses import asdict, is_dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from trainer.config import EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
+from trainer.config import DataImportConfig, EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
 from trainer.errors import ConfigError, InputError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -76,6 +77,12 @@ def model_import_main(argv: Optional[Sequence[str]] = None) -> int:
     from trainer.model_import import model_import
 
     return run(ModelImportConfig, model_import, argv, "token-classification-model-import")
+
+
+def data_import_main(argv: Optional[Sequence[str]] = None) -> int:
+    from trainer.data_import import data_import
+
+    return run(DataImportConfig, data_import, argv, "token-classification-data-import")
 
 
 def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:

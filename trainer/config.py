@@ -203,31 +203,93 @@ class PreprocessConfig(Params):
                               f"{self.validation_ratio} + {self.test_ratio}")
 
 
+SOURCE_HELP = ("a path in the container (e.g. on the PVC the pipeline mounts), an object-store URI (s3://bucket/prefix; "
+               "minio://... for Kubeflow Pipelines' own store, e.g. an earlier run's artifact; gs://... through "
+               "GCS's S3 API) or a Hugging Face hub repository (org/name or hf://org/name[@revision])")
+
+
 @surface
 class ModelImportConfig(Params):
-    """Bring a Hugging Face model (folder, LoRA adapter, earlier fine-tune output, MLflow model) into a
-    model-import output folder."""
+    """Bring a Hugging Face model (hub repository, object store, folder, LoRA adapter, earlier fine-tune output,
+    MLflow model) into a model-import output folder."""
 
-    GROUPS = {"io": "inputs, output", "source": "model source"}
+    GROUPS = {"io": "inputs, output", "source": "model source", "access": "hub and object-store access"}
 
     model_selector_output: str = path(
         "Folder with the model (and tokenizer) files at its root and model_selector_args.json "
-        "({\"model_name\", \"model_name_or_path\", \"model_family\", \"source\"}).", output=True, artifact="Model")
+        "({\"model_name\", \"model_name_or_path\", \"model_family\", \"source\", \"source_uri\", \"revision\"}).",
+        output=True, artifact="Model")
     model: Optional[str] = path(
-        "The model as an input artifact (an HF folder or an MLflow transformers model folder); alternative to "
-        "model_path / mlflow_model_path.", artifact="Model", optional=True)
-    model_path: str = param("", "A Hugging Face model folder already in the container (e.g. on a mounted PVC): "
-                            "config.json (or adapter_config.json), weights, tokenizer.", group="source")
-    mlflow_model_path: str = param("", "An MLflow transformers model folder in the container (MLmodel + model/ + "
-                                   "components/tokenizer/).", group="source")
+        "The model as an input artifact (e.g. from dsl.importer, or an earlier run's output): an HF folder or an "
+        "MLflow transformers model folder; alternative to model_path / mlflow_model_path.", artifact="Model",
+        optional=True)
+    model_path: str = param("", "Where the model comes from: " + SOURCE_HELP + ". The folder holds config.json "
+                            "(or adapter_config.json), weights and tokenizer.", group="source")
+    mlflow_model_path: str = param("", "An MLflow transformers model (MLmodel + model/ + components/tokenizer/): a "
+                                   "path in the container or an object-store URI.", group="source")
     model_name: str = param("", "Name recorded in model_selector_args.json (default: derived from the source).",
                             group="source")
+    model_revision: str = param("", "Hub revision of a hub model_path: a branch, tag or commit (pin a commit for "
+                                "reproducible runs); default main. The commit it resolves to is recorded.",
+                                group="source")
+    hf_endpoint: str = param("", "Hugging Face hub endpoint (a mirror or proxy); default: HF_ENDPOINT, else "
+                             "https://huggingface.co. A token comes from HF_TOKEN.", group="access")
+    s3_endpoint_url: str = param("", "S3 API endpoint for s3:// and minio:// sources (MinIO, SeaweedFS, Ceph, ...); "
+                                 "default: AWS_ENDPOINT_URL, else AWS. Credentials come from AWS_ACCESS_KEY_ID / "
+                                 "AWS_SECRET_ACCESS_KEY.", group="access")
 
     def validate(self) -> None:
+        from trainer.sources import parse_source
+
         given = [name for name in ("model", "model_path", "mlflow_model_path") if getattr(self, name)]
         if len(given) != 1:
             raise ConfigError(f"give exactly one model source: model, model_path or mlflow_model_path "
                               f"(got {given or 'none'})")
+        if self.model_path:
+            parse_source(self.model_path, "model_path", revision=self.model_revision,
+                         s3_endpoint_url=self.s3_endpoint_url)
+        elif self.model_revision:
+            raise ConfigError(f"model_revision={self.model_revision!r} applies to a hub model_path only")
+        if self.mlflow_model_path:
+            source = parse_source(self.mlflow_model_path, "mlflow_model_path", s3_endpoint_url=self.s3_endpoint_url)
+            if source.kind == "hub":
+                raise ConfigError(f"mlflow_model_path={self.mlflow_model_path!r}: an MLflow model is a folder in "
+                                  "the container or in an object store, not a hub repository")
+        if self.hf_endpoint and not self.hf_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"hf_endpoint={self.hf_endpoint!r} must be an http(s):// URL")
+        if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
+            raise ConfigError(f"s3_endpoint_url={self.s3_endpoint_url!r} must be an http(s):// URL")
+
+
+@surface
+class DataImportConfig(Params):
+    """Bring the labelled data (CoNLL / JSON Lines / CSV files) from where it lives into a Dataset folder."""
+
+    GROUPS = {"io": "output", "source": "data source", "access": "hub and object-store access"}
+
+    data_output: str = path("Folder with the data: a source folder's files as they are, or a single source file "
+                            "as train.<ext> (then split by preprocess).", output=True, artifact="Dataset")
+    data_uri: str = param("", "Where the data comes from: " + SOURCE_HELP.replace("org/name or hf://org/name",
+                          "hf://datasets/org/name") + ". A folder holds train.* and optionally validation.*/dev.* "
+                          "and test.*; a single file is the training data.", group="source")
+    data_revision: str = param("", "Hub revision of a hub data_uri (branch, tag or commit); default main.",
+                               group="source")
+    hf_endpoint: str = param("", "Hugging Face hub endpoint (a mirror or proxy); default: HF_ENDPOINT, else "
+                             "https://huggingface.co. A token comes from HF_TOKEN.", group="access")
+    s3_endpoint_url: str = param("", "S3 API endpoint for s3:// and minio:// sources (MinIO, SeaweedFS, Ceph, ...); "
+                                 "default: AWS_ENDPOINT_URL, else AWS.", group="access")
+
+    def validate(self) -> None:
+        from trainer.sources import parse_source
+
+        if not self.data_uri:
+            raise ConfigError("data_uri is required: a path in the container, an s3:// / minio:// / gs:// URI or "
+                              "hf://datasets/org/name")
+        parse_source(self.data_uri, "data_uri", revision=self.data_revision, s3_endpoint_url=self.s3_endpoint_url)
+        for name in ("hf_endpoint", "s3_endpoint_url"):
+            value = getattr(self, name)
+            if value and not value.startswith(("http://", "https://")):
+                raise ConfigError(f"{name}={value!r} must be an http(s):// URL")
 
 
 @surface

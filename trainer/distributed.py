@@ -29,3 +29,37 @@ def ensure_process_group_env() -> None:
         port = probe.getsockname()[1]
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port)})
+
+
+NPROC_ENV = "TOKCLS_NPROC_PER_NODE"  # overrides the number of processes of a single-pod run (default: one per GPU)
+
+
+def local_processes() -> int:
+    """Processes one pod runs: TOKCLS_NPROC_PER_NODE if set, else one per visible CUDA device (at least one)."""
+    if os.environ.get(NPROC_ENV):
+        return max(1, int(os.environ[NPROC_ENV]))
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def run_under_torchrun(config, nproc: int) -> None:
+    """Run this fine-tune as `torchrun --standalone --nproc_per_node nproc -m trainer.cli --config <its JSON>` (one
+    process per GPU of this pod, DDP or DeepSpeed); the processes' output goes to ours. RuntimeError if it fails."""
+    import subprocess
+    import sys
+    import tempfile
+
+    if "WORLD_SIZE" in os.environ:
+        raise RuntimeError("already inside a distributed launch: not starting another torchrun")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="finetune-", delete=False) as handle:
+        handle.write(config.to_json())
+    try:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "trainer.cli", "--config", handle.name]
+        code = subprocess.call(command)
+    finally:
+        os.unlink(handle.name)
+    if code != 0:
+        raise RuntimeError(f"torchrun with {nproc} processes failed with exit code {code} (the ranks' errors are "
+                           "in the log above)")

@@ -1,11 +1,15 @@
-"""Model import (the "model selector"): bring a local Hugging Face model into a model-import output folder.
+"""Model import (the "model selector"): bring a Hugging Face model into a model-import output folder.
 
-Sources:
-- `model_path`: a local HF model folder (config.json + weights + tokenizer), an earlier fine-tune output
+Where it comes from (`trainer.sources`): a path in the container (a PVC), an object store (s3://, minio://, gs://),
+the Hugging Face hub (a repository id, revision pinned to a commit), or the `model` input artifact. What it is:
+- `model_path` / `model`: an HF model folder (config.json + weights + tokenizer), an earlier fine-tune output
   (its best model sits at the root; `checkpoint-*` folders are not copied), a LoRA adapter folder
-  (adapter_config.json), an earlier model-import output, or any path already mounted in the container.
+  (adapter_config.json), an earlier model-import output, or an MLflow model (recognised by its MLmodel file).
 - `mlflow_model_path`: an MLflow `transformers` flavor model folder (MLmodel file; the HF files live in
   sub-folders such as `model/` and `components/tokenizer/`).
+
+Symbolic links in the source are followed only inside it (`trainer.input_tree`); a link out of it is refused
+before anything is written.
 
 Output folder contract (the `model_selector_output` of the finetune component): the model files (and
 tokenizer files when the source has them) at the root, plus `model_selector_args.json` =
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -23,8 +28,10 @@ from typing import Any, Optional
 from trainer.config import ModelImportConfig
 from trainer.constants import MODEL_MARKERS, MODEL_SELECTOR_ARGS, TOKENIZER_FILES
 from trainer.errors import InputError
+from trainer.input_tree import boundary, iter_files
 from trainer.model_io import read_model_selector_args, resolve_model_dir
 from trainer.publish import publish_dir, staging_dir
+from trainer.sources import fetch, parse_source, workdir_beside
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +66,26 @@ def _find_dir_with(root: Path, names: tuple[str, ...], prefer: list[Path]) -> Op
     return found[0] if found else None
 
 
-def _copy_model_files(src: Path, dst: Path, *, overwrite: bool = True) -> list[str]:
-    copied = []
-    for item in sorted(src.iterdir()):
-        if item.name in SKIP_FILES or any(item.name.startswith(p) for p in SKIP_DIRS_PREFIX):
+def _skipped(rel: str) -> bool:
+    top = rel.split("/", 1)[0]
+    return top in SKIP_FILES or any(top.startswith(p) for p in SKIP_DIRS_PREFIX)
+
+
+def _copy_model_files(src: Path, dst: Path, *, within: Path, overwrite: bool = True, move: bool = False) -> list[str]:
+    """Copy (or, for our own download, move) the model files of `src` into `dst`; links resolve inside `within`.
+    Returns the top-level names taken."""
+    taken = set()
+    for rel, real in iter_files(src, within=within):
+        target = dst / rel
+        if _skipped(rel) or (target.exists() and not overwrite):
             continue
-        target = dst / item.name
-        if target.exists() and not overwrite:
-            continue
-        if item.is_dir():
-            shutil.copytree(item, target, dirs_exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if move and not Path(src, rel).is_symlink():
+            os.replace(real, target)
         else:
-            shutil.copy2(item, target)
-        copied.append(item.name)
-    return copied
+            shutil.copy2(real, target)
+        taken.add(rel.split("/", 1)[0])
+    return sorted(taken)
 
 
 def _model_family(model_dir: Path) -> Optional[str]:
@@ -126,37 +139,53 @@ def _locate_mlflow_model(root: Path) -> tuple[Path, Optional[Path], dict]:
 
 
 def model_import(config: ModelImportConfig) -> dict:
-    """Copy a local HF / MLflow model into `model_selector_output` with model_selector_args.json; returns the
+    """Bring the configured model into `model_selector_output` with model_selector_args.json; returns the
     metadata."""
-    model_path = config.model or config.model_path or None
-    mlflow_model_path = config.mlflow_model_path or None
-    model_name = config.model_name or None
-    src = Path(model_path or mlflow_model_path)
+    given = config.model or config.model_path or config.mlflow_model_path
+    what = "model" if config.model else ("model_path" if config.model_path else "mlflow_model_path")
+    source = parse_source(given, what, revision=config.model_revision, s3_endpoint_url=config.s3_endpoint_url)
+    out = Path(config.model_selector_output)
+    workdir = workdir_beside(out) if source.kind != "path" else None
+    try:
+        fetched = fetch(source, workdir or out.parent, hf_endpoint=config.hf_endpoint)
+        return _import(config, fetched.path, what, fetched.provenance, move=fetched.downloaded)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _import(config: ModelImportConfig, src: Path, what: str, provenance: dict, *, move: bool) -> dict:
     if not src.is_dir():
-        raise InputError(f"model folder not found: {src}")
+        raise InputError(f"model folder not found: {config.model or config.model_path or config.mlflow_model_path}"
+                         + ("" if not src.exists() else " (it is a file, not a folder)"))
+    within = boundary(src)
+    list(iter_files(src, within=within))  # a link out of the source is refused before anything is written
 
     flavor: dict = {}
     tok_dir: Optional[Path] = None
-    if mlflow_model_path or (src / "MLmodel").exists():
-        source = "mlflow_model_path" if mlflow_model_path else f"{'model' if config.model else 'model_path'} (MLflow)"
+    if config.mlflow_model_path or (src / "MLmodel").exists():
+        source = "mlflow_model_path" if config.mlflow_model_path else f"{what} (MLflow)"
         model_dir, tok_dir, flavor = _locate_mlflow_model(src)
     else:
-        source = "model" if config.model else "model_path"
+        source = what
         model_dir = _locate_hf_model(src)
     earlier = read_model_selector_args(src)
     is_adapter = (model_dir / "adapter_config.json").exists() and not (model_dir / "config.json").exists()
     family = _model_family(model_dir) or earlier.get("model_family")
 
-    name = (model_name or earlier.get("model_name") or flavor.get("source_model_name")
-            or (src.name if src.name not in ("model", "data", "") else src.resolve().parent.name))
+    hub_repo = provenance.get("hub_repo")
+    name = (config.model_name or earlier.get("model_name") or flavor.get("source_model_name") or hub_repo
+            or _name_from(provenance.get("source_uri", ""), src))
     if "/" in str(name) and Path(str(name)).is_absolute():  # a local path, not a hub-style "org/name"
         name = Path(str(name)).name
     meta: dict[str, Any] = {
         "model_name": str(name),
-        "model_name_or_path": str(src.resolve()),
+        "model_name_or_path": hub_repo or (str(src.resolve()) if "://" not in provenance.get("source_uri", "")
+                                           else provenance["source_uri"]),
         "model_family": family,
         "source": source,
         "is_lora_adapter": is_adapter,
+        **{k: v for k, v in provenance.items() if k in ("source_uri", "revision", "hub_endpoint")},
     }
     if flavor:
         meta["mlflow_flavor"] = {k: flavor.get(k) for k in ("task", "source_model_name", "transformers_version")
@@ -165,9 +194,10 @@ def model_import(config: ModelImportConfig) -> dict:
     out = Path(config.model_selector_output)
     stage = staging_dir(out)
     try:
-        copied = _copy_model_files(model_dir, stage)
+        copied = _copy_model_files(model_dir, stage, within=within, move=move)
         if tok_dir is not None and tok_dir != model_dir:
-            copied += [f"tokenizer/{n}" for n in _copy_model_files(tok_dir, stage, overwrite=False)]
+            copied += [f"tokenizer/{n}" for n in _copy_model_files(tok_dir, stage, within=within, overwrite=False,
+                                                                   move=move)]
         if not any((stage / m).exists() for m in MODEL_MARKERS):
             raise InputError(f"no config.json or adapter_config.json in {model_dir}")
         meta["has_tokenizer"] = any((stage / f).exists() for f in TOKENIZER_FILES)
@@ -175,5 +205,15 @@ def model_import(config: ModelImportConfig) -> dict:
         publish_dir(stage, out, replace=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    logger.info("imported %s (%s) from %s into %s: %s", meta["model_name"], family, model_dir, out, copied)
+    logger.info("imported %s (%s) from %s into %s: %s", meta["model_name"], family, meta.get("source_uri", model_dir),
+                out, copied)
     return meta
+
+
+def _name_from(uri: str, src: Path) -> str:
+    """A model name from where it came from: the last segment of a URI or path that is not a generic word."""
+    parts = [p for p in (uri.split("://", 1)[-1] if "://" in uri else str(src.resolve())).split("/") if p]
+    for part in reversed(parts):
+        if part not in ("model", "data", "download", "pytorch_model_folder", "model_selector_output"):
+            return part
+    return src.name

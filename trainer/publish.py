@@ -79,12 +79,16 @@ def publish_into(staged: Path, target: str | Path) -> None:
 
 
 def copy_tree_atomic(src: str | Path, dst: str | Path) -> None:
-    """Copy a folder to `dst` through a staging sibling and a rename (symlinks are copied as their targets'
-    contents); an existing `dst` is replaced as a whole."""
+    """Copy an input folder to `dst` through a staging sibling and a rename; an existing `dst` is replaced as a
+    whole. Symlinks are copied as their targets' contents, and only while they stay inside `src`
+    (`trainer.input_tree`: a link out of the folder is an InputError)."""
+    from trainer.input_tree import copy_tree
+
     dst = Path(dst)
     stage = staging_dir(dst)
     try:
-        shutil.copytree(src, stage / "x", symlinks=False)
+        (stage / "x").mkdir()
+        copy_tree(src, stage / "x")
         publish_dir(stage / "x", dst, replace=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -1,1 +1,1 @@
-"""Model import component: a local HF / MLflow model -> model_selector_output (see component.py)."""
+"""Model import component: a model from the hub, an object store, a PVC or an artifact -> model_selector_output (see component.py)."""

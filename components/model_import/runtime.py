@@ -11,6 +11,6 @@ def run(**args):
     config = config_from_args(ModelImportConfig, args)
     meta = model_import(config)
     artifact = args["model_selector_output"]
-    for key in ("model_name", "model_family", "source"):
+    for key in ("model_name", "model_family", "source", "source_uri", "revision"):
         artifact.metadata[key] = meta.get(key) or ""
     artifact.metadata["framework"] = "transformers"

@@ -59,7 +59,7 @@ def _artifact(path: str):
 def _run_component(artifacts, monkeypatch, server, **overrides):
     import launcher.launch as launch_module
 
-    monkeypatch.setattr(launch_module, "_load_clients", lambda: make_clients(server))
+    monkeypatch.setattr(launch_module, "load_clients", lambda: make_clients(server))
     outputs = {k: _artifact(artifacts[k]) for k in ("pytorch_model_folder", "mlflow_model_folder")}
     outputs.update(metrics=_artifact(str(Path(artifacts["shared"]).parent / "metrics")),
                    report=_artifact(str(Path(artifacts["shared"]).parent / "report.md")))
@@ -88,11 +88,36 @@ def test_component_body_runs_the_job_and_fills_the_outputs(artifacts, monkeypatc
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
     assert job["metadata"]["namespace"] == "team-a"
     assert (Path(artifacts["mlflow_model_folder"]) / "MLmodel").exists()
-    assert outputs["pytorch_model_folder"].metadata["pytorchjob"] == job["metadata"]["name"]
+    assert outputs["pytorch_model_folder"].metadata["job"] == job["metadata"]["name"]
+    assert outputs["pytorch_model_folder"].metadata["backend"] == "pytorchjob"
     assert outputs["mlflow_model_folder"].metadata["framework"] == "mlflow"
     # Metrics and report come from rank 0's metrics.json, as in the single-pod finetune
     assert outputs["metrics"].metadata["test_f1"] == 0.4 and outputs["metrics"].metadata["entity_person_f1"] == 0.375
     assert "| person | 0.5000 | 0.3000 | 0.3750 | 8 |" in Path(outputs["report"].path).read_text()
+
+
+def test_component_runs_a_trainjob_when_the_backend_says_so(artifacts, monkeypatch):
+    server = FakeApiServer(["running", "succeeded"])
+    outputs = _run_component(artifacts, monkeypatch, server, backend="trainjob", num_nodes=2, gpus_per_node=8)
+    (job,) = server.created
+    assert job["kind"] == "TrainJob" and job["spec"]["trainer"]["numProcPerNode"] == 8
+    assert outputs["pytorch_model_folder"].metadata["backend"] == "trainjob"
+    assert outputs["metrics"].metadata["test_f1"] == 0.4
+
+
+def test_a_terminated_step_deletes_its_job_and_exits_143(artifacts, monkeypatch):
+    import os
+    import signal
+
+    def on_request(method, path):
+        if method == "GET" and "/pytorchjobs/" in path and server.gets:
+            os.kill(os.getpid(), signal.SIGTERM)  # what Argo sends when the run is terminated in the KFP UI
+
+    server = FakeApiServer(["running"], on_request=on_request)
+    with pytest.raises(SystemExit) as info:
+        _run_component(artifacts, monkeypatch, server)
+    assert info.value.code == 143
+    assert len(server.deleted) == 1 and server.jobs == {}
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -115,14 +140,15 @@ def test_pipeline_usage_from_the_docs_compiles(tmp_path):
     from kfp.dsl import Dataset, Model
 
     @dsl.pipeline(name="finetune-distributed")
-    def pipeline(pvc: str = "tokcls-shared", nodes: int = 2):
+    def pipeline(pvc: str = "tokcls-shared", nodes: int = 2, backend: str = "trainjob"):
         pre = dsl.importer(artifact_uri="gs://bucket/preprocess_output", artifact_class=Dataset)
         sel = dsl.importer(artifact_uri="gs://bucket/model_selector_output", artifact_class=Model)
         task = finetune_pytorchjob(preprocess_output=pre.output, model_selector_output=sel.output,
-                                   shared_pvc_name=pvc, num_nodes=nodes, gpus_per_node=4,
-                                   deepspeed_preset="zero3", precision="16",
+                                   backend=backend, shared_pvc_name=pvc, num_nodes=nodes, gpus_per_node=4,
+                                   apply_deepspeed="true", deepspeed_preset="zero3", precision="16",
                                    tolerations_json='[{"key": "nvidia.com/gpu", "operator": "Exists", '
-                                                    '"effect": "NoSchedule"}]')
+                                                    '"effect": "NoSchedule"}]',
+                                   secret_env_json='{"MLFLOW_TRACKING_TOKEN": {"name": "mlflow", "key": "token"}}')
         kubernetes.mount_pvc(task, pvc_name=pvc, mount_path="/mnt/shared")
         task.set_caching_options(False)
 
@@ -132,3 +158,5 @@ def test_pipeline_usage_from_the_docs_compiles(tmp_path):
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     (executor,) = platform.values()
     assert executor["pvcMount"][0]["mountPath"] == "/mnt/shared"
+    task = docs[0]["root"]["dag"]["tasks"]["finetune-pytorchjob"]["inputs"]["parameters"]
+    assert task["backend"] == {"componentInputParameter": "backend"}

@@ -207,3 +207,181 @@ def test_unknown_fields_walks_maps_and_lists():
     manifest = build_pytorchjob(spec())
     manifest["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"][0]["pvc"] = {}
     assert unknown_fields(manifest, schema) == [".spec.pytorchReplicaSpecs.Worker.template.spec.volumes[0].pvc"]
+
+
+# ---- Pod Security "restricted" ---------------------------------------------------------------------------------------
+import copy  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from launcher.manifest import ObjectStoreSpec  # noqa: E402
+from launcher.trainjob import build_trainjob  # noqa: E402
+from pod_security import violations  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+RUNTIMES = {"torch-distributed": REPO / "tests" / "data" / "crds" / "torch_distributed_runtime.yaml",
+            "tokcls-torch-distributed": REPO / "manifests" / "trainer-runtime.yaml"}
+STORE = ObjectStoreSpec(run_uri="s3://mlpipeline/tokcls-staging/tokcls-runs/r1", secret_name="mlpipeline-minio-artifact",
+                        secret_env={"AWS_ACCESS_KEY_ID": "accesskey", "AWS_SECRET_ACCESS_KEY": "secretkey"},
+                        endpoint_url="http://minio-service.kubeflow:9000")
+VARIANTS = {
+    "gpu-pvc": {},
+    "cpu": {"gpus_per_node": 0, "procs_per_node": 2, "resources": {}, "node_selector": {}, "tolerations": []},
+    "object-store": {"num_nodes": 1, "pvc_name": "", "object_store": STORE},
+    "secrets": {"secret_env": {"HF_TOKEN": ("hf-token", "token")}},
+}
+
+
+def tj_spec(**overrides) -> JobSpec:
+    """spec() without the PyTorchJob-only TTL (a TrainJob's comes from its runtime)."""
+    return spec(**{"ttl_seconds_after_finished": None, **overrides})
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    """Strategic-merge-like: maps merge, lists of named items merge by name, other lists replace."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif isinstance(value, list) and value and isinstance(value[0], dict) and "name" in value[0]:
+            items = {item["name"]: item for item in out.get(key) or []}
+            for item in value:
+                items[item["name"]] = _merge(items.get(item["name"], {}), item)
+            out[key] = list(items.values())
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def trainjob_pod(job: dict, runtime_file: Path) -> dict:
+    """The node pod template the Trainer makes of `job` on the runtime: the runtime's template, our runtime patch,
+    then spec.trainer (image, command, env, resources) on the `node` container (Trainer v2.2's merge order)."""
+    runtime = yaml.safe_load(runtime_file.read_text())
+    (node,) = [r for r in runtime["spec"]["template"]["spec"]["replicatedJobs"] if r["name"] == "node"]
+    template = node["template"]["spec"]["template"]
+    for patch in job["spec"].get("runtimePatches", []):
+        for rjob in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+            if rjob["name"] == "node":
+                template = _merge(template, rjob["template"]["spec"]["template"])
+    trainer = job["spec"]["trainer"]
+    container = {"name": "node", "image": trainer["image"], "command": trainer["command"], "env": trainer["env"]}
+    if "resourcesPerNode" in trainer:
+        container["resources"] = trainer["resourcesPerNode"]
+    return _merge(template, {"spec": {"containers": [container]}})
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=list(VARIANTS))
+def test_pytorchjob_pods_pass_the_restricted_profile(variant):
+    manifest = build_pytorchjob(spec(**VARIANTS[variant]))
+    for role, replica in manifest["spec"]["pytorchReplicaSpecs"].items():
+        template = replica["template"]
+        assert violations(template["spec"], template["metadata"].get("annotations")) == [], role
+        assert _model_errors(template, "V1PodTemplateSpec", role) == []
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("variant", VARIANTS, ids=list(VARIANTS))
+def test_trainjob_pods_pass_the_restricted_profile(variant, runtime):
+    job = build_trainjob(tj_spec(**VARIANTS[variant]), runtime=runtime)
+    pod = trainjob_pod(job, RUNTIMES[runtime])
+    assert violations(pod["spec"], pod["metadata"].get("annotations")) == []
+    assert _model_errors(pod, "V1PodTemplateSpec") == []
+
+
+def test_the_torch_distributed_runtime_alone_is_not_restricted_so_the_patch_is_what_makes_it():
+    """The control: Trainer's runtime sets no security context; without our patch its pod fails the profile."""
+    job = build_trainjob(tj_spec())
+    del job["spec"]["runtimePatches"]
+    pod = trainjob_pod(job, RUNTIMES["torch-distributed"])
+    found = " | ".join(violations(pod["spec"]))
+    for control in ("Privilege escalation", "Capabilities", "Running as Non-root", "Seccomp"):
+        assert control in found
+
+
+@pytest.mark.parametrize("mutate,control", [
+    (lambda p: p["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"), "Privilege escalation"),
+    (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(drop=["NET_RAW"]), "drop ALL"),
+    (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]), "Capabilities"),
+    (lambda p: [c["securityContext"].pop("seccompProfile") for c in p["containers"]]
+     and p["securityContext"].pop("seccompProfile"), "Seccomp"),
+    (lambda p: p["containers"][0]["securityContext"].update(seccompProfile={"type": "Unconfined"}), "Unconfined"),
+    (lambda p: p["containers"][0]["securityContext"].update(runAsNonRoot=False), "Non-root"),
+    (lambda p: p["securityContext"].update(runAsUser=0), "runAsUser 0"),
+    (lambda p: p["containers"][0]["securityContext"].update(privileged=True), "Privileged"),
+    (lambda p: p["volumes"].append({"name": "host", "hostPath": {"path": "/"}}), "HostPath"),
+    (lambda p: p["volumes"].append({"name": "n", "nfs": {"server": "x", "path": "/"}}), "Volume types"),
+    (lambda p: p["containers"][0]["ports"][0].update(hostPort=23456), "Host ports"),
+    (lambda p: p.update(hostNetwork=True), "Host namespaces"),
+    (lambda p: p["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]), "Sysctls"),
+])
+def test_the_restricted_check_catches_each_violation(mutate, control):
+    pod = build_pytorchjob(spec())["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    mutate(pod)
+    assert any(control in v for v in violations(pod)), violations(pod)
+
+
+# ---- Kubeflow Trainer v2 TrainJob ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=list(VARIANTS))
+def test_trainjob_validates_against_the_trainjob_crd(variant):
+    job = build_trainjob(tj_spec(**VARIANTS[variant]))
+    assert crd_errors(job) == []
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+
+
+def test_trainjob_names_satisfy_the_crds_validation_rules():
+    """The CRD's CEL rules (not evaluated by a v1.20 API server): the name is an RFC 1035 label of <= 63 chars."""
+    from launcher.launch import _job_name
+
+    crd = yaml.safe_load((REPO / "tests" / "data" / "crds" / "trainer.kubeflow.org_trainjobs.yaml").read_text())
+    rules = [r["rule"] for r in crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]]
+    (pattern,) = [re.search(r"matches\('(.+)'\)", r).group(1) for r in rules if "matches" in r]
+    for prefix in ("tokcls-finetune", "0-weird_Prefix!", "x" * 80):
+        name = _job_name(prefix)
+        assert re.fullmatch(pattern, name) and len(name) <= 63, name
+
+
+def test_trainjob_carries_the_pod_as_patches_and_trainer_fields():
+    job = build_trainjob(tj_spec(num_nodes=3, gpus_per_node=4, secret_env={"HF_TOKEN": ("hf-token", "token")}),
+                         runtime="tokcls-torch-distributed")
+    trainer = job["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (3, 4)
+    assert trainer["resourcesPerNode"]["limits"] == {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": "4"}
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in trainer["env"]
+    assert not any(e["name"].startswith("PET_") for e in trainer["env"])  # reserved: the Trainer sets them
+    (patch,) = job["spec"]["runtimePatches"]
+    assert re.fullmatch(r"[a-z0-9.-]+/[a-z0-9-]+", patch["manager"])  # the webhook wants a domain-prefixed path
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]
+    assert node["name"] == "node" and pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert pod["spec"]["containers"] == [{"name": "node", "volumeMounts": [
+        {"name": "shared", "mountPath": "/mnt/shared"}, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}]
+    assert "env" not in pod["spec"]["containers"][0]  # the webhook refuses env patches of `node`
+    assert pod["spec"]["nodeSelector"] and pod["spec"]["tolerations"] and pod["spec"]["serviceAccountName"]
+    words = shlex.split(trainer["command"][2].split("\n", 1)[1])
+    assert words[:2] == ["exec", "torchrun"] and "--nproc_per_node" in words
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_runtimes_validate_against_the_clustertrainingruntime_crd(runtime):
+    assert crd_errors(yaml.safe_load(RUNTIMES[runtime].read_text())) == []
+
+
+def test_the_shipped_runtime_does_not_retry_failed_trainers():
+    runtime = yaml.safe_load(RUNTIMES["tokcls-torch-distributed"].read_text())
+    (node,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert node["template"]["spec"]["backoffLimit"] == 0
+    pod = node["template"]["spec"]["template"]
+    assert pod["spec"]["restartPolicy"] == "Never" and violations(pod["spec"]) == []
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"restart_policy": "OnFailure"}, "PyTorchJob settings"),
+    ({"ttl_seconds_after_finished": 60}, "PyTorchJob settings"),
+])
+def test_pytorchjob_only_settings_are_refused_for_a_trainjob(overrides, message):
+    with pytest.raises(ManifestError, match=message):
+        build_trainjob(tj_spec(**overrides))

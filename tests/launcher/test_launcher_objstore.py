@@ -8,23 +8,22 @@ API server (kube_fake.py) plays the operator; its "master pod" runs the job's ow
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from kube_fake import FakeApiServer, FakeClock, artifacts, crd_errors, make_clients  # noqa: F401 (fixture)
-from launcher import LaunchConfigError, PyTorchJobFailed, run_pytorchjob
+from trainer.errors import ConfigError
+from s3_server import SECRET, s3, s3_endpoint  # noqa: F401 (fixtures)
+from kube_fake import FakeApiServer, FakeClock, artifacts, crd_errors, make_clients, run_launch  # noqa: F401
+from launcher import LaunchConfigError, PyTorchJobFailed
 from launcher import objstore
 from launcher.objstore import CheckpointSync, ObjectStoreError, S3Uri, parse_uri
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "kubeflow-user-example-com"
-SECRET = {"accesskey": "minio-test-key", "secretkey": "minio-test-secret"}  # as in mlpipeline-minio-artifact
 
 FAKE_TORCHRUN = r"""#!/bin/sh
 # Fake torchrun: writes what the trainer's rank 0 writes; FAKE_TRAIN=fail writes a checkpoint and fails.
@@ -47,38 +46,6 @@ echo '{"model_type": "bert"}' > "$P/config.json"
 printf weights > "$P/model.safetensors"
 mkdir -p "$M" && printf 'flavors:\n  transformers: {}\n' > "$M/MLmodel"
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint, monkeypatch):
-    """A fresh bucket; this process's AWS_* env points at the server (as use_secret_as_env would set it)."""
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", SECRET["accesskey"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET["secretkey"])
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    client = objstore.make_client()
-    bucket = f"tokcls-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    return client, bucket, s3_endpoint
 
 
 def keys(client, bucket: str, prefix: str = "") -> list[str]:
@@ -306,18 +273,16 @@ def launch(server, artifacts, s3, tmp_path, **overrides):
     client, bucket, endpoint = s3
     clock = FakeClock()
     custom, core = make_clients(server)
-    kwargs = dict(
-        preprocess_output=artifacts["preprocess_output"], model_selector_output=artifacts["model_selector_output"],
-        pytorch_model_folder=artifacts["pytorch_model_folder"], mlflow_model_folder=artifacts["mlflow_model_folder"],
-        finetune_args={"num_train_epochs": 1, "apply_deepspeed": "true", "deepspeed": "zero2"},
+    values = dict(
+        num_train_epochs=1, apply_deepspeed=True, deepspeed_preset="zero2",
         num_nodes=1, gpus_per_node=4, image="registry.local/trainer-cuda:test", namespace=NS,
         staging_uri=f"s3://{bucket}/pipelines/team-a", staging_endpoint_url=endpoint,
         staging_secret_name="mlpipeline-minio-artifact", staging_access_key_key="accesskey",
         staging_secret_key_key="secretkey", pod_work_dir=str(tmp_path / "pod" / "workspace" / "run"),
-        checkpoint_sync_interval_s=1, timeout_s=3600, poll_interval_s=30, cleanup_policy="on_success",
-        run_id="run-1", custom_api=custom, core_api=core, clock=clock, sleep=clock.sleep)
-    kwargs.update(overrides)
-    return run_pytorchjob(**kwargs)
+        checkpoint_sync_interval_seconds=1, timeout_seconds=3600, poll_interval_seconds=30,
+        cleanup_policy="on_success", run_id="run-1", clock=clock, sleep=clock.sleep, stream_logs=False)
+    values.update(overrides)
+    return run_launch(custom, core, artifacts, **values)
 
 
 def test_object_store_run_end_to_end(s3, artifacts, tmp_path):
@@ -401,8 +366,7 @@ def test_failed_training_writes_no_marker_keeps_checkpoints_and_resume_sees_them
     assert not any("_SUCCESS" in k for k in keys(client, bucket, run))
 
     server = PodRunningApiServer(["running", "succeeded"], tmp_path / "attempt2")
-    result = launch(server, artifacts, s3, tmp_path,
-                    finetune_args={"num_train_epochs": 1, "resume_from_checkpoint": True})
+    result = launch(server, artifacts, s3, tmp_path, resume_from_checkpoint=True)
     assert result.state == "Succeeded"
     assert (tmp_path / "attempt2" / "rank0.before").read_text().split() == ["checkpoint-10"]
 
@@ -411,7 +375,7 @@ def test_sigterm_to_the_pod_reaches_torchrun_and_writes_no_marker(s3, artifacts,
     client, bucket, _ = s3
     server = FakeApiServer(["created"])
     with pytest.raises(PyTorchJobFailed):  # only to get the manifest: times out at once
-        launch(server, artifacts, s3, tmp_path, timeout_s=1)
+        launch(server, artifacts, s3, tmp_path, timeout_seconds=1)
     (job,) = server.created
     container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     proc = subprocess.Popen(container["command"], env=pod_env(container, tmp_path, 0, FAKE_TRAIN="hang"),
@@ -440,12 +404,12 @@ def test_sigterm_to_the_pod_reaches_torchrun_and_writes_no_marker(s3, artifacts,
     ({"staging_access_key_key": "access key"}, "not a valid Secret key"),
     ({"staging_secret_name": "Bad_Secret"}, "not a valid Secret name"),
     ({"staging_endpoint_url": "minio:9000"}, "http"),
-    ({"checkpoint_sync_interval_s": 0}, "sync interval"),
+    ({"checkpoint_sync_interval_seconds": 0}, "checkpoint_sync_interval_seconds"),
 ])
 def test_invalid_object_store_inputs_fail_before_any_side_effect(s3, artifacts, tmp_path, overrides, message):
     client, bucket, _ = s3
     server = FakeApiServer(["running", "succeeded"])
-    with pytest.raises(LaunchConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         launch(server, artifacts, s3, tmp_path, **overrides)
     assert server.requests == []
     assert keys(client, bucket) == []
@@ -455,12 +419,8 @@ def test_pvc_only_inputs_are_refused_with_object_store_options(artifacts, tmp_pa
     server = FakeApiServer(["running"])
     custom, core = make_clients(server)
     with pytest.raises(LaunchConfigError, match="only apply to object-store staging"):
-        run_pytorchjob(preprocess_output=artifacts["preprocess_output"],
-                       model_selector_output=artifacts["model_selector_output"],
-                       pytorch_model_folder=artifacts["pytorch_model_folder"],
-                       mlflow_model_folder=artifacts["mlflow_model_folder"], image="x", namespace=NS,
-                       shared_pvc_name="tokcls-shared", shared_mount_path=artifacts["shared"],
-                       staging_secret_name="mlpipeline-minio-artifact", custom_api=custom, core_api=core)
+        run_launch(custom, core, artifacts, image="x", namespace=NS, shared_pvc_name="tokcls-shared",
+                   shared_mount_path=artifacts["shared"], staging_secret_name="mlpipeline-minio-artifact")
     assert server.requests == [] and list(Path(artifacts["shared"]).iterdir()) == []
 
 
