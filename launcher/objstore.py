@@ -9,7 +9,7 @@ CLI, used by the trainer pods (see launcher/manifest.py):
     python -m launcher.objstore push [--mirror] [--marker NAME] DIR URI
     python -m launcher.objstore sync-checkpoints DIR URI --interval S [--once]
 
-`sync-checkpoints` uploads each complete `checkpoint-N` folder (one with trainer_state.json, uploaded
+`sync-checkpoints` uploads each complete `checkpoint-N` folder (its manifest matches; the manifest uploaded
 last) once; it runs until SIGTERM/SIGINT or until its parent process exits, then makes a last pass.
 """
 
@@ -36,12 +36,12 @@ log = logging.getLogger(__name__)
 
 
 def complete_checkpoints(folder: Path) -> list[str]:
-    """Names of the complete `checkpoint-N` folders (with trainer_state.json), oldest first."""
+    """Names of the complete `checkpoint-N` folders (their manifest matches their files), oldest first."""
     return [p.name for p in list_checkpoints(folder) if is_complete(p)]
 
 
 def remote_complete_checkpoints(client: Any, uri: S3Uri) -> set[str]:
-    """Checkpoint folders under `uri` whose trainer_state.json (uploaded last) is there."""
+    """Checkpoint folders under `uri` whose manifest (uploaded last) is there."""
     names = set()
     for rel, _ in list_keys(client, uri):
         parts = rel.split("/")

@@ -2,7 +2,7 @@
 
 The HF Trainer writes `checkpoint-N/` file by file; a crash, a full disk or a killed pod can leave any of them
 missing, empty or truncated (a 0-byte `trainer_state.json` once made every later resume fail). So after each
-save, every rank having finished (`CheckpointManifestCallback`), the main process writes
+save, every rank having finished (`trainer.hf_trainer.CheckpointManifestCallback`), the main process writes
 `checkpoint_manifest.json` — the size and SHA-256 of every file — atomically and last:
 
 - `is_complete` (cheap: the manifest parses and every file has its size) decides what is uploaded or kept;
@@ -20,8 +20,6 @@ import re
 import shutil
 from pathlib import Path
 from typing import Optional
-
-from transformers import TrainerCallback
 
 from trainer.publish import write_json_atomic
 
@@ -115,19 +113,3 @@ def choose_resume_checkpoint(folder: str | Path, remove_torn: bool = False) -> O
         if remove_torn and _read_manifest(checkpoint)[0] is None:
             shutil.rmtree(checkpoint, ignore_errors=True)
     return None
-
-
-class CheckpointManifestCallback(TrainerCallback):
-    """Writes the manifest of each checkpoint once every rank has finished saving it (main process only)."""
-
-    def on_save(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # DeepSpeed ranks write their own shards into the same folder
-        if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if checkpoint.is_dir():
-                write_manifest(checkpoint)
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # nobody rotates or reads it before it is complete

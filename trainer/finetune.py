@@ -113,9 +113,8 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     from transformers import AutoTokenizer, DataCollatorForTokenClassification, EarlyStoppingCallback
     from transformers import PrinterCallback, enable_full_determinism, set_seed
 
-    from trainer.checkpoints import CheckpointManifestCallback
     from trainer.distributed import ensure_process_group_env, has_cuda, world_size
-    from trainer.hf_trainer import TokenClassificationTrainer
+    from trainer.hf_trainer import CheckpointManifestCallback, TokenClassificationTrainer
     from trainer.lora import apply_lora
     from trainer.metrics import argmax_logits, make_compute_metrics, per_entity_scores
     from trainer.modeling import load_model

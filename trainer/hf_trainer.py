@@ -1,10 +1,14 @@
-"""The HF Trainer of the recipe: stock `transformers.Trainer`, plus metering of each training step for progress."""
+"""The HF Trainer of the recipe: stock `transformers.Trainer`, metering of each training step for progress, and the
+callback that seals each checkpoint with its manifest."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+
+from trainer.checkpoints import write_manifest
 
 from trainer.progress import ProgressMeter
 
@@ -21,3 +25,19 @@ class TokenClassificationTrainer(Trainer):
         if self.meter is not None:
             self.meter.add(loss, inputs.get("attention_mask"), inputs["input_ids"])
         return loss
+
+
+class CheckpointManifestCallback(TrainerCallback):
+    """Writes the manifest of each checkpoint once every rank has finished saving it (main process only)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # DeepSpeed ranks write their own shards into the same folder
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                write_manifest(checkpoint)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # nobody rotates or reads it before it is complete

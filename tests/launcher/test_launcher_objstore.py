@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.checkpoints import write_manifest
+
 from trainer.errors import ConfigError
 from s3_server import SECRET, s3, s3_endpoint  # noqa: F401 (fixtures)
 from kube_fake import FakeApiServer, FakeClock, artifacts, crd_errors, make_clients, run_launch  # noqa: F401
@@ -40,6 +42,8 @@ cp "$I/class_names.json" "$FAKE_LOG.inputs" || exit 9
 mkdir -p "$P/checkpoint-${FAKE_STEP:-10}"
 echo weights > "$P/checkpoint-${FAKE_STEP:-10}/model.safetensors"
 echo '{"global_step": 10}' > "$P/checkpoint-${FAKE_STEP:-10}/trainer_state.json"
+python -c 'import sys, pathlib; from trainer.checkpoints import write_manifest; write_manifest(pathlib.Path(sys.argv[1]))' \
+  "$P/checkpoint-${FAKE_STEP:-10}"
 if [ "${FAKE_TRAIN:-ok}" = fail ]; then echo "CUDA out of memory" >&2; exit 3; fi
 if [ "${FAKE_TRAIN:-ok}" = hang ]; then trap 'exit 143' TERM; while :; do sleep 0.1; done; fi
 echo '{"model_type": "bert"}' > "$P/config.json"
@@ -151,6 +155,7 @@ def _checkpoint(folder: Path, step: int, complete: bool) -> None:
     (ckpt / "model.safetensors").write_bytes(b"weights")
     if complete:
         (ckpt / "trainer_state.json").write_text("{}")
+        write_manifest(ckpt)
 
 
 def test_sync_uploads_only_complete_checkpoints_once(s3, tmp_path):
@@ -162,10 +167,13 @@ def test_sync_uploads_only_complete_checkpoints_once(s3, tmp_path):
     uri = S3Uri(bucket, "run/outputs/pytorch_model_folder")
     sync = CheckpointSync(client, folder, uri)
     assert sync.run_once() == ["checkpoint-5"]
-    assert keys(client, bucket, uri.prefix) == ["checkpoint-5/global_step/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    assert keys(client, bucket, uri.prefix) == ["checkpoint-5/checkpoint_manifest.json",
+                                                "checkpoint-5/global_step/zero_pp_rank_0_mp_rank_00_optim_states.pt",
                                                 "checkpoint-5/model.safetensors", "checkpoint-5/trainer_state.json"]
     assert sync.run_once() == []
     (folder / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    assert sync.run_once() == []  # still no manifest: not complete
+    write_manifest(folder / "checkpoint-10")
     assert sync.run_once() == ["checkpoint-10"]
     # a new process (a restarted pod) does not upload again what is complete in the store
     assert CheckpointSync(client, folder, uri).run_once() == []
@@ -192,13 +200,13 @@ def test_sync_cli_runs_until_killed_then_makes_a_last_pass(s3, tmp_path):
                              f"s3://{bucket}/o", "--interval", "0.2"], env=_cli_env(endpoint))
     try:
         _checkpoint(folder, 1, complete=True)
-        _wait_for(lambda: "checkpoint-1/trainer_state.json" in keys(client, bucket, "o"))
+        _wait_for(lambda: "checkpoint-1/checkpoint_manifest.json" in keys(client, bucket, "o"))
         _checkpoint(folder, 2, complete=True)
         proc.send_signal(signal.SIGTERM)  # may land before the next periodic pass: the last pass uploads it
         assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
-    assert "checkpoint-2/trainer_state.json" in keys(client, bucket, "o")
+    assert "checkpoint-2/checkpoint_manifest.json" in keys(client, bucket, "o")
 
 
 def test_sync_cli_exits_when_its_parent_exits(s3, tmp_path):
@@ -361,7 +369,8 @@ def test_failed_training_writes_no_marker_keeps_checkpoints_and_resume_sees_them
     failed = run_pod(job, tmp_path / "attempt1", FAKE_TRAIN="fail")
     assert failed.returncode == 3 and "torchrun failed with exit code 3" in failed.stderr
     run = "pipelines/team-a/tokcls-runs/run-1"
-    assert keys(client, bucket, f"{run}/outputs") == ["pytorch_model_folder/checkpoint-10/model.safetensors",
+    assert keys(client, bucket, f"{run}/outputs") == ["pytorch_model_folder/checkpoint-10/checkpoint_manifest.json",
+                                                      "pytorch_model_folder/checkpoint-10/model.safetensors",
                                                       "pytorch_model_folder/checkpoint-10/trainer_state.json"]
     assert not any("_SUCCESS" in k for k in keys(client, bucket, run))
 
