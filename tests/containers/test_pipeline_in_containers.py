@@ -112,7 +112,8 @@ def test_failing_component_fails_with_its_logs_and_leaves_no_container(docker_cl
         with pytest.raises(RuntimeError, match="FAILURE"):
             model_import(model_path="/mnt/tokcls-inputs/absent")
     out = capfd.readouterr().out
-    assert "model folder not found: /mnt/tokcls-inputs/absent" in out  # the component's own error, from its logs
+    # the component's own one-line error, read back from the container's logs
+    assert "/mnt/tokcls-inputs/absent not found in this container" in out
     assert {c.id for c in docker_client.containers.list(all=True)} == before
 
 
