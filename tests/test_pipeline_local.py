@@ -94,7 +94,7 @@ def test_local_run_helpers(tmp_path, conll_dir):
     assert stage_path(None, tmp_path, "x") == ""
 
     subset = make_subset(conll_dir, tmp_path / "subset", {"train": 5, "validation": 3, "test": 2})
-    from trainer.preprocess import read_conll
+    from trainer.readers import read_conll
 
     assert [len(read_conll(subset / f"{s}.conll")) for s in ("train", "validation", "test")] == [5, 3, 2]
     args = build_parser().parse_args(["--quick", "--max-steps", "7", "--lr_scheduler_type", "cosine",
