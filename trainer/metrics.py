@@ -137,6 +137,9 @@ def word_tags(pred_ids, label_ids, class_names: Sequence[str], split: Any = None
         keep = l_row != IGNORE_INDEX
         gold, guess = l_row[keep], p_row[keep]
         if starts is not None and starts[row] is not None:
+            if len(starts[row]) != len(gold):
+                raise ValueError(f"row {row} has {len(gold)} labelled positions, the split's row {len(starts[row])}: "
+                                 f"the rows were not scored in the split's order")
             gold, guess = gold[starts[row]], guess[starts[row]]
         sentence = sentence_ids[row] if sentence_ids is not None else row
         if sentence != previous or not true:

@@ -189,6 +189,20 @@ def _text_head(path: Path, size: int = 1 << 16) -> Optional[str]:
     return None
 
 
+def _json_kind(path: Path) -> str:
+    """jsonl when the first line is a whole JSON object, unless it is the file's only line and holds the records
+    (a JSON object with an array of objects, written on one line)."""
+    with _open_text(path) as handle:
+        lines = (line for line in handle if line.strip())
+        try:
+            value = json.loads(next(lines))
+        except json.JSONDecodeError:
+            return "json"  # an object written over several lines
+        alone = next(lines, None) is None
+    holds_records = any(isinstance(v, list) and v and all(isinstance(x, dict) for x in v) for v in value.values())
+    return "json" if alone and holds_records else "jsonl"
+
+
 def _header_fields(line: str) -> tuple[str, list[str]]:
     delimiter = "\t" if "\t" in line else ("," if "," in line else (";" if ";" in line else "\t"))
     return delimiter, [f.strip().lower() for f in next(csv.reader([line], delimiter=delimiter))]
@@ -218,10 +232,7 @@ def detect_format(path: Path, options: ReadOptions = ReadOptions()) -> str:
         return "conll"
     first = lines[0].strip()
     if first.startswith("{"):
-        try:
-            return "jsonl" if isinstance(json.loads(first), dict) else "json"
-        except json.JSONDecodeError:
-            return "json"  # a pretty-printed object
+        return _json_kind(path)
     if first.startswith("["):
         return "json"
     if first.lower().startswith("# global.columns"):
@@ -581,12 +592,11 @@ def read_file(path: Path, options: ReadOptions = ReadOptions(), split: Optional[
         raise InputError(f"unknown data_format {data_format!r}: one of {', '.join(FORMATS)} or auto")
     if path.is_dir() and data_format != "hf":
         raise InputError(f"{path} is a folder: data_format={data_format} reads a file")
-    if data_format == "conll":
-        return Corpus(read_conll(path, options.token_column, options.tag_column), "conll",
-                      {"token": options.token_column, "tag": options.tag_column})
-    if data_format == "conllu":
-        return Corpus(read_conllu(path, options.token_column, options.tag_column), "conllu",
-                      {"token": options.token_column, "tag": options.tag_column})
+    if data_format in ("conll", "conllu"):
+        reader, defaults = (read_conll, ("0", "-1")) if data_format == "conll" else (read_conllu, ("form", "upos"))
+        columns = [value if value != AUTO else default
+                   for value, default in zip((options.token_column, options.tag_column), defaults)]
+        return Corpus(reader(path, *columns), data_format, {"token": columns[0], "tag": columns[1]})
     names = None
     source = str(path) + (f" [{split}]" if split else "")
     if data_format in ("jsonl", "json"):
