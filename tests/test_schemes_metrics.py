@@ -158,3 +158,16 @@ def test_loss_is_the_mean_over_labelled_positions_of_the_split():
     per_batch = np.mean([float(torch.nn.functional.cross_entropy(lg[0], lb[0], ignore_index=-100))
                          for lg, lb in zip(logits, labels)])
     assert abs(overall["loss"] - per_batch) > 1e-3  # the Trainer's own average would be another number
+
+
+def test_report_names_the_scheme_and_what_the_metric_means():
+    from trainer.report import finetune_markdown
+
+    result = {"best_checkpoint": "checkpoint-9", "best_metric": 0.5, "validation_metrics": {"eval_f1": 0.5},
+              "test_metrics": {"test_f1": 0.4, "test_accuracy": 0.9}, "per_entity": {"NOUN": {"f1": 0.7, "number": 3}}}
+    plain = finetune_markdown({**result, "tag_scheme": "plain"}, "f1")
+    assert "Tag scheme plain: precision, recall and f1 are micro averages over the tags other than O" in plain
+    assert "## Per tag (test split)" in plain and "| Tag | Precision |" in plain
+    iob1 = finetune_markdown({**result, "tag_scheme": "iob1"}, "f1")
+    assert "Tag scheme IOB1: precision, recall and f1 are entity-level micro averages (seqeval strict, IOB1 " \
+           "converted to IOB2)" in iob1 and "## Per entity (test split)" in iob1

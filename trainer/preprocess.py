@@ -254,27 +254,34 @@ def encode_sentences(sentences: list[Sentence], tokenizer: Any, label_to_id: dic
     for first in range(0, len(sentences), batch):
         chunk = sentences[first:first + batch]
         words = [list(tokens) for tokens, _ in chunk]
-        enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
-        plans = []
+        whole = tokenizer(words, is_split_into_words=True, verbose=False)  # no truncation: sizes of every word
+        done: dict[int, dict] = {}
+        pieces = []
         for i, tokens in enumerate(words):
             sizes = [0] * len(tokens)
-            for word in enc.word_ids(batch_index=i):
-                sizes[word] += 1
-            for w, size in enumerate(sizes):
-                if size == 0:
-                    tokens[w], sizes[w] = placeholder, 1
-                    counts["empty_words"] += 1
+            for word in whole.word_ids(batch_index=i):
+                if word is not None:
+                    sizes[word] += 1
+            empty = [w for w, size in enumerate(sizes) if size == 0]
+            for w in empty:
+                tokens[w], sizes[w] = placeholder, 1
+            counts["empty_words"] += len(empty)
             windows = plan_windows(sizes, budget, stride)
             counts["split_sentences"] += len(windows) > 1
             counts["clipped_words"] += sum(sizes[s] > budget for _, s, e, _ in windows if e - s == 1)
-            plans.append(windows)
-        pieces = [(i, number, w) for i, windows in enumerate(plans) for number, w in enumerate(windows)]
+            if len(windows) == 1 and not empty:  # the usual case: the first encoding is the row
+                done[i] = _row(whole, i, chunk[i], windows[0], label_to_id, continuation)
+            else:
+                pieces += [(i, number, window) for number, window in enumerate(windows)]
         encoded = tokenizer([words[i][w[0]:w[3]] for i, _, w in pieces], is_split_into_words=True, truncation=True,
-                            max_length=max_seq_length)
+                            max_length=max_seq_length) if pieces else None
+        windowed: dict[int, list] = {}
         for k, (i, number, window) in enumerate(pieces):
-            row = _row(encoded, k, chunk[i], window, label_to_id, continuation)
-            row.update(sentence=first + i, window=number)
-            rows.append(row)
+            windowed.setdefault(i, []).append(_row(encoded, k, chunk[i], window, label_to_id, continuation))
+        for i in range(len(chunk)):
+            for number, row in enumerate([done[i]] if i in done else windowed[i]):
+                row.update(sentence=first + i, window=number)
+                rows.append(row)
     counts["windows"] = len(rows)
     return rows, counts
 
