@@ -95,6 +95,22 @@ def pipeline_signature() -> inspect.Signature:
     return inspect.signature(token_classification_pipeline.pipeline_func)
 
 
+def parameter_help() -> dict[str, str]:
+    """Each pipeline parameter's description, read from the Args section of the pipeline's generated docstring."""
+    from pipelines.token_classification_pipeline import token_classification_pipeline
+
+    found: dict[str, str] = {}
+    name = None
+    for line in (token_classification_pipeline.pipeline_func.__doc__ or "").split("Args:", 1)[-1].splitlines():
+        entry = re.match(r"^ {4}(\w+): (.*)$", line)
+        if entry:
+            name = entry.group(1)
+            found[name] = entry.group(2)
+        elif name and line.startswith(" " * 8):
+            found[name] += " " + line.strip()
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="token-classification-pipeline", description=__doc__.splitlines()[0],
                                 epilog="Defaults that differ from the components' (the reference spec's): "
@@ -110,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "steps): a smoke run.")
     local.add_argument("--no-evaluate", action="store_true", help="Skip the evaluate step.")
     params = p.add_argument_group("pipeline parameters (run `--help`; each also takes --name-with-dashes)")
+    descriptions = parameter_help()
     for name, param in pipeline_signature().parameters.items():
         if name in ("data_uri", "run_evaluation"):
             continue
@@ -117,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         kind = param.annotation if param.annotation in (int, float, str) else json.loads
         params.add_argument(*flags, dest=name, type=kind, default=default, metavar=param.annotation.__name__.upper(),
-                            help=f"(default: {default!r}{'; local recipe' if name in LOCAL_RECIPE else ''})")
+                            help=f"{descriptions.get(name, '')} (default: {default!r}"
+                                 f"{'; local recipe' if name in LOCAL_RECIPE else ''})".lstrip()
+                            if default != "" else descriptions.get(name))
     return p
 
 

@@ -1,9 +1,10 @@
 """Token-classification pipeline: model import -> preprocess -> finetune -> (optional) evaluate on the test split.
 
 The training data enters as an input artifact via `dsl.importer` from `data_uri` (a folder holding train.* and
-optionally validation.*/dev.* and test.* CoNLL or JSON Lines files, or a single training file that is then split
-80/10/10). The model comes from a path in the container (`model_path`, e.g. on the PVC mounted at
-`pvc_mount_path`) or an MLflow model folder (`mlflow_model_path`).
+optionally validation.*/dev.* and test.* files, a datasets save_to_disk folder, or a single training file that is
+then split 80/10/10; any format of README "Data formats and tag schemes"). The model comes from a path in the
+container (`model_path`, e.g. on the PVC mounted at `pvc_mount_path`) or an MLflow model folder
+(`mlflow_model_path`).
 
 Run parameters: every parameter of the model import, preprocess and finetune components (generated from
 `trainer/config.py`, with the same names and defaults), `run_evaluation`, and the fine-tune step's placement
@@ -38,8 +39,9 @@ def _own(name: str, annotation, default, description: str) -> tuple[inspect.Para
 
 PIPELINE_ONLY = [
     _own("data_uri", str, inspect.Parameter.empty,
-         "URI of the data (imported as a Dataset): a folder with train.*, validation.* (or dev.*) and test.* CoNLL "
-         "/ JSON Lines files, or one training file (split 80/10/10)."),
+         "URI of the data (imported as a Dataset): a folder with train.*, validation.* (or dev.*) and test.* files "
+         "(CoNLL, CoNLL-U, JSON Lines, JSON, CSV/TSV, Parquet), a datasets save_to_disk folder, or one training file "
+         "(split 80/10/10)."),
     _own("run_evaluation", bool, True, "Evaluate the fine-tuned model on the test split (metrics, report, "
                                        "predictions)."),
     _own("finetune_cpu_limit", str, "4", "CPU limit of the fine-tune step."),

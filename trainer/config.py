@@ -186,8 +186,8 @@ class PreprocessConfig(Params):
                                           artifact="Dataset", optional=True)
     test_data: Optional[str] = path("Test data (same formats); if absent, split off the training data.",
                                     artifact="Dataset", optional=True)
-    data_format: str = param("auto", "Format of the data: auto (detected from the content), or one of the listed "
-                             "formats (hf: a datasets save_to_disk folder or Arrow file).",
+    data_format: str = param("auto", "Format of the data; auto detects it from the content (hf: a datasets "
+                             "save_to_disk folder or Arrow file).",
                              choices=(AUTO,) + FORMATS, group="data")
     token_column: str = param(
         "auto", "Column of the words: a name (JSON, CSV, Parquet, datasets; CoNLL-U: form) or an index (CoNLL, "
@@ -205,8 +205,8 @@ class PreprocessConfig(Params):
         "ids of these names, and the label ids follow this order. Default: the ClassLabel names the data declares, "
         "else the tags as written.", group="data")
     tag_scheme: str = param(
-        "auto", "Tag scheme: auto (detected from the tags), iob1, iob2, bioes, bilou, or plain (tags without span "
-        "prefixes, e.g. POS). Span schemes get entity-level precision/recall/f1; plain tags get per-tag scores.",
+        "auto", "Tag scheme; auto detects it from the tags, plain means tags without span prefixes (e.g. POS). Span "
+        "schemes get entity-level precision/recall/f1, plain tags per-tag scores.",
         choices=(AUTO,) + SCHEMES, group="data")
     max_seq_length: int = param(512, "Longest row in sub-tokens (capped at the tokenizer's maximum). Longer sentences "
                                 "are split into windows of whole words: nothing is cut, every word is trained on and "
@@ -214,8 +214,9 @@ class PreprocessConfig(Params):
     stride: int = param(32, "Sub-tokens of context on each side of a window (at most a quarter of max_seq_length): "
                         "words of the neighbouring windows that the model sees there without scoring them.",
                         group="encoding", minimum=0)
-    label_all_tokens: bool = param(False, "true: continuation sub-tokens get the word's label (B- turned into I-); "
-                                   "false: they are not scored (-100).", group="encoding")
+    label_all_tokens: bool = param(False, "true: continuation sub-tokens are trained on too, with the word's tag (I- "
+                                   "inside a span); false: they are not (-100). Scores count each word once either "
+                                   "way.", group="encoding")
     add_prefix_space: str = param("auto", "Prefix words with a space before tokenizing (auto: true for byte-level "
                                   "BPE tokenizers such as RoBERTa/GPT-2/DeBERTa).",
                                   choices=("auto", "true", "false"), group="encoding")
@@ -268,7 +269,7 @@ class ModelImportConfig(Params):
                             "config.json (or adapter_config.json), weights, tokenizer.", group="source")
     mlflow_model_path: str = param("", "An MLflow transformers model folder in the container (MLmodel + model/ + "
                                    "components/tokenizer/).", group="source")
-    model_name: str = param("", "Name recorded in model_selector_args.json (default: derived from the source).",
+    model_name: str = param("", "Name recorded in model_selector_args.json; empty: derived from the source.",
                             group="source")
 
     def validate(self) -> None:

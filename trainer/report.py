@@ -30,7 +30,8 @@ def finetune_figures(result: dict) -> dict[str, float]:
 
 
 def _entity_table(per_entity: dict, title: str, kind: str = "Entity") -> list[str]:
-    lines = ["", f"## {title}", "", f"| {kind} | Precision | Recall | F1 | Support |", "| --- | --- | --- | --- | --- |"]
+    lines = ["", f"## {title}", "", f"| {kind} | Precision | Recall | F1 | Support |",
+             "| --- | --- | --- | --- | --- |"]
     for entity, scores in sorted(per_entity.items()):
         lines.append(f"| {entity} | {_fmt(scores.get('precision'))} | {_fmt(scores.get('recall'))} "
                      f"| {_fmt(scores.get('f1'))} | {scores.get('number', '-')} |")

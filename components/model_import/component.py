@@ -29,7 +29,7 @@ def model_import(
             adapter_config.json), weights, tokenizer.
         mlflow_model_path: An MLflow transformers model folder in the container (MLmodel + model/ +
             components/tokenizer/).
-        model_name: Name recorded in model_selector_args.json (default: derived from the source).
+        model_name: Name recorded in model_selector_args.json; empty: derived from the source.
         model: The model as an input artifact (an HF folder or an MLflow transformers model folder); alternative to
             model_path / mlflow_model_path.
     """

@@ -45,9 +45,8 @@ def preprocess(
         preprocess_output: Folder with train/validation/test.jsonl (one window of a sentence per row: input_ids,
             attention_mask, labels, word_ids, tokens, tags, sentence, window), class_names.json,
             preprocess_args.json (with the tag_scheme) and the tokenizer.
-        data_format: Format of the data: auto (detected from the content), or one of the listed formats (hf: a
-            datasets save_to_disk folder or Arrow file). One of auto, conll, conllu, jsonl, json, csv, tsv, parquet,
-            hf.
+        data_format: Format of the data; auto detects it from the content (hf: a datasets save_to_disk folder or
+            Arrow file). One of auto, conll, conllu, jsonl, json, csv, tsv, parquet, hf.
         token_column: Column of the words: a name (JSON, CSV, Parquet, datasets; CoNLL-U: form) or an index (CoNLL,
             CoNLL-U). auto: the first column in CoNLL, FORM in CoNLL-U, else the first present of tokens, words,
             token, word, form.
@@ -61,15 +60,15 @@ def preprocess(
         label_names: Label names in id order, comma-separated (e.g. O,B-PER,I-PER) or a JSON list: integer tags are
             read as ids of these names, and the label ids follow this order. Default: the ClassLabel names the data
             declares, else the tags as written.
-        tag_scheme: Tag scheme: auto (detected from the tags), iob1, iob2, bioes, bilou, or plain (tags without span
-            prefixes, e.g. POS). Span schemes get entity-level precision/recall/f1; plain tags get per-tag scores.
-            One of auto, iob1, iob2, bioes, bilou, plain.
+        tag_scheme: Tag scheme; auto detects it from the tags, plain means tags without span prefixes (e.g. POS).
+            Span schemes get entity-level precision/recall/f1, plain tags per-tag scores. One of auto, iob1, iob2,
+            bioes, bilou, plain.
         max_seq_length: Longest row in sub-tokens (capped at the tokenizer's maximum). Longer sentences are split
             into windows of whole words: nothing is cut, every word is trained on and scored once. Must be >= 2.
         stride: Sub-tokens of context on each side of a window (at most a quarter of max_seq_length): words of the
             neighbouring windows that the model sees there without scoring them. Must be >= 0.
-        label_all_tokens: true: continuation sub-tokens get the word's label (B- turned into I-); false: they are
-            not scored (-100). One of true, false.
+        label_all_tokens: true: continuation sub-tokens are trained on too, with the word's tag (I- inside a span);
+            false: they are not (-100). Scores count each word once either way. One of true, false.
         add_prefix_space: Prefix words with a space before tokenizing (auto: true for byte-level BPE tokenizers such
             as RoBERTa/GPT-2/DeBERTa). One of auto, true, false.
         validation_ratio: Fraction of the training data split off as validation when validation_data is absent. Must
