@@ -112,7 +112,7 @@ def load_class_names(folder: Path, preprocess_args: dict) -> list[str]:
         raise InputError(f"the label map has {len(names)} class(es); token classification needs at least two")
     if len(set(names)) != len(names):
         repeated = sorted(name for name, count in Counter(names).items() if count > 1)
-        raise InputError(f"the label map repeats label(s) {preview(repeated)}")
+        raise InputError(f"the label map repeats a label: {preview(repeated)}")
     return names
 
 

@@ -81,7 +81,7 @@ def name_tags(sentences: list[Sentence], names: list[str], where: str) -> list[S
     return out
 
 
-def split_sentences(sentences: list[Sentence], fractions: dict[str, float], seed: int) -> dict[str, list[Sentence]]:
+def carve_splits(sentences: list[Sentence], fractions: dict[str, float], seed: int) -> dict[str, list[Sentence]]:
     """Shuffle (seeded) and carve out the named fractions; the rest stays in 'train'."""
     order = list(range(len(sentences)))
     random.Random(seed).shuffle(order)
@@ -352,7 +352,7 @@ def preprocess(config: PreprocessConfig) -> dict:
         fractions = {k: v for k, v in fractions.items() if v > 0}
         if "validation" in missing and "validation" not in fractions:
             raise InputError("no validation data and validation_ratio is 0: a validation split is required")
-        splits.update(split_sentences(splits["train"], fractions, config.split_seed))
+        splits.update(carve_splits(splits["train"], fractions, config.split_seed))
         splits.setdefault("test", [])
 
     tokenizer, tok_folder, prefix = load_tokenizer(config.model_selector_output,
