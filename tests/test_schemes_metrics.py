@@ -84,13 +84,16 @@ def test_plain_tags_with_an_outside_tag_leave_it_out():
     assert overall["f1"] == pytest.approx(0.8) and overall["accuracy"] == 4 / 5
 
 
-def test_detection_and_explicit_schemes():
+def test_detection_and_explicit_schemes(caplog):
     assert detect([["B-X", "I-X", "O"], ["I-X", "O"]]) == "iob2"  # mostly B- starts: IOB2 with one stray I-
     assert detect([["I-X", "I-X", "O"], ["I-Y", "B-Y"]]) == "iob1"
     with pytest.raises(InputError, match=r"mix span-prefixed labels \['B-PER'\] with labels without a B-/I- prefix "
                                          r"\['NOUN'\]: set tag_scheme=plain"):
         detect([["B-PER", "NOUN", "O"]])
     assert resolve("plain", [["B-PER", "NOUN"]]) == "plain"
+    with caplog.at_level("WARNING", logger="trainer.schemes"):
+        assert detect([["B_PER", "I_PER", "O"]]) == "plain"
+    assert "['B_PER', 'I_PER'] look like span tags with another separator" in caplog.text
     with pytest.raises(InputError, match=r"tag_scheme=iob2 but the labels use the prefix\(es\) E, S"):
         check("iob2", ["O", "B-X", "E-X", "S-X"])
     with pytest.raises(InputError, match=r"tag_scheme=bioes but the labels \['NOUN'\] have no span prefix"):

@@ -29,6 +29,7 @@ SPAN_SCHEMES = ("iob1", "iob2", "bioes", "bilou")
 PREFIXES = {"iob1": "BI", "iob2": "BI", "bioes": "BIES", "bilou": "BILU"}
 NAMES = {"iob1": "IOB1", "iob2": "IOB2", "bioes": "BIOES", "bilou": "BILOU", "plain": "plain tags"}
 _PREFIXED = re.compile(r"^([BIESLU])-(.+)$")
+_OTHER_SEPARATOR = re.compile(r"^[BIESLU][_.:].+$")
 
 
 def split_tag(tag: str) -> tuple[Optional[str], str]:
@@ -91,6 +92,9 @@ def detect(sequences: Sequence[Sequence[str]]) -> str:
     labels = {tag for tags in sequences for tag in tags}
     prefixes, prefixed, plain = _label_prefixes(labels)
     if not prefixes:
+        if plain and all(_OTHER_SEPARATOR.match(label) for label in plain):
+            logger.warning("the tags %s look like span tags with another separator than '-': they are scored as "
+                           "plain tags; write them as B-PER, I-PER, ... for entity-level scores", preview(plain, 3))
         return "plain"
     if plain:
         raise InputError(f"the tags mix span-prefixed labels {preview(prefixed, 3)} with labels without a B-/I- "
