@@ -174,3 +174,26 @@ def test_quick_local_run_data_preprocesses(tmp_path, minilm_dir, wnut17_dir, cap
     assert (summary["train_size"], summary["validation_size"], summary["test_size"]) == (200, 50, 50)
     assert summary["labels_not_in_train"] == ["I-product"] and "I-product" in summary["class_names"]
     assert "I-product" in caplog.text and summary["tag_scheme"] == "iob2"
+
+
+def test_plain_tags_fine_tune_reports_tag_scores(tmp_path, tiny_model_selector):
+    """A POS set end to end: scored per tag (micro F1 = accuracy, no O), macro figures, a per-tag report."""
+    from trainer.config import FinetuneConfig
+    from trainer.finetune import finetune
+    from trainer.report import finetune_markdown
+
+    data = tmp_path / "pos.jsonl"
+    data.write_text("".join(json.dumps({"words": t, "upos": g}) + "\n" for t, g in pos_sentences(120, seed=3)))
+    run_preprocess(train_data=str(data), model_selector_output=str(tiny_model_selector),
+                   preprocess_output=str(tmp_path / "pre"), max_seq_length=32)
+    result = finetune(FinetuneConfig(
+        preprocess_output=str(tmp_path / "pre"), model_selector_output=str(tiny_model_selector),
+        pytorch_model_folder=str(tmp_path / "model"), mlflow_model_folder=str(tmp_path / "mlflow"),
+        per_device_train_batch_size=16, per_device_eval_batch_size=16, learning_rate=5e-3, max_steps=6,
+        evaluation_strategy="steps", eval_steps=6, metric_for_best_model="f1"))
+    test = result.test_metrics
+    assert result.tag_scheme == "plain" and test["test_f1"] == pytest.approx(test["test_accuracy"])
+    assert {"test_macro_f1", "test_macro_precision", "test_macro_recall"} <= set(test)
+    assert set(result.per_entity) <= set(UPOS) and len(result.per_entity) > 3
+    assert "| Tag | Precision |" in finetune_markdown(json.loads((tmp_path / "model" / "metrics.json").read_text()),
+                                                       "f1")

@@ -259,3 +259,13 @@ def test_slow_tokenizer_is_refused(tmp_path, conll_dir, tiny_model_selector, mon
     with pytest.raises(InputError, match="not a fast"):
         run_preprocess(train_data=str(conll_dir / "train.conll"), model_selector_output=str(tiny_model_selector),
                    preprocess_output=str(tmp_path / "out"))
+
+
+def test_output_never_replaces_an_input(run, tmp_path, conll_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.conll").write_text((conll_dir / "train.conll").read_text())
+    for target in (data, tmp_path):  # the data folder itself, or a folder holding it
+        with pytest.raises(InputError, match=r"would replace the train input .*train\.conll: choose another folder"):
+            run(train_data=str(data), preprocess_output=str(target))
+    assert (data / "train.conll").exists()
