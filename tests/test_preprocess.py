@@ -269,3 +269,13 @@ def test_output_never_replaces_an_input(run, tmp_path, conll_dir):
         with pytest.raises(InputError, match=r"would replace the train input .*train\.conll: choose another folder"):
             run(train_data=str(data), preprocess_output=str(target))
     assert (data / "train.conll").exists()
+
+
+def test_cli_bad_data_is_one_bounded_line_and_exit_2(tmp_path, tiny_model_selector, capsys):
+    data = tmp_path / "train.conllu"
+    data.write_text("# sent_id = 1\n1\tAlice\tAlice\tPROPN\tNNP\t_\t0\troot\t_\t_\n2\tsmiled\n")
+    rc = main(["--train_data", str(data), "--model_selector_output", str(tiny_model_selector),
+               "--preprocess_output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and len(err) < 400 and not (tmp_path / "out").exists()
+    assert "train.conllu line 3: expected 10 tab-separated CoNLL-U columns" in err

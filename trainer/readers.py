@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from trainer.errors import InputError, preview
-from trainer.jsonio import iter_jsonl
+from trainer.jsonio import iter_jsonl, read_json
 
 AUTO = "auto"
 FORMATS = ("conll", "conllu", "jsonl", "json", "csv", "tsv", "parquet", "hf")
@@ -94,8 +94,6 @@ def is_hf_folder(path: Path) -> bool:
 
 def hf_split_names(path: Path) -> list[str]:
     """The splits of a DatasetDict folder ([] for a single Dataset)."""
-    from trainer.jsonio import read_json
-
     marker = path / "dataset_dict.json"
     return list(read_json(marker).get("splits", [])) if marker.exists() else []
 
@@ -388,8 +386,6 @@ def _records_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _records_json(path: Path) -> Iterator[tuple[str, dict]]:
-    from trainer.jsonio import read_json
-
     data = read_json(path)
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
