@@ -30,7 +30,9 @@ COMPONENTS = [
                 "sub-tokens.",
         returns=[("num_labels", "int", "Number of classes."),
                  ("class_names", "list", "Class names; label id = index."),
-                 ("train_size", "int", "Number of training sentences.")]),
+                 ("train_size", "int", "Number of training sentences."),
+                 ("tag_scheme", "str", "Tag scheme of the labels (iob1, iob2, bioes, bilou or plain): what the "
+                                       "fine-tune's precision/recall/f1 mean.")]),
     ComponentDef(
         name="finetune", configs=(FinetuneConfig,), runtime="components.finetune.runtime",
         summary="Fine-tune a Hugging Face model for token classification (NER, POS, PII), with optional LoRA, "

@@ -46,7 +46,8 @@ def record_finetune(result: dict, config, *, metrics, report, pytorch_model_fold
     log_metrics(metrics, figures)
     write_text(report, finetune_markdown(result, config.metric_for_best_model))
     pytorch_model_folder.metadata.update(framework="transformers", best_checkpoint=str(result.get("best_checkpoint")),
-                                         metric_for_best_model=config.metric_for_best_model)
+                                         metric_for_best_model=config.metric_for_best_model,
+                                         tag_scheme=str(result.get("tag_scheme")))
     if "best_metric" in figures:
         pytorch_model_folder.metadata["best_metric"] = figures["best_metric"]
     mlflow_model_folder.metadata.update(framework="mlflow")

@@ -32,8 +32,10 @@ LOCAL_RECIPE = {
     "per_device_eval_batch_size": (32, "evaluation only: larger batches are faster"),
     "learning_rate": (1e-4, "one short epoch: a higher rate than the spec's 2e-5 learns the entities in time"),
     "warmup_steps": (20, "steadies the first steps at that rate"),
-    "metric_for_best_model": ("f1", "entity F1 is what NER is judged by; validation loss keeps earlier epochs"),
-    "max_seq_length": (128, "WNUT-17 tweets are short: no sentence is cut at 128 sub-tokens"),
+    "metric_for_best_model": ("f1", "F1 is what tagging is judged by (entity F1 for span tags, tag F1 for plain "
+                                    "tags); validation loss keeps earlier epochs"),
+    "max_seq_length": (128, "WNUT-17 tweets are short: 2 of 5,690 need more than 128 sub-tokens (they are split "
+                            "into windows, nothing is cut), and shorter rows train faster"),
 }
 QUICK = {"train": 200, "validation": 50, "test": 50}
 
@@ -93,6 +95,22 @@ def pipeline_signature() -> inspect.Signature:
     return inspect.signature(token_classification_pipeline.pipeline_func)
 
 
+def parameter_help() -> dict[str, str]:
+    """Each pipeline parameter's description, read from the Args section of the pipeline's generated docstring."""
+    from pipelines.token_classification_pipeline import token_classification_pipeline
+
+    found: dict[str, str] = {}
+    name = None
+    for line in (token_classification_pipeline.pipeline_func.__doc__ or "").split("Args:", 1)[-1].splitlines():
+        entry = re.match(r"^ {4}(\w+): (.*)$", line)
+        if entry:
+            name = entry.group(1)
+            found[name] = entry.group(2)
+        elif name and line.startswith(" " * 8):
+            found[name] += " " + line.strip()
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="token-classification-pipeline", description=__doc__.splitlines()[0],
                                 epilog="Defaults that differ from the components' (the reference spec's): "
@@ -111,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="subprocess: each step in this Python; docker: each step in the trainer image, through "
                             "Docker or podman (pipelines/container_runner.py; build it with images/build.sh cpu).")
     params = p.add_argument_group("pipeline parameters (run `--help`; each also takes --name-with-dashes)")
+    descriptions = parameter_help()
     for name, param in pipeline_signature().parameters.items():
         if name in ("data_uri", "run_evaluation"):
             continue
@@ -118,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         kind = param.annotation if param.annotation in (int, float, str) else json.loads
         params.add_argument(*flags, dest=name, type=kind, default=default, metavar=param.annotation.__name__.upper(),
-                            help=f"(default: {default!r}{'; local recipe' if name in LOCAL_RECIPE else ''})")
+                            help=f"{descriptions.get(name, '')} (default: {default!r}"
+                                 f"{'; local recipe' if name in LOCAL_RECIPE else ''})".lstrip()
+                            if default != "" else descriptions.get(name))
     return p
 
 
@@ -179,8 +200,10 @@ def run(args: argparse.Namespace) -> dict:
     metrics = dict(outputs["metrics"].metadata)
     run_dir = Path(outputs["pytorch_model_folder"].path).parent.parent
     evaluate_dir = run_dir / "evaluate"
+    finished = json.loads((Path(outputs["pytorch_model_folder"].path) / "metrics.json").read_text())
     return {
         "run_dir": str(run_dir),
+        "tag_scheme": finished.get("tag_scheme"),
         "pytorch_model_folder": outputs["pytorch_model_folder"].path,
         "mlflow_model_folder": outputs["mlflow_model_folder"].path,
         "report": outputs["report"].path,
@@ -190,19 +213,28 @@ def run(args: argparse.Namespace) -> dict:
         "test_f1": metrics.get("test_f1"),
         "test_precision": metrics.get("test_precision"),
         "test_recall": metrics.get("test_recall"),
+        "test_accuracy": metrics.get("test_accuracy"),
         "train_runtime": metrics.get("train_runtime"),
         "seconds": round(elapsed, 1),
     }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from trainer.metrics import describe
+    from trainer.schemes import is_span
+
     args = build_parser().parse_args(argv)
     summary = run(args)
     print("\n=== token-classification pipeline (local) ===")
     for key, value in summary.items():
         print(f"{key:>22}: {value}")
-    test_f1 = summary["test_f1"]
-    print(f"\nTest-set entity F1: {test_f1:.4f}" if isinstance(test_f1, (int, float)) else "\nno test split: no test F1")
+    test_f1, accuracy, scheme = summary["test_f1"], summary["test_accuracy"], summary["tag_scheme"]
+    if isinstance(test_f1, (int, float)):
+        kind = "entity" if is_span(scheme) else "tag (micro, without O)"
+        words = f", word accuracy: {accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
+        print(f"\nTest-set {kind} F1: {test_f1:.4f}{words}\n{describe(scheme)}.")
+    else:
+        print("\nno test split: no test F1")
     return 0
 
 

@@ -2,9 +2,10 @@
 
 Everything a run needs is a run parameter; the compiled YAML runs on a cluster as shipped:
 
-- `data_uri`: the labelled data (a folder with train.*, optionally validation.*/dev.* and test.* CoNLL or JSON Lines
-  files, or one training file, split 80/10/10): a path in the container, an object-store URI (s3://, minio://,
-  gs:// through its S3 API) or a hub dataset (hf://datasets/org/name). Fetched by the `data_import` step.
+- `data_uri`: the labelled data (a folder with train.*, optionally validation.*/dev.* and test.* files in any format
+  of README "Data formats and tag schemes": CoNLL, CoNLL-U, JSON Lines, JSON, CSV/TSV, Parquet; a datasets
+  save_to_disk folder; or one training file, split 80/10/10): a path in the container, an object-store URI (s3://,
+  minio://, gs:// through its S3 API) or a hub dataset (hf://datasets/org/name). Fetched by the `data_import` step.
 - `model_path`: the encoder: a hub repository (org/name, revision pinned with `model_revision`), an object-store URI
   (e.g. an earlier run's model artifact, minio://mlpipeline/v2/artifacts/...) or a path in the container; or
   `mlflow_model_path`. Fetched by the `model_import` step.

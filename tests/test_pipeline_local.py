@@ -94,7 +94,7 @@ def test_local_run_helpers(tmp_path, conll_dir):
     assert stage_path(None, tmp_path, "x") == ""
 
     subset = make_subset(conll_dir, tmp_path / "subset", {"train": 5, "validation": 3, "test": 2})
-    from trainer.preprocess import read_conll
+    from trainer.readers import read_conll
 
     assert [len(read_conll(subset / f"{s}.conll")) for s in ("train", "validation", "test")] == [5, 3, 2]
     args = build_parser().parse_args(["--quick", "--max-steps", "7", "--lr_scheduler_type", "cosine",
@@ -106,3 +106,24 @@ def test_local_run_helpers(tmp_path, conll_dir):
     assert args.per_device_train_batch_size == 16 and args.seed == 42 and args.warmup_steps == 20
     data = default_data_dir()
     assert data is not None and (data / "train.conll").exists() and (data / "README.md").exists()
+
+
+def test_every_help_explains_each_option_once(capsys):
+    """--help of each command: every option described, no empty or doubled "(default: ...)"."""
+    import re
+
+    from pipelines.local_run import build_parser
+    from trainer.cli import evaluate_main, finetune_main, model_import_main, preprocess_main
+
+    texts = [build_parser().format_help()]
+    for main in (finetune_main, preprocess_main, model_import_main, evaluate_main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        texts.append(capsys.readouterr().out)
+    for text in texts:
+        options = re.split(r"\n  (?=-)", " ".join(text.split("\n\n")[2:]))
+        for option in options:
+            flat = " ".join(option.split())
+            assert flat.count("(default:") <= 1 and "(default: )" not in flat and "(default: '')" not in flat, flat
+    tag_scheme = next(o for o in re.split(r"\n  (?=-)", texts[0]) if o.startswith("--tag_scheme"))
+    assert "Tag scheme; auto detects it from the tags" in " ".join(tag_scheme.split())

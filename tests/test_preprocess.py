@@ -10,7 +10,9 @@ import pytest
 from conftest import make_sentences, run_preprocess, write_conll
 from trainer.cli import preprocess_main as main
 from trainer.errors import InputError
-from trainer.preprocess import b_to_i_map, class_names_of, read_conll
+from trainer.preprocess import class_names_of
+from trainer.readers import read_conll
+from trainer.schemes import continuation_ids
 
 
 def _rows(folder: Path, split: str) -> list[dict]:
@@ -90,17 +92,11 @@ def test_first_subtoken_alignment(run, tmp_path, label_all_tokens, tiny_model_se
         assert got[1] == "B-person" and got[2] == "-"
 
 
-def test_b_to_i_map():
+def test_continuation_ids():
     names = ["O", "B-a", "B-b", "I-a"]
-    assert b_to_i_map(names) == [0, 3, 2, 3]  # B-b has no I-b: kept
-
-
-def test_truncation(run, tmp_path):
-    long = [(["alice"] * 100, ["B-person"] + ["O"] * 99)] * 4
-    data = write_conll(tmp_path / "long.conll", long)
-    summary, out = run(train_data=str(data), validation_data=str(data), test_data=str(data), max_seq_length=16)
-    assert all(len(r["input_ids"]) == 16 for r in _rows(out, "train"))
-    assert summary["truncated_sentences"]["train"] == 4
+    assert continuation_ids(names, "iob2") == [0, 3, 2, 3]  # B-b has no I-b: kept
+    assert continuation_ids(["O", "B-a", "I-a", "E-a", "S-a"], "bioes") == [0, 2, 2, 2, 2]
+    assert continuation_ids(["B-NOUN", "I-NOUN"], "plain") == [0, 1]  # plain tags: the word's own tag
 
 
 def test_splits_80_10_10_and_80_20(run, conll_dir, tmp_path):
@@ -174,7 +170,7 @@ def test_byte_level_bpe_gets_prefix_space(tmp_path, conll_dir):
 
 # --- Errors --------------------------------------------------------------------------------------------------------
 def test_missing_and_empty_files(run, tmp_path, conll_dir):
-    with pytest.raises(InputError, match="train file not found"):
+    with pytest.raises(InputError, match="train data not found"):
         run(train_data=str(tmp_path / "nope.conll"))
     empty = tmp_path / "empty.conll"
     empty.write_text("")
@@ -184,28 +180,30 @@ def test_missing_and_empty_files(run, tmp_path, conll_dir):
     blank.write_text("\n\n\n")
     with pytest.raises(InputError, match="no sentences"):
         run(train_data=str(blank))
-    with pytest.raises(InputError, match="validation file not found"):
+    with pytest.raises(InputError, match="validation data not found"):
         run(train_data=str(conll_dir / "train.conll"), validation_data=str(tmp_path / "missing.conll"))
 
 
-def test_token_tag_count_mismatch_names_file_and_sentence(run, tmp_path):
+def test_token_tag_count_mismatch_names_file_and_line(run, tmp_path):
     bad = tmp_path / "bad.conll"
     bad.write_text("alice\tB-person\nlives\tO\n\nbob\tB-person\nparis\n")
-    with pytest.raises(InputError, match=r"bad\.conll: sentence 2 \(line 5\).*token and tag counts differ"):
+    with pytest.raises(InputError, match=r"bad\.conll line 5 \(sentence 2\): expected a word and its tag"):
         run(train_data=str(bad))
     bad_jsonl = tmp_path / "bad.jsonl"
     bad_jsonl.write_text(json.dumps({"tokens": ["a"], "ner_tags": ["O"]}) + "\n"
                          + json.dumps({"tokens": ["a", "b"], "ner_tags": ["O"]}) + "\n")
-    with pytest.raises(InputError, match=r"bad\.jsonl: sentence 2 .*token and tag counts differ"):
+    with pytest.raises(InputError, match=r"bad\.jsonl line 2: token and tag counts differ \(2 tokens"):
         run(train_data=str(bad_jsonl))
 
 
-def test_unseen_label_in_validation_is_named(run, tmp_path, conll_dir):
+def test_label_only_in_validation_joins_the_label_set_with_a_warning(run, tmp_path, conll_dir, caplog):
     val = write_conll(tmp_path / "val.conll", [(["alice", "x"], ["B-person", "B-weapon"])])
-    with pytest.raises(InputError, match=r"validation file .*val\.conll: sentence 1 has label\(s\) \['B-weapon'\]"):
-        run(train_data=str(conll_dir / "train.conll"), validation_data=str(val))
-    with pytest.raises(InputError, match=r"test file .*B-weapon"):
-        run(train_data=str(conll_dir / "train.conll"), test_data=str(val))
+    with caplog.at_level("WARNING", logger="trainer.preprocess"):
+        summary, out = run(train_data=str(conll_dir / "train.conll"), validation_data=str(val))
+    assert "B-weapon" in summary["class_names"] and summary["labels_not_in_train"] == ["B-weapon"]
+    assert "'B-weapon'" in caplog.text and "never in the training data" in caplog.text
+    names = json.loads((out / "class_names.json").read_text())["class_names"]
+    assert names.index("B-weapon") in _rows(out, "validation")[0]["labels"]
 
 
 def test_fewer_than_two_classes(run, tmp_path):
@@ -217,7 +215,15 @@ def test_fewer_than_two_classes(run, tmp_path):
 def test_missing_jsonl_columns(run, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"tokens": ["a"], "tags": ["O"]}) + "\n")
-    with pytest.raises(InputError, match=r"missing column\(s\) \['ner_tags'\].*columns present: \['tags', 'tokens'\]"):
+    with pytest.raises(InputError, match=r"d\.jsonl has no tag column 'ner_tags' \(tag_column\); columns present: "
+                                         r"\['tags', 'tokens'\]"):
+        run(train_data=str(data), tag_column="ner_tags")
+    data.write_text(json.dumps({"words": ["a"], "ner": ["O"]}) + "\n" + json.dumps({"words": ["b"]}) + "\n")
+    with pytest.raises(InputError, match=r"d\.jsonl line 2: missing column\(s\) \['ner'\]; columns present: "
+                                         r"\['words'\]"):
+        run(train_data=str(data))
+    data.write_text(json.dumps({"text": "a b", "ner": ["O", "O"]}) + "\n")
+    with pytest.raises(InputError, match=r"no token column among \['ner', 'text'\]; name it with token_column"):
         run(train_data=str(data))
 
 
@@ -253,3 +259,23 @@ def test_slow_tokenizer_is_refused(tmp_path, conll_dir, tiny_model_selector, mon
     with pytest.raises(InputError, match="not a fast"):
         run_preprocess(train_data=str(conll_dir / "train.conll"), model_selector_output=str(tiny_model_selector),
                    preprocess_output=str(tmp_path / "out"))
+
+
+def test_output_never_replaces_an_input(run, tmp_path, conll_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.conll").write_text((conll_dir / "train.conll").read_text())
+    for target in (data, tmp_path):  # the data folder itself, or a folder holding it
+        with pytest.raises(InputError, match=r"would replace the train input .*train\.conll: choose another folder"):
+            run(train_data=str(data), preprocess_output=str(target))
+    assert (data / "train.conll").exists()
+
+
+def test_cli_bad_data_is_one_bounded_line_and_exit_2(tmp_path, tiny_model_selector, capsys):
+    data = tmp_path / "train.conllu"
+    data.write_text("# sent_id = 1\n1\tAlice\tAlice\tPROPN\tNNP\t_\t0\troot\t_\t_\n2\tsmiled\n")
+    rc = main(["--train_data", str(data), "--model_selector_output", str(tiny_model_selector),
+               "--preprocess_output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and len(err) < 400 and not (tmp_path / "out").exists()
+    assert "train.conllu line 3: expected 10 tab-separated CoNLL-U columns" in err

@@ -11,10 +11,13 @@ the spec's "true"/"false" strings are accepted wherever a bool is expected.
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 from trainer.errors import ConfigError
 from trainer.params import Params, param, path, surface
+from trainer.readers import AUTO, FORMATS, SENTENCE_COLUMNS, TAG_COLUMNS, TOKEN_COLUMNS
+from trainer.schemes import SCHEMES
 
 # Spec values that no longer exist upstream, mapped openly (README, "Parameters").
 # transformers 5 removed its own AdamW (`adamw_hf`); torch's AdamW is the same algorithm. Both AdamW names run
@@ -168,27 +171,54 @@ class PreprocessConfig(Params):
     GROUPS = {"io": "data and model inputs, output", "data": "data", "encoding": "encoding", "split": "splits"}
 
     train_data: str = path(
-        "Training data: a CoNLL file (token<TAB>tag, blank line between sentences), a JSON Lines file (token and "
-        "tag list columns), or a folder holding train.* and optionally validation.*/dev.* and test.* files (used "
-        "when validation_data/test_data are not given).", artifact="Dataset")
+        "Training data: a file in any supported format (CoNLL, CoNLL-U, JSON Lines, JSON, CSV/TSV, Parquet, a "
+        "datasets Arrow file), a datasets save_to_disk folder (a DatasetDict gives its splits), or a folder holding "
+        "train.* and optionally validation.*/dev.* and test.* files (used when validation_data/test_data are not "
+        "given).", artifact="Dataset")
     model_selector_output: str = path(
         "Model import output (or any folder with tokenizer files); its tokenizer is used and saved into the "
         "output.", artifact="Model")
     preprocess_output: str = path(
-        "Folder with train/validation/test.jsonl (input_ids, attention_mask, labels, tokens, tags), "
-        "class_names.json, preprocess_args.json and the tokenizer.", output=True, artifact="Dataset")
+        "Folder with train/validation/test.jsonl (one window of a sentence per row: input_ids, attention_mask, "
+        "labels, word_ids, tokens, tags, sentence, window), class_names.json, preprocess_args.json (with the "
+        "tag_scheme) and the tokenizer.", output=True, artifact="Dataset")
     validation_data: Optional[str] = path("Validation data (same formats); if absent, split off the training data.",
                                           artifact="Dataset", optional=True)
     test_data: Optional[str] = path("Test data (same formats); if absent, split off the training data.",
                                     artifact="Dataset", optional=True)
-    token_column: str = param("tokens", "JSON Lines column holding the words.", group="data")
-    tag_column: str = param("ner_tags", "JSON Lines column holding the tags.", group="data")
-    max_seq_length: int = param(512, "Rows are truncated to this many tokens (capped at the tokenizer's maximum).",
-                                group="encoding", minimum=2)
-    label_all_tokens: bool = param(False, "true: continuation sub-tokens get the word's label (B- turned into I-); "
-                                   "false: they are not scored (-100).", group="encoding")
-    add_prefix_space: str = param("auto", "Prefix words with a space before tokenizing: auto (true for byte-level "
-                                  "BPE tokenizers such as RoBERTa/GPT-2/DeBERTa), true or false.",
+    data_format: str = param("auto", "Format of the data; auto detects it from the content (hf: a datasets "
+                             "save_to_disk folder or Arrow file).",
+                             choices=(AUTO,) + FORMATS, group="data")
+    token_column: str = param(
+        "auto", "Column of the words: a name (JSON, CSV, Parquet, datasets; CoNLL-U: form) or an index (CoNLL, "
+        "CoNLL-U). auto: the first column in CoNLL, FORM in CoNLL-U, else the first present of "
+        f"{', '.join(TOKEN_COLUMNS)}.", group="data")
+    tag_column: str = param(
+        "auto", "Column of the tags: a name or an index as for token_column; in CoNLL-U also upos, xpos, a "
+        "global.columns name or misc:KEY (KEY=value in MISC, O where absent). auto: the last column in CoNLL, UPOS "
+        f"in CoNLL-U, else the first present of {', '.join(TAG_COLUMNS)}.", group="data")
+    sentence_column: str = param(
+        "auto", "Tables with one word per row: the column that numbers the sentences (an empty cell continues the "
+        f"sentence above). auto: the first present of {', '.join(SENTENCE_COLUMNS)}.", group="data")
+    label_names: str = param(
+        "", "Label names in id order, comma-separated (e.g. O,B-PER,I-PER) or a JSON list: integer tags are read as "
+        "ids of these names, and the label ids follow this order. Default: the ClassLabel names the data declares, "
+        "else the tags as written.", group="data")
+    tag_scheme: str = param(
+        "auto", "Tag scheme; auto detects it from the tags, plain means tags without span prefixes (e.g. POS). Span "
+        "schemes get entity-level precision/recall/f1, plain tags per-tag scores.",
+        choices=(AUTO,) + SCHEMES, group="data")
+    max_seq_length: int = param(512, "Longest row in sub-tokens (capped at the tokenizer's maximum). Longer sentences "
+                                "are split into windows of whole words: nothing is cut, every word is trained on and "
+                                "scored once.", group="encoding", minimum=2)
+    stride: int = param(32, "Sub-tokens of context on each side of a window (at most a quarter of max_seq_length): "
+                        "words of the neighbouring windows that the model sees there without scoring them.",
+                        group="encoding", minimum=0)
+    label_all_tokens: bool = param(False, "true: continuation sub-tokens are trained on too, with the word's tag (I- "
+                                   "inside a span); false: they are not (-100). Scores count each word once either "
+                                   "way.", group="encoding")
+    add_prefix_space: str = param("auto", "Prefix words with a space before tokenizing (auto: true for byte-level "
+                                  "BPE tokenizers such as RoBERTa/GPT-2/DeBERTa).",
                                   choices=("auto", "true", "false"), group="encoding")
     validation_ratio: float = param(0.1, "Fraction of the training data split off as validation when "
                                     "validation_data is absent.", group="split", minimum=0, below=1)
@@ -201,6 +231,25 @@ class PreprocessConfig(Params):
         if self.validation_ratio + self.test_ratio >= 1:
             raise ConfigError(f"validation_ratio + test_ratio must be < 1, got "
                               f"{self.validation_ratio} + {self.test_ratio}")
+        names = self.label_name_list
+        if names is not None and (not all(n.strip() for n in names) or len(set(names)) != len(names)):
+            raise ConfigError("label_names must name each label once, comma-separated (e.g. O,B-PER,I-PER)")
+
+    @property
+    def label_name_list(self) -> Optional[list[str]]:
+        """label_names as a list (None when not given)."""
+        text = (self.label_names or "").strip()
+        if not text:
+            return None
+        if not text.startswith("["):
+            return [n.strip() for n in text.split(",")]
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"label_names is not a JSON list: {err}") from None
+        if not isinstance(names, list):
+            raise ConfigError("label_names must be a JSON list of names")
+        return [str(n) for n in names]
 
 
 SOURCE_HELP = ("a path in the container (e.g. on the PVC the pipeline mounts), an object-store URI (s3://bucket/prefix; "

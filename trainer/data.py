@@ -2,33 +2,47 @@
 
 Contract (the file names the Azure ML preprocess component writes, and our own preprocess):
   train.jsonl, validation.jsonl, [test.jsonl]  rows {"input_ids", "attention_mask", ["token_type_ids"], "labels"}
-                                               with labels -100 on ignored sub-tokens; other keys are ignored
+                                               with labels -100 on ignored sub-tokens; optional "word_ids" (per
+                                               position: the row's word, null for special tokens and context) and
+                                               "sentence" (rows of one sentence's windows are consecutive), which
+                                               scoring uses to score each word once; other keys are ignored
   class_names.json                             {"class_names": [...]} (label id = index), or id2label in
                                                preprocess_args.json / id2label.json
-  preprocess_args.json                         the preprocess arguments (read for provenance)
+  preprocess_args.json                         the preprocess arguments (provenance; "tag_scheme" picks the scores)
   tokenizer files                              whatever `AutoTokenizer.from_pretrained` reads
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from trainer.constants import CLASS_NAMES_FILE, IGNORE_INDEX, PREPROCESS_ARGS_FILE, SPLIT_FILES, TOKENIZER_FILES
-from trainer.errors import InputError
+from trainer.errors import InputError, preview
 from trainer.jsonio import iter_jsonl, read_json
+from trainer import schemes
+from trainer.schemes import SCHEMES
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 class EncodedSplit(torch.utils.data.Dataset):
-    """One encoded split held in memory; rows are lists of ints, padded later by the collator."""
+    """One encoded split held in memory; rows are lists of ints, padded later by the collator.
 
-    def __init__(self, rows: list[dict]):
+    For scoring (trainer.metrics.word_tags): `sentence_ids[i]` is the sentence of row i and `word_starts[i]` marks,
+    among row i's labelled positions, the first sub-tokens of its words (None: all of them)."""
+
+    def __init__(self, rows: list[dict], sentence_ids: Optional[list[int]] = None,
+                 word_starts: Optional[list] = None):
         self.rows = rows
+        self.sentence_ids = sentence_ids if sentence_ids is not None else list(range(len(rows)))
+        self.word_starts = word_starts if word_starts is not None else [None] * len(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -58,6 +72,20 @@ class PreprocessOutput:
     def label2id(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.class_names)}
 
+    @cached_property
+    def tag_scheme(self) -> str:
+        """The tag scheme preprocess recorded; for a folder without one (another preprocess), the scheme of the
+        gold labels (plain when they mix prefixed and plain tags)."""
+        recorded = self.preprocess_args.get("tag_scheme")
+        if recorded:
+            return recorded
+        sequences = [[self.class_names[i] for i in row["labels"] if i != IGNORE_INDEX]
+                     for split in (self.train, self.validation) for row in split.rows]
+        try:
+            return schemes.detect(sequences)
+        except InputError:
+            return "plain"
+
 
 def load_class_names(folder: Path, preprocess_args: dict) -> list[str]:
     """The label list, from class_names.json or an id2label mapping."""
@@ -78,18 +106,35 @@ def load_class_names(folder: Path, preprocess_args: dict) -> list[str]:
         except ValueError:
             raise InputError(f"id2label keys must be integers, got {list(id2label)[:5]}") from None
         if ids != list(range(len(ids))):
-            raise InputError(f"id2label ids must be 0..{len(ids) - 1}, got {ids}")
+            raise InputError(f"id2label ids must be 0..{len(ids) - 1}, got {preview(ids)}")
         names = [str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in ids]
     if len(names) < 2:
         raise InputError(f"the label map has {len(names)} class(es); token classification needs at least two")
     if len(set(names)) != len(names):
-        raise InputError(f"the label map repeats a label: {names}")
+        repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+        raise InputError(f"the label map repeats a label: {preview(repeated)}")
     return names
 
 
+def _word_starts(raw: dict, where: str, n: int):
+    """Among the labelled positions of a row, which are the first sub-token of a word (None: no word_ids, all)."""
+    word_ids = raw.get("word_ids")
+    if word_ids is None:
+        return None
+    if not isinstance(word_ids, list) or len(word_ids) != n:
+        raise InputError(f"{where}: word_ids must be a list as long as input_ids ({n})")
+    starts, previous = [], None
+    for word, label in zip(word_ids, raw["labels"]):
+        if label != IGNORE_INDEX:
+            starts.append(word is not None and word != previous)
+        previous = word
+    return np.array(starts, dtype=bool)
+
+
 def read_split(path: Path, num_labels: int) -> EncodedSplit:
-    """Read and validate one encoded split: required keys, equal lengths, label ids inside the map."""
-    rows = []
+    """Read and validate one encoded split: required keys, equal lengths, label ids inside the map, the windows of
+    a sentence in consecutive rows."""
+    rows, sentence_ids, word_starts, done = [], [], [], set()
     for line_no, raw in iter_jsonl(path):
         where = f"{path.name} line {line_no}"
         missing = [k for k in ("input_ids", "attention_mask", "labels") if k not in raw]
@@ -106,10 +151,18 @@ def read_split(path: Path, num_labels: int) -> EncodedSplit:
         if bad:
             raise InputError(f"{where}: label id(s) {sorted(set(bad))[:5]} outside the label map "
                              f"(0..{num_labels - 1}, or {IGNORE_INDEX} for ignored sub-tokens)")
+        sentence = raw.get("sentence", len(rows))
+        if sentence_ids and sentence != sentence_ids[-1]:
+            if sentence in done:
+                raise InputError(f"{where}: sentence {sentence} continues after other rows; the windows of a "
+                                 f"sentence must be consecutive rows")
+            done.add(sentence_ids[-1])
         rows.append(row)
+        sentence_ids.append(sentence)
+        word_starts.append(_word_starts(raw, where, n))
     if not rows:
         raise InputError(f"{path} holds no rows: the {path.stem} split is empty")
-    return EncodedSplit(rows)
+    return EncodedSplit(rows, sentence_ids, word_starts)
 
 
 def load_preprocess_output(folder: str | Path) -> PreprocessOutput:
@@ -122,6 +175,9 @@ def load_preprocess_output(folder: str | Path) -> PreprocessOutput:
     if not isinstance(preprocess_args, dict):
         raise InputError(f"{args_path} must hold a JSON object")
     class_names = load_class_names(root, preprocess_args)
+    scheme = preprocess_args.get("tag_scheme")
+    if scheme is not None and scheme not in SCHEMES:
+        raise InputError(f"{args_path}: tag_scheme={scheme!r} is not one of {list(SCHEMES)}")
     for split in ("train", "validation"):
         if not (root / SPLIT_FILES[split]).exists():
             raise InputError(f"{root} has no {SPLIT_FILES[split]} (found {sorted(p.name for p in root.iterdir())})")

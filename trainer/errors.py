@@ -7,3 +7,11 @@ class ConfigError(ValueError):
 
 class InputError(ValueError):
     """An input folder or file that does not satisfy its contract."""
+
+
+def preview(values, limit: int = 5, width: int = 60) -> str:
+    """A bounded, one-line view of many values for an error message: the first few, then how many more."""
+    values = list(values)
+    shown = ", ".join(repr(v if len(str(v)) <= width else f"{str(v)[:width]}...") for v in values[:limit])
+    more = len(values) - limit
+    return f"[{shown}{f', ... {more} more' if more > 0 else ''}]"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.config import EvaluateConfig
-from trainer.constants import IGNORE_INDEX, SPLIT_FILES
+from trainer.constants import IGNORE_INDEX, PREPROCESS_ARGS_FILE, SPLIT_FILES
 from trainer.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     import torch
 
     from trainer.data import load_class_names, read_split
-    from trainer.jsonio import iter_jsonl, write_jsonl
+    from trainer.jsonio import iter_jsonl, read_json, write_jsonl
     from trainer.metrics import entity_scores
     from trainer.model_io import load_token_classification_model, resolve_model_dir
 
@@ -35,7 +35,9 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     if not split_file.exists():
         raise InputError(f"preprocess output {data_dir} has no {config.split} split ({split_file.name}); "
                          f"found {sorted(p.name for p in data_dir.iterdir())}")
-    class_names = load_class_names(data_dir, {})
+    args_file = data_dir / PREPROCESS_ARGS_FILE
+    preprocess_args = read_json(args_file) if args_file.exists() else {}
+    class_names = load_class_names(data_dir, preprocess_args)
     rows = read_split(split_file, len(class_names)).rows
     words = [raw.get("tokens", []) for _, raw in iter_jsonl(split_file)]
     model_dir = resolve_model_dir(config.model)
@@ -68,7 +70,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
                 y_pred.append(pred)
                 out_rows.append({"tokens": words[start + offset][:len(gold)], "tags": gold, "predicted_tags": pred})
 
-    overall, per_entity = entity_scores(y_true, y_pred, class_names)
+    overall, per_entity = entity_scores(y_true, y_pred, class_names, preprocess_args.get("tag_scheme"))
     figures = {**overall, "loss": loss_sum / max(1, loss_tokens)}
     write_jsonl(config.predictions, out_rows)
     logger.info("%s split, %d sentences: %s", config.split, len(rows), figures)

@@ -36,6 +36,7 @@ class FinetuneResult:
     train_samples: int
     train_tokens: int
     train_metrics: dict = field(default_factory=dict)
+    tag_scheme: Optional[str] = None  # what precision/recall/f1 mean: trainer.metrics.describe(tag_scheme)
 
 
 def best_validation_metrics(trainer) -> Optional[dict]:
@@ -116,7 +117,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     from trainer.distributed import ensure_process_group_env, has_cuda, world_size
     from trainer.hf_trainer import CheckpointManifestCallback, TokenClassificationTrainer
     from trainer.lora import apply_lora
-    from trainer.metrics import argmax_logits, make_compute_metrics, per_entity_scores
+    from trainer.metrics import ids_and_losses, make_compute_metrics, split_scores
     from trainer.modeling import load_model
     from trainer.outputs import publish
     from trainer.progress import ProgressCallback, ProgressMeter
@@ -155,8 +156,8 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if config.precision == "16" else None)
     trainer = TokenClassificationTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.validation, processing_class=tokenizer,
-        data_collator=collator, compute_metrics=make_compute_metrics(data.class_names),
-        preprocess_logits_for_metrics=argmax_logits, callbacks=all_callbacks, meter=meter,
+        data_collator=collator, compute_metrics=make_compute_metrics(data.class_names, data.tag_scheme),
+        preprocess_logits_for_metrics=ids_and_losses, callbacks=all_callbacks, meter=meter,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressCallback formats them
 
@@ -176,11 +177,13 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         best_metric=trainer.state.best_metric,
         validation_metrics=validation_metrics,
         test_metrics=prediction.metrics if data.test is not None else None,
-        per_entity=per_entity_scores(prediction.predictions, prediction.label_ids, data.class_names),
+        per_entity=split_scores(prediction.predictions, prediction.label_ids, data.class_names, data.tag_scheme,
+                                scored)[1],
         train_runtime=train_runtime,
         train_samples=len(data.train),
         train_tokens=data.train.num_tokens,
         train_metrics=train_output.metrics,
+        tag_scheme=trainer.compute_metrics.scheme,
     )
     publish(trainer, config, model_dir, data.class_names, result)
     return result

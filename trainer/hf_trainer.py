@@ -1,11 +1,13 @@
-"""The HF Trainer of the recipe: stock `transformers.Trainer`, metering of each training step for progress, and the
-callback that seals each checkpoint with its manifest."""
+"""The HF Trainer of the recipe: stock `transformers.Trainer`, metering of each training step for progress,
+evaluation in dataset order (scoring joins the windows of a sentence by row order), and the callback that seals each
+checkpoint with its manifest."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
+from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
 from trainer.checkpoints import write_manifest
@@ -14,7 +16,9 @@ from trainer.progress import ProgressMeter
 
 
 class TokenClassificationTrainer(Trainer):
-    """`Trainer` whose training steps report their loss and real token count to a ProgressMeter."""
+    """`Trainer` whose training steps report their loss and real token count to a ProgressMeter, and whose
+    evaluation loops keep the rows in order and tell `compute_metrics` (a trainer.metrics.SplitMetrics) which split
+    they score."""
 
     def __init__(self, *args, meter: Optional[ProgressMeter] = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -25,6 +29,19 @@ class TokenClassificationTrainer(Trainer):
         if self.meter is not None:
             self.meter.add(loss, inputs.get("attention_mask"), inputs["input_ids"])
         return loss
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers 5.24 length-groups evaluation batches too under train_sampling_strategy="group_by_length";
+        # scoring joins the windows of a sentence by row order, so evaluation keeps the dataset order (several
+        # processes: accelerate shards batches round-robin and gathers them back in order).
+        if eval_dataset is None or self.args.world_size > 1:
+            return None
+        return SequentialSampler(eval_dataset)
+
+    def evaluation_loop(self, dataloader, *args, **kwargs):
+        if hasattr(self.compute_metrics, "split"):
+            self.compute_metrics.split = dataloader.dataset
+        return super().evaluation_loop(dataloader, *args, **kwargs)
 
 
 class CheckpointManifestCallback(TrainerCallback):

@@ -221,7 +221,8 @@ class Params:
                 groups[group] = parser.add_argument_group(group)
             flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
             default = default_text(f)
-            suffix = " (required)" if is_required(f) else (f" (default: {default})" if default is not None else "")
+            shown = default not in (None, "")
+            suffix = " (required)" if is_required(f) else (f" (default: {default})" if shown else "")
             metavar = "PATH" if is_path(f) else ({bool: "{true,false}", int: "N", float: "X", str: "TEXT"}[base_type(f)]
                                                  if not f.metadata.get("choices") else None)
             groups[group].add_argument(*flags, dest=f.name, default=None,

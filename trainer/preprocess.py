@@ -1,13 +1,20 @@
-"""Preprocess for token classification: read CoNLL / JSON Lines, split, tokenize and align labels.
+"""Preprocess for token classification: read any labelled data, settle labels and tag scheme, split, tokenize in
+windows, align labels.
 
 Output folder contract (the `preprocess_output` of the finetune component):
 
-- `train.jsonl`, `validation.jsonl`, `test.jsonl` (test only if it has rows): one encoded sentence per line,
-  {"input_ids", "attention_mask", ["token_type_ids"], "labels", "tokens", "tags"}; `labels` is aligned with
-  `input_ids` (-100 where no label is predicted: special tokens, continuation sub-tokens unless
-  `label_all_tokens`); `tokens`/`tags` are the original words and their string tags.
-- `class_names.json`: {"class_names": [...]}; label id = index ("O" first when present, the rest sorted).
-- `preprocess_args.json`: every argument, plus model_name, split sizes and "task_name": "TokenClassification".
+- `train.jsonl`, `validation.jsonl`, `test.jsonl` (test only if it has rows): one window of a sentence per line,
+  {"input_ids", "attention_mask", ["token_type_ids"], "labels", "word_ids", "tokens", "tags", "sentence",
+  "window"}. A sentence that fits `max_seq_length` is one row (window 0). A longer one is split into windows of
+  whole words; each carries up to `stride` sub-tokens of its neighbours' words as context on each side. `tokens`
+  and `tags` are the row's own words (the windows of a sentence, joined, give it back exactly); `word_ids` maps each
+  position to its own word (null: special tokens and context); `labels` holds the tag id on each own word's first
+  sub-token, -100 elsewhere (continuation sub-tokens get the word's tag with `label_all_tokens`). Every word is
+  trained on and scored exactly once.
+- `class_names.json`: {"class_names": [...]}; label id = index ("O" first when present, then sorted; integer tags
+  numerically; ClassLabel / `label_names` order when declared). The label set is the union of all splits.
+- `preprocess_args.json`: every argument plus what was found: data formats and columns, `tag_scheme`, split sizes
+  (sentences and rows), `split_sentences` (sentences split into windows), labels that never occur in training.
 - The tokenizer (`save_pretrained`).
 
 Word/sub-token alignment follows the transformers `run_ner` example.
@@ -17,151 +24,64 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
+import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
+from trainer import schemes
 from trainer.booleans import parse_auto_bool
 from trainer.config import PreprocessConfig
-from trainer.constants import CLASS_NAMES_FILE, IGNORE_INDEX, PREPROCESS_ARGS_FILE, SPLIT_FILES, TOKENIZER_FILES
-from trainer.errors import InputError
-from trainer.jsonio import iter_jsonl, write_jsonl
+from trainer.constants import CLASS_NAMES_FILE, IGNORE_INDEX, PREPROCESS_ARGS_FILE, SPLIT_FILES, SPLITS, TOKENIZER_FILES
+from trainer.errors import InputError, preview
+from trainer.jsonio import write_jsonl
 from trainer.model_io import read_model_selector_args, resolve_model_dir
 from trainer.publish import publish_dir, staging_dir
+from trainer.readers import Corpus, ReadOptions, Sentence, read, resolve_sources
 
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "TokenClassification"
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-DATA_SUFFIXES = (".conll", ".txt", ".tsv", ".iob", ".bio", ".conllu") + JSONL_SUFFIXES
 # Model families whose fast tokenizer is byte-level BPE: pre-split words need add_prefix_space=True.
 BYTE_LEVEL_FAMILIES = ("roberta", "xlm-roberta-bpe", "gpt2", "gpt_neo", "gpt_neox", "gptj", "bart", "mvp", "led",
                        "longformer", "deberta", "bloom", "codegen", "blenderbot", "markuplm", "layoutlmv3", "ibert",
                        "data2vec-text", "luke", "mpnet-bpe", "opt", "megatron-gpt2", "xmod", "roberta-prelayernorm")
-
-Sentence = tuple[list[str], list[str]]
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------------
-def _resolve_data_file(path: str | os.PathLike, role: str) -> Path:
-    """A data file; a folder holding exactly one data file (as a KFP Dataset artifact may be) also works."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{role} file not found: {p}")
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-        data = [f for f in files if f.suffix.lower() in DATA_SUFFIXES] or files
-        if len(data) != 1:
-            raise InputError(f"{role} folder {p} must hold exactly one data file (.conll/.txt/.jsonl); "
-                             f"found {[f.name for f in files]}")
-        p = data[0]
-    if p.stat().st_size == 0:
-        raise InputError(f"{role} file is empty: {p}")
-    return p
-
-
-def _is_jsonl(path: Path) -> bool:
-    if path.suffix.lower() in JSONL_SUFFIXES:
-        return True
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                return line.lstrip().startswith("{")
-    return False
-
-
-def read_conll(path: str | os.PathLike) -> list[Sentence]:
-    """Sentences of a CoNLL file: `token<TAB>tag` or whitespace-separated columns (the last is the tag),
-    blank lines between sentences, `-DOCSTART-` lines skipped."""
-    path = Path(path)
-    sentences: list[Sentence] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-
-    def flush() -> None:
-        nonlocal tokens, tags
-        if tokens:
-            sentences.append((tokens, tags))
-        tokens, tags = [], []
-
-    with path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                flush()
-                continue
-            if line.lstrip().startswith("-DOCSTART-"):
-                flush()
-                continue
-            parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()
-            if len(parts) < 2 or parts[-1] == "":
-                raise InputError(
-                    f"{path}: sentence {len(sentences) + 1} (line {lineno}): token and tag counts differ: "
-                    f"expected 'token<TAB>tag' (or whitespace-separated columns, tag last), got {line!r}")
-            tokens.append(parts[0])
-            tags.append(parts[-1])
-    flush()
-    return sentences
-
-
-def read_jsonl(path: str | os.PathLike, token_column: str = "tokens", tag_column: str = "ner_tags") -> list[Sentence]:
-    """Sentences of a JSON Lines file: one object per line with a list of tokens and a list of tags."""
-    path = Path(path)
-    sentences: list[Sentence] = []
-    for number, (lineno, row) in enumerate(iter_jsonl(path), start=1):
-        missing = [c for c in (token_column, tag_column) if c not in row]
-        if missing:
-            raise InputError(f"{path}: sentence {number} (line {lineno}) is missing column(s) {missing} "
-                             f"(token_column={token_column!r}, tag_column={tag_column!r}); "
-                             f"columns present: {sorted(row)}")
-        toks, tags = row[token_column], row[tag_column]
-        if not isinstance(toks, list) or not isinstance(tags, list):
-            raise InputError(f"{path}: sentence {number} (line {lineno}): columns {token_column!r} and "
-                             f"{tag_column!r} must be lists")
-        if len(toks) != len(tags):
-            raise InputError(f"{path}: sentence {number} (line {lineno}): token and tag counts differ "
-                             f"({len(toks)} tokens, {len(tags)} tags)")
-        if toks:
-            sentences.append(([str(t) for t in toks], [str(t) for t in tags]))
-    return sentences
-
-
-def read_sentences(path: str | os.PathLike, role: str, token_column: str = "tokens",
-                   tag_column: str = "ner_tags") -> list[Sentence]:
-    """Read a CoNLL or JSON Lines file (sniffed from its suffix / first line); errors name the file."""
-    p = _resolve_data_file(path, role)
-    sentences = read_jsonl(p, token_column, tag_column) if _is_jsonl(p) else read_conll(p)
-    if not sentences:
-        raise InputError(f"{role} file {p} holds no sentences")
-    return sentences
+_INTEGER = re.compile(r"-?\d+")
 
 
 # --------------------------------------------------------------------------------------------------
 # Labels and splits
 # --------------------------------------------------------------------------------------------------
-def class_names_of(sentences: Iterable[Sentence]) -> list[str]:
-    """Sorted label strings, "O" first when present."""
+def class_names_of(sentences: Iterable[Sentence], declared: Optional[Sequence[str]] = None) -> list[str]:
+    """The label list: `declared` names in their order, else "O" first and the rest sorted (numerically when every
+    tag is an integer)."""
+    if declared:
+        return list(declared)
     labels = {t for _, tags in sentences for t in tags}
-    return (["O"] if "O" in labels else []) + sorted(labels - {"O"})
+    rest = labels - {"O"}
+    numeric = all(_INTEGER.fullmatch(t) for t in rest)
+    return (["O"] if "O" in labels else []) + sorted(rest, key=(lambda t: (int(t), t)) if numeric else None)
 
 
-def b_to_i_map(class_names: list[str]) -> list[int]:
-    """For each label id, the id to use on continuation sub-tokens: B-x -> I-x when I-x exists."""
-    index = {name: i for i, name in enumerate(class_names)}
+def name_tags(sentences: list[Sentence], names: list[str], where: str) -> list[Sentence]:
+    """Tags that are ids of `names` (integers) become the names; tags already among the names stay."""
+    known = set(names)
     out = []
-    for i, name in enumerate(class_names):
-        if name.startswith("B-") and f"I-{name[2:]}" in index:
-            out.append(index[f"I-{name[2:]}"])
-        else:
-            out.append(i)
+    for number, (tokens, tags) in enumerate(sentences, start=1):
+        named = []
+        for tag in tags:
+            if tag not in known:
+                if not (_INTEGER.fullmatch(tag) and 0 <= int(tag) < len(names)):
+                    raise InputError(f"{where} sentence {number}: tag {tag!r} is neither one of label_names "
+                                     f"{preview(names)} nor an id 0..{len(names) - 1}")
+                tag = names[int(tag)]
+            named.append(tag)
+        out.append((tokens, named))
     return out
 
 
-def split_sentences(sentences: list[Sentence], fractions: dict[str, float], seed: int) -> dict[str, list[Sentence]]:
+def carve_splits(sentences: list[Sentence], fractions: dict[str, float], seed: int) -> dict[str, list[Sentence]]:
     """Shuffle (seeded) and carve out the named fractions; the rest stays in 'train'."""
     order = list(range(len(sentences)))
     random.Random(seed).shuffle(order)
@@ -184,7 +104,7 @@ def split_sentences(sentences: list[Sentence], fractions: dict[str, float], seed
 # --------------------------------------------------------------------------------------------------
 # Tokenizer
 # --------------------------------------------------------------------------------------------------
-def _tokenizer_dir(tokenizer_path: str | os.PathLike) -> Path:
+def _tokenizer_dir(tokenizer_path: str | Path) -> Path:
     root = Path(tokenizer_path)
     if not root.is_dir():
         raise InputError(f"tokenizer_path folder not found: {root}")
@@ -219,7 +139,7 @@ def _is_byte_level(tokenizer: Any) -> bool:
         return False
 
 
-def load_tokenizer(tokenizer_path: str | os.PathLike, add_prefix_space: Optional[bool] = None):
+def load_tokenizer(tokenizer_path: str | Path, add_prefix_space: Optional[bool] = None):
     """Load the fast tokenizer of a tokenizer / model / model-import folder; returns (tokenizer, folder, prefix)."""
     from transformers import AutoTokenizer
 
@@ -250,109 +170,189 @@ def load_tokenizer(tokenizer_path: str | os.PathLike, add_prefix_space: Optional
 
 
 # --------------------------------------------------------------------------------------------------
-# Encoding
+# Encoding: windows of whole words
 # --------------------------------------------------------------------------------------------------
+def word_budget(tokenizer: Any, max_seq_length: int) -> int:
+    """Sub-tokens left for words in a row of max_seq_length; InputError when none are."""
+    budget = max_seq_length - tokenizer.num_special_tokens_to_add(pair=False)
+    if budget < 1:
+        raise InputError(f"max_seq_length={max_seq_length} leaves no room for words beside the tokenizer's "
+                         f"{max_seq_length - budget} special tokens")
+    return budget
+
+
+def plan_windows(counts: Sequence[int], budget: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Windows (context start, own start, own end, context end) over words with `counts` sub-tokens each: own words
+    fill at most budget - 2 × context sub-tokens, context (whole words, up to `stride` = at most budget // 4
+    sub-tokens) on each side. A single word longer than the budget is a window of its own, cut after its first
+    sub-tokens (it is still scored: its first sub-token is kept)."""
+    if sum(counts) <= budget:
+        return [(0, 0, len(counts), len(counts))]
+    context = min(stride, budget // 4)
+    own_budget = budget - 2 * context
+    windows = []
+    start = 0
+    while start < len(counts):
+        end, used = start, 0
+        while end < len(counts) and used + counts[end] <= own_budget:
+            used += counts[end]
+            end += 1
+        if end == start:  # one word longer than the room for own words
+            windows.append((start, start, start + 1, start + 1))
+            start += 1
+            continue
+        left, room = start, context
+        while left > 0 and counts[left - 1] <= room:
+            left -= 1
+            room -= counts[left]
+        right, room = end, context
+        while right < len(counts) and counts[right] <= room:
+            room -= counts[right]
+            right += 1
+        windows.append((left, start, end, right))
+        start = end
+    return windows
+
+
+def _row(encoding: Any, index: int, sentence: Sentence, window: tuple[int, int, int, int], label_to_id: dict,
+         continuation: Optional[list[int]]) -> dict:
+    """One encoded window: labels on own words' first sub-tokens (and continuations with label_all_tokens)."""
+    tokens, tags = sentence
+    left, start, end, _ = window
+    word_ids, labels = [], []
+    previous = None
+    for word in encoding.word_ids(batch_index=index):
+        own = None if word is None or not start <= left + word < end else left + word - start
+        if own is None:
+            labels.append(IGNORE_INDEX)
+        else:
+            tag_id = label_to_id[tags[start + own]]
+            labels.append(tag_id if own != previous else (continuation[tag_id] if continuation else IGNORE_INDEX))
+        word_ids.append(own)
+        previous = own
+    if len({w for w in word_ids if w is not None}) != end - start:
+        raise RuntimeError(f"window {window} of {tokens[:5]}...: a word lost its first sub-token")
+    row = {"input_ids": list(encoding["input_ids"][index]), "attention_mask": list(encoding["attention_mask"][index])}
+    if "token_type_ids" in encoding:
+        row["token_type_ids"] = list(encoding["token_type_ids"][index])
+    row.update(labels=labels, word_ids=word_ids, tokens=tokens[start:end], tags=tags[start:end])
+    return row
+
+
 def encode_sentences(sentences: list[Sentence], tokenizer: Any, label_to_id: dict[str, int], max_seq_length: int,
-                     label_all_tokens: bool = False) -> tuple[list[dict], int]:
-    """Tokenize pre-split words and align labels; returns (rows, number of sentences truncated)."""
-    continuation = b_to_i_map(sorted(label_to_id, key=label_to_id.get))
-    rows, truncated = [], 0
-    batch = 256
-    for start in range(0, len(sentences), batch):
-        chunk = sentences[start:start + batch]
-        enc = tokenizer([toks for toks, _ in chunk], is_split_into_words=True, truncation=True,
-                        max_length=max_seq_length)
-        for i, (toks, tags) in enumerate(chunk):
-            word_ids = enc.word_ids(batch_index=i)
-            labels: list[int] = []
-            previous = None
-            for w in word_ids:
-                if w is None:
-                    labels.append(IGNORE_INDEX)
-                elif w != previous:
-                    labels.append(label_to_id[tags[w]])
-                else:
-                    labels.append(continuation[label_to_id[tags[w]]] if label_all_tokens else IGNORE_INDEX)
-                previous = w
-            seen = [w for w in word_ids if w is not None]
-            if seen and max(seen) < len(toks) - 1:
-                truncated += 1
-            row = {"input_ids": list(enc["input_ids"][i]), "attention_mask": list(enc["attention_mask"][i])}
-            if "token_type_ids" in enc:
-                row["token_type_ids"] = list(enc["token_type_ids"][i])
-            row.update(labels=labels, tokens=toks, tags=tags)
-            rows.append(row)
-    return rows, truncated
+                     label_all_tokens: bool = False, scheme: str = "iob2", stride: int = 32,
+                     batch: int = 256) -> tuple[list[dict], dict]:
+    """Tokenize pre-split words in windows and align labels; returns (rows, counts: split_sentences, windows,
+    clipped_words, empty_words). A word the tokenizer turns into nothing (e.g. a lone U+FE0F) is encoded as the
+    unknown token so that it is still scored."""
+    class_names = sorted(label_to_id, key=label_to_id.get)
+    continuation = schemes.continuation_ids(class_names, scheme) if label_all_tokens else None
+    budget = word_budget(tokenizer, max_seq_length)
+    placeholder = tokenizer.unk_token or "_"
+    rows: list[dict] = []
+    counts = {"split_sentences": 0, "windows": 0, "clipped_words": 0, "empty_words": 0}
+    for first in range(0, len(sentences), batch):
+        chunk = sentences[first:first + batch]
+        words = [list(tokens) for tokens, _ in chunk]
+        whole = tokenizer(words, is_split_into_words=True, verbose=False)  # no truncation: sizes of every word
+        done: dict[int, dict] = {}
+        pieces = []
+        for i, tokens in enumerate(words):
+            sizes = [0] * len(tokens)
+            for word in whole.word_ids(batch_index=i):
+                if word is not None:
+                    sizes[word] += 1
+            empty = [w for w, size in enumerate(sizes) if size == 0]
+            for w in empty:
+                tokens[w], sizes[w] = placeholder, 1
+            counts["empty_words"] += len(empty)
+            windows = plan_windows(sizes, budget, stride)
+            counts["split_sentences"] += len(windows) > 1
+            counts["clipped_words"] += sum(sizes[s] > budget for _, s, e, _ in windows if e - s == 1)
+            if len(windows) == 1 and not empty:  # the usual case: the first encoding is the row
+                done[i] = _row(whole, i, chunk[i], windows[0], label_to_id, continuation)
+            else:
+                pieces += [(i, number, window) for number, window in enumerate(windows)]
+        encoded = tokenizer([words[i][w[0]:w[3]] for i, _, w in pieces], is_split_into_words=True, truncation=True,
+                            max_length=max_seq_length) if pieces else None
+        windowed: dict[int, list] = {}
+        for k, (i, number, window) in enumerate(pieces):
+            windowed.setdefault(i, []).append(_row(encoded, k, chunk[i], window, label_to_id, continuation))
+        for i in range(len(chunk)):
+            for number, row in enumerate([done[i]] if i in done else windowed[i]):
+                row.update(sentence=first + i, window=number)
+                rows.append(row)
+    counts["windows"] = len(rows)
+    return rows, counts
 
 
 # --------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------
-def _pick(folder: Path, stems: tuple[str, ...]) -> Optional[str]:
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and f.suffix.lower() in DATA_SUFFIXES and f.stem.lower() in stems:
-            return str(f)
-    return None
+def _read_splits(config: PreprocessConfig) -> tuple[dict[str, Corpus], dict[str, str]]:
+    """Every given split, read; the output folder is checked against the inputs first."""
+    options = ReadOptions(config.data_format, config.token_column, config.tag_column, config.sentence_column)
+    sources = {role: source for role, source in
+               resolve_sources(config.train_data, config.validation_data, config.test_data).items() if source}
+    out = Path(config.preprocess_output).resolve()
+    inputs = [(role, path) for role, source in sources.items() for path in source.paths]
+    for name, path in inputs + [("model_selector_output", Path(config.model_selector_output))]:
+        if out == path.resolve() or out in path.resolve().parents:
+            raise InputError(f"preprocess_output {config.preprocess_output} would replace the {name} input {path}: "
+                             f"choose another folder")
+    corpora = {role: read(source, role, options) for role, source in sources.items()}
+    for role, corpus in corpora.items():
+        logger.info("%s data: %d sentences from %s (%s, columns %s)", role, len(corpus.sentences), sources[role],
+                    corpus.format, corpus.columns)
+    return corpora, {role: str(source) for role, source in sources.items()}
 
 
-def resolve_data_files(config: PreprocessConfig) -> dict[str, Optional[str]]:
-    """The train/validation/test files: `train_data` may be a folder holding train.* (and validation.*/dev.*,
-    test.*, used where validation_data / test_data are not given)."""
-    files = {"train": config.train_data, "validation": config.validation_data, "test": config.test_data}
-    root = Path(config.train_data)
-    if root.is_dir():
-        train = _pick(root, ("train", "training"))
-        if train is None:
-            data = [f for f in sorted(root.iterdir()) if f.is_file() and not f.name.startswith(".")]
-            if len(data) != 1:
-                raise InputError(f"train_data folder {root} has no train.* data file "
-                                 f"(found {sorted(p.name for p in root.iterdir())})")
-            train = str(data[0])
-        files["train"] = train
-        files["validation"] = files["validation"] or _pick(root, ("validation", "valid", "dev", "val"))
-        files["test"] = files["test"] or _pick(root, ("test",))
-    return files
+def _declared_names(config: PreprocessConfig, corpora: dict[str, Corpus]) -> Optional[list[str]]:
+    """label_names, else the ClassLabel names the data declared (the same in every split)."""
+    names = config.label_name_list
+    if names is not None:
+        return names
+    declared = {tuple(c.label_names) for c in corpora.values() if c.label_names is not None}
+    if len(declared) > 1:
+        raise InputError("the splits declare different ClassLabel names: set label_names to the one label list")
+    return list(declared.pop()) if declared else None
 
 
 def preprocess(config: PreprocessConfig) -> dict:
     """Read, split, tokenize and align a token-classification dataset; write the preprocess output folder.
 
-    Returns a summary: split sizes, class names, model name, truncation count.
+    Returns a summary: split sizes, class names, tag scheme, model name, windows.
     """
-    files = resolve_data_files(config)
-    read = lambda path, role: read_sentences(path, role, config.token_column, config.tag_column)  # noqa: E731
-    train = read(files["train"], "train")
-    splits: dict[str, list[Sentence]] = {"train": train}
-    for role in ("validation", "test"):
-        if files[role]:
-            splits[role] = read(files[role], role)
+    corpora, files = _read_splits(config)
+    declared = _declared_names(config, corpora)
+    splits: dict[str, list[Sentence]] = {
+        role: name_tags(c.sentences, declared, f"{role} data") if declared else c.sentences
+        for role, c in corpora.items()}
 
-    class_names = class_names_of(train)
-    if len(class_names) < 2:
-        raise InputError(f"training data {files['train']} has {len(class_names)} class(es) {class_names}: "
-                         f"token classification needs at least two")
-    known = set(class_names)
-    for role in ("validation", "test"):
-        if role in splits:
-            for number, (_, tags) in enumerate(splits[role], start=1):
-                unseen = sorted(set(tags) - known)
-                if unseen:
-                    raise InputError(f"{role} file {files[role]}: sentence {number} has label(s) "
-                                     f"{unseen} not seen in the training data (train labels: {class_names})")
+    class_names = class_names_of((s for sentences in splits.values() for s in sentences), declared)
+    train_labels = {t for _, tags in splits["train"] for t in tags}
+    if len(train_labels) < 2 or len(class_names) < 2:
+        raise InputError(f"training data {files['train']} has {len(train_labels)} distinct tag(s) "
+                         f"{preview(sorted(train_labels))}: token classification needs at least two")
+    unseen = sorted({t for role, sentences in splits.items() if role != "train" for _, tags in sentences
+                     for t in tags} - train_labels)
+    if unseen:
+        logger.warning("label(s) %s occur in the validation/test data but never in the training data: the model "
+                       "cannot learn them (every occurrence counts as a miss)", preview(unseen))
+    scheme = schemes.resolve(config.tag_scheme, [tags for sentences in splits.values() for _, tags in sentences])
+    logger.info("tag scheme: %s (%s); %d labels %s", schemes.NAMES[scheme],
+                "detected" if config.tag_scheme == "auto" else "given", len(class_names), preview(class_names, 8))
 
     # Split what is missing: 80/10/10 when both are missing, 80/20 when one is.
     missing = [r for r in ("validation", "test") if r not in splits]
     if missing:
         total = config.validation_ratio + config.test_ratio
-        if len(missing) == 2:
-            fractions = {"validation": config.validation_ratio, "test": config.test_ratio}
-        else:
-            fractions = {missing[0]: total}
+        fractions = ({"validation": config.validation_ratio, "test": config.test_ratio} if len(missing) == 2
+                     else {missing[0]: total})
         fractions = {k: v for k, v in fractions.items() if v > 0}
         if "validation" in missing and "validation" not in fractions:
             raise InputError("no validation data and validation_ratio is 0: a validation split is required")
-        carved = split_sentences(train, fractions, config.split_seed)
-        splits.update(carved)
+        splits.update(carve_splits(splits["train"], fractions, config.split_seed))
         splits.setdefault("test", [])
 
     tokenizer, tok_folder, prefix = load_tokenizer(config.model_selector_output,
@@ -363,6 +363,7 @@ def preprocess(config: PreprocessConfig) -> dict:
         logger.warning("max_seq_length %d exceeds the tokenizer's model_max_length %d; using %d",
                        effective_len, model_max, model_max)
         effective_len = int(model_max)
+    budget = word_budget(tokenizer, effective_len)
 
     label_to_id = {name: i for i, name in enumerate(class_names)}
     meta = read_model_selector_args(config.model_selector_output)
@@ -370,28 +371,41 @@ def preprocess(config: PreprocessConfig) -> dict:
 
     stage = staging_dir(config.preprocess_output)
     try:
-        sizes, truncated = {}, {}
-        for role in ("train", "validation", "test"):
-            rows, cut = encode_sentences(splits.get(role, []), tokenizer, label_to_id, effective_len,
-                                         config.label_all_tokens)
-            sizes[role], truncated[role] = len(rows), cut
+        sizes, rows_per_split, windowed = {}, {}, {}
+        for role in SPLITS:
+            rows, counts = encode_sentences(splits.get(role, []), tokenizer, label_to_id, effective_len,
+                                            config.label_all_tokens, scheme, config.stride)
+            sizes[role], rows_per_split[role], windowed[role] = len(splits.get(role, [])), len(rows), counts
             if role != "test" or rows:
                 write_jsonl(stage / SPLIT_FILES[role], rows)
+        split_count = {role: windowed[role]["split_sentences"] for role in SPLITS}
+        if any(split_count.values()):
+            logger.info("sentences longer than %d sub-tokens split into windows (stride %d): %s", effective_len,
+                        min(config.stride, budget // 4), split_count)
+        for key in ("empty_words", "clipped_words"):
+            if any(windowed[role][key] for role in SPLITS):
+                logger.warning("%s: %s", key, {role: windowed[role][key] for role in SPLITS})
         (stage / CLASS_NAMES_FILE).write_text(json.dumps({"class_names": class_names}, indent=2))
         tokenizer.save_pretrained(str(stage))
         record = config.to_dict()
-        record.update(data_files=files, model_name=model_name, task_name=TASK_NAME, add_prefix_space=prefix,
-                      effective_max_seq_length=effective_len, tokenizer_folder=str(tok_folder),
-                      train_size=sizes["train"], validation_size=sizes["validation"], test_size=sizes["test"],
-                      truncated_sentences=truncated, num_labels=len(class_names), class_names=class_names)
+        record.update(
+            data_files=files, data_formats={r: c.format for r, c in corpora.items()},
+            columns={r: c.columns for r, c in corpora.items()}, model_name=model_name, task_name=TASK_NAME,
+            add_prefix_space=prefix, effective_max_seq_length=effective_len, effective_stride=min(config.stride,
+                                                                                                 budget // 4),
+            tokenizer_folder=str(tok_folder), tag_scheme=scheme, train_size=sizes["train"],
+            validation_size=sizes["validation"], test_size=sizes["test"], rows=rows_per_split,
+            split_sentences=split_count, windowing=windowed, labels_not_in_train=unseen,
+            num_labels=len(class_names), class_names=class_names)
         (stage / PREPROCESS_ARGS_FILE).write_text(json.dumps(record, indent=2, default=str))
         publish_dir(stage, config.preprocess_output, replace=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
     summary = {"train_size": sizes["train"], "validation_size": sizes["validation"], "test_size": sizes["test"],
-               "class_names": class_names, "num_labels": len(class_names), "model_name": model_name,
-               "truncated_sentences": truncated, "add_prefix_space": prefix,
+               "class_names": class_names, "num_labels": len(class_names), "tag_scheme": scheme,
+               "model_name": model_name, "rows": rows_per_split, "split_sentences": split_count,
+               "labels_not_in_train": unseen, "data_formats": record["data_formats"], "add_prefix_space": prefix,
                "output_dir": str(Path(config.preprocess_output).resolve())}
-    logger.info("preprocess summary: %s", summary)
+    logger.info("preprocess summary: %s", {k: v if k != "class_names" else preview(v, 8) for k, v in summary.items()})
     return summary

@@ -29,8 +29,9 @@ def finetune_figures(result: dict) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(figures.items()) if finite(v)}
 
 
-def _entity_table(per_entity: dict, title: str) -> list[str]:
-    lines = ["", f"## {title}", "", "| Entity | Precision | Recall | F1 | Support |", "| --- | --- | --- | --- | --- |"]
+def _entity_table(per_entity: dict, title: str, kind: str = "Entity") -> list[str]:
+    lines = ["", f"## {title}", "", f"| {kind} | Precision | Recall | F1 | Support |",
+             "| --- | --- | --- | --- | --- |"]
     for entity, scores in sorted(per_entity.items()):
         lines.append(f"| {entity} | {_fmt(scores.get('precision'))} | {_fmt(scores.get('recall'))} "
                      f"| {_fmt(scores.get('f1'))} | {scores.get('number', '-')} |")
@@ -38,16 +39,22 @@ def _entity_table(per_entity: dict, title: str) -> list[str]:
 
 
 def finetune_markdown(result: dict, metric_for_best_model: str) -> str:
+    from trainer.metrics import describe
+    from trainer.schemes import is_span
+
     validation = result.get("validation_metrics") or {}
     test = result.get("test_metrics") or {}
-    lines = ["# Token classification fine-tune", "",
+    scheme = result.get("tag_scheme")
+    lines = ["# Token classification fine-tune", "", *([f"{describe(scheme)}.", ""] if scheme else []),
              f"Best checkpoint: `{result.get('best_checkpoint')}` ({metric_for_best_model} = "
              f"{_fmt(result.get('best_metric'))})", "", "| Metric | Validation | Test |", "| --- | --- | --- |"]
     keys = sorted({k[len("eval_"):] for k in validation if k.startswith("eval_")}
                   | {k[len("test_"):] for k in test if k.startswith("test_")})
     for key in keys:
         lines.append(f"| {key} | {_fmt(validation.get('eval_' + key))} | {_fmt(test.get('test_' + key))} |")
-    lines += _entity_table(result.get("per_entity") or {}, f"Per entity ({'test' if test else 'validation'} split)")
+    kind = "Entity" if is_span(scheme) or scheme is None else "Tag"
+    lines += _entity_table(result.get("per_entity") or {}, f"Per {kind.lower()} ({'test' if test else 'validation'} "
+                           f"split)", kind)
     return "\n".join(lines) + "\n"
 
 

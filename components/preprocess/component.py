@@ -17,9 +17,14 @@ def preprocess(
     train_data: Input[Dataset],
     model_selector_output: Input[Model],
     preprocess_output: Output[Dataset],
-    token_column: str = 'tokens',
-    tag_column: str = 'ner_tags',
+    data_format: str = 'auto',
+    token_column: str = 'auto',
+    tag_column: str = 'auto',
+    sentence_column: str = 'auto',
+    label_names: str = '',
+    tag_scheme: str = 'auto',
     max_seq_length: int = 512,
+    stride: int = 32,
     label_all_tokens: str = 'false',
     add_prefix_space: str = 'auto',
     validation_ratio: float = 0.1,
@@ -27,24 +32,45 @@ def preprocess(
     split_seed: int = 42,
     validation_data: Optional[Input[Dataset]] = None,
     test_data: Optional[Input[Dataset]] = None,
-) -> NamedTuple("PreprocessOutputs", [("num_labels", int), ("class_names", list), ("train_size", int)]):
+) -> NamedTuple("PreprocessOutputs", [("num_labels", int), ("class_names", list), ("train_size", int), ("tag_scheme", str)]):
     """Read labelled token-classification data, split it, tokenize it and align word labels to sub-tokens.
 
     Args:
-        train_data: Training data: a CoNLL file (token<TAB>tag, blank line between sentences), a JSON Lines file
-            (token and tag list columns), or a folder holding train.* and optionally validation.*/dev.* and test.*
-            files (used when validation_data/test_data are not given).
+        train_data: Training data: a file in any supported format (CoNLL, CoNLL-U, JSON Lines, JSON, CSV/TSV,
+            Parquet, a datasets Arrow file), a datasets save_to_disk folder (a DatasetDict gives its splits), or a
+            folder holding train.* and optionally validation.*/dev.* and test.* files (used when
+            validation_data/test_data are not given).
         model_selector_output: Model import output (or any folder with tokenizer files); its tokenizer is used and
             saved into the output.
-        preprocess_output: Folder with train/validation/test.jsonl (input_ids, attention_mask, labels, tokens,
-            tags), class_names.json, preprocess_args.json and the tokenizer.
-        token_column: JSON Lines column holding the words.
-        tag_column: JSON Lines column holding the tags.
-        max_seq_length: Rows are truncated to this many tokens (capped at the tokenizer's maximum). Must be >= 2.
-        label_all_tokens: true: continuation sub-tokens get the word's label (B- turned into I-); false: they are
-            not scored (-100). One of true, false.
-        add_prefix_space: Prefix words with a space before tokenizing: auto (true for byte-level BPE tokenizers such
-            as RoBERTa/GPT-2/DeBERTa), true or false. One of auto, true, false.
+        preprocess_output: Folder with train/validation/test.jsonl (one window of a sentence per row: input_ids,
+            attention_mask, labels, word_ids, tokens, tags, sentence, window), class_names.json,
+            preprocess_args.json (with the tag_scheme) and the tokenizer.
+        data_format: Format of the data; auto detects it from the content (hf: a datasets save_to_disk folder or
+            Arrow file). One of auto, conll, conllu, jsonl, json, csv, tsv, parquet, hf.
+        token_column: Column of the words: a name (JSON, CSV, Parquet, datasets; CoNLL-U: form) or an index (CoNLL,
+            CoNLL-U). auto: the first column in CoNLL, FORM in CoNLL-U, else the first present of tokens, words,
+            token, word, form.
+        tag_column: Column of the tags: a name or an index as for token_column; in CoNLL-U also upos, xpos, a
+            global.columns name or misc:KEY (KEY=value in MISC, O where absent). auto: the last column in CoNLL,
+            UPOS in CoNLL-U, else the first present of ner_tags, tags, labels, ner, tag, label, ner_tag, pos_tags,
+            upos, pos.
+        sentence_column: Tables with one word per row: the column that numbers the sentences (an empty cell
+            continues the sentence above). auto: the first present of sentence_id, sentence #, sentence_idx,
+            sentence_index, sentence_no, sent_id.
+        label_names: Label names in id order, comma-separated (e.g. O,B-PER,I-PER) or a JSON list: integer tags are
+            read as ids of these names, and the label ids follow this order. Default: the ClassLabel names the data
+            declares, else the tags as written.
+        tag_scheme: Tag scheme; auto detects it from the tags, plain means tags without span prefixes (e.g. POS).
+            Span schemes get entity-level precision/recall/f1, plain tags per-tag scores. One of auto, iob1, iob2,
+            bioes, bilou, plain.
+        max_seq_length: Longest row in sub-tokens (capped at the tokenizer's maximum). Longer sentences are split
+            into windows of whole words: nothing is cut, every word is trained on and scored once. Must be >= 2.
+        stride: Sub-tokens of context on each side of a window (at most a quarter of max_seq_length): words of the
+            neighbouring windows that the model sees there without scoring them. Must be >= 0.
+        label_all_tokens: true: continuation sub-tokens are trained on too, with the word's tag (I- inside a span);
+            false: they are not (-100). Scores count each word once either way. One of true, false.
+        add_prefix_space: Prefix words with a space before tokenizing (auto: true for byte-level BPE tokenizers such
+            as RoBERTa/GPT-2/DeBERTa). One of auto, true, false.
         validation_ratio: Fraction of the training data split off as validation when validation_data is absent. Must
             be >= 0 and < 1.
         test_ratio: Fraction of the training data split off as test when test_data is absent (when exactly one split
@@ -57,6 +83,8 @@ def preprocess(
         num_labels: Number of classes.
         class_names: Class names; label id = index.
         train_size: Number of training sentences.
+        tag_scheme: Tag scheme of the labels (iob1, iob2, bioes, bilou or plain): what the fine-tune's
+            precision/recall/f1 mean.
     """
     from components.preprocess.runtime import run
 

@@ -13,7 +13,8 @@ def run(**args):
     config = config_from_args(PreprocessConfig, args)
     summary = preprocess(config)
     artifact = args["preprocess_output"]
-    for key in ("train_size", "validation_size", "test_size", "num_labels", "model_name", "class_names"):
+    for key in ("train_size", "validation_size", "test_size", "num_labels", "model_name", "class_names", "tag_scheme",
+                "rows", "split_sentences", "data_formats", "labels_not_in_train"):
         artifact.metadata[key] = summary[key]
-    outputs = namedtuple("PreprocessOutputs", ["num_labels", "class_names", "train_size"])
-    return outputs(summary["num_labels"], summary["class_names"], summary["train_size"])
+    outputs = namedtuple("PreprocessOutputs", ["num_labels", "class_names", "train_size", "tag_scheme"])
+    return outputs(summary["num_labels"], summary["class_names"], summary["train_size"], summary["tag_scheme"])

@@ -1,0 +1,162 @@
+"""Tag schemes: which one a labelled data set uses, and what a span is in each.
+
+- `iob2`: B- begins every span, I- continues it (WNUT-17; CoNLL-2003 as the HF hub has it). Scored with seqeval,
+  strict IOB2.
+- `iob1`: I- begins a span; B- only where a span follows one of the same type (CoNLL-2003 as first released).
+  Converted to IOB2 (`iob1_to_iob2`), then scored as IOB2.
+- `bioes` (IOBES): B-/I-/E- for multi-word spans, S- for one-word spans. seqeval, strict IOBES.
+- `bilou`: the same with L- (last) and U- (unit). seqeval, strict BILOU.
+- `plain`: tags without span prefixes (POS tags, any tag set): each word's tag is scored on its own.
+
+"O" is the outside tag. `resolve()` detects the scheme from the tag sequences (IOB1 and IOB2 share a label set:
+where spans begin tells them apart) or checks an explicit choice against the labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Iterable, Optional, Sequence
+
+from trainer.errors import InputError, preview
+
+logger = logging.getLogger(__name__)
+
+OUTSIDE = "O"
+AUTO = "auto"
+SCHEMES = ("iob1", "iob2", "bioes", "bilou", "plain")
+SPAN_SCHEMES = ("iob1", "iob2", "bioes", "bilou")
+PREFIXES = {"iob1": "BI", "iob2": "BI", "bioes": "BIES", "bilou": "BILU"}
+NAMES = {"iob1": "IOB1", "iob2": "IOB2", "bioes": "BIOES", "bilou": "BILOU", "plain": "plain tags"}
+_PREFIXED = re.compile(r"^([BIESLU])-(.+)$")
+_OTHER_SEPARATOR = re.compile(r"^[BIESLU][_.:].+$")
+
+
+def split_tag(tag: str) -> tuple[Optional[str], str]:
+    """("B", "PER") for "B-PER"; (None, tag) for "O" and tags without a span prefix."""
+    match = _PREFIXED.match(tag)
+    return (match.group(1), match.group(2)) if match else (None, tag)
+
+
+def is_span(scheme: Optional[str]) -> bool:
+    return scheme in SPAN_SCHEMES
+
+
+def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
+    """IOB1 -> IOB2: an I- that does not continue a span of its type begins one (becomes B-)."""
+    out: list[str] = []
+    previous = OUTSIDE
+    for tag in tags:
+        prefix, kind = split_tag(tag)
+        if prefix == "I" and (previous == OUTSIDE or split_tag(previous)[1] != kind):
+            tag = f"B-{kind}"
+        out.append(tag)
+        previous = tag
+    return out
+
+
+def _label_prefixes(labels: Iterable[str]) -> tuple[set[str], list[str], list[str]]:
+    """(span prefixes used, prefixed labels, labels without a prefix other than O)."""
+    prefixes, prefixed, plain = set(), [], []
+    for label in sorted(set(labels)):
+        prefix, _ = split_tag(label)
+        if prefix:
+            prefixes.add(prefix)
+            prefixed.append(label)
+        elif label != OUTSIDE:
+            plain.append(label)
+    return prefixes, prefixed, plain
+
+
+def _iob_starts(sequences: Iterable[Sequence[str]]) -> tuple[int, int, Optional[int]]:
+    """How spans begin: (I- starts, as in IOB1; B- starts after O or another type, as in IOB2; first sentence
+    index with an I- start)."""
+    i_starts = b_starts = 0
+    first_i = None
+    for number, tags in enumerate(sequences):
+        previous = OUTSIDE
+        for tag in tags:
+            prefix, kind = split_tag(tag)
+            continues = previous != OUTSIDE and split_tag(previous)[1] == kind
+            if prefix == "I" and not continues:
+                i_starts += 1
+                first_i = number if first_i is None else first_i
+            elif prefix == "B" and not continues:
+                b_starts += 1
+            previous = tag
+    return i_starts, b_starts, first_i
+
+
+def detect(sequences: Sequence[Sequence[str]]) -> str:
+    """The scheme of tag sequences (see the module docstring); InputError when prefixed and plain tags mix."""
+    labels = {tag for tags in sequences for tag in tags}
+    prefixes, prefixed, plain = _label_prefixes(labels)
+    if not prefixes:
+        if plain and all(_OTHER_SEPARATOR.match(label) for label in plain):
+            logger.warning("the tags %s look like span tags with another separator than '-': they are scored as "
+                           "plain tags; write them as B-PER, I-PER, ... for entity-level scores", preview(plain, 3))
+        return "plain"
+    if plain:
+        raise InputError(f"the tags mix span-prefixed labels {preview(prefixed, 3)} with labels without a B-/I- "
+                         f"prefix {preview(plain, 3)}: set tag_scheme=plain to score every tag on its own, or fix "
+                         f"the labels")
+    if prefixes & set("LU") and prefixes & set("ES"):
+        raise InputError(f"the tags mix BIOES (E-, S-) and BILOU (L-, U-) prefixes {preview(prefixed, 6)}: use one "
+                         f"scheme, or set tag_scheme=plain")
+    if prefixes & set("ES"):
+        return "bioes"
+    if prefixes & set("LU"):
+        return "bilou"
+    i_starts, b_starts, first_i = _iob_starts(sequences)
+    if i_starts and not b_starts:
+        return "iob1"
+    if i_starts and b_starts:
+        scheme = "iob2" if b_starts >= i_starts else "iob1"
+        logger.warning("tag scheme: %d spans begin with B- (IOB2) and %d with I- (IOB1, first in sentence %d); "
+                       "treating the data as %s (set tag_scheme to override)", b_starts, i_starts, first_i + 1,
+                       NAMES[scheme])
+        return scheme
+    return "iob2"
+
+
+def check(scheme: str, labels: Iterable[str]) -> None:
+    """An explicit scheme must fit the labels: InputError naming the labels that do not."""
+    if scheme == "plain":
+        return
+    prefixes, prefixed, plain = _label_prefixes(labels)
+    if plain:
+        raise InputError(f"tag_scheme={scheme} but the labels {preview(plain, 3)} have no span prefix "
+                         f"({'/'.join(PREFIXES[scheme])}-): use tag_scheme=plain or auto")
+    foreign = sorted(prefixes - set(PREFIXES[scheme]))
+    if foreign:
+        examples = [label for label in prefixed if split_tag(label)[0] in foreign]
+        raise InputError(f"tag_scheme={scheme} but the labels use the prefix(es) {', '.join(foreign)} "
+                         f"({preview(examples, 3)}): use tag_scheme=auto or the matching scheme")
+
+
+def resolve(requested: str, sequences: Sequence[Sequence[str]]) -> str:
+    """The scheme to use: `requested`, checked against the tags, or detected when it is "auto"."""
+    if requested == AUTO:
+        return detect(sequences)
+    if requested not in SCHEMES:
+        raise InputError(f"unknown tag scheme {requested!r}: one of {', '.join(SCHEMES)} or auto")
+    check(requested, {tag for tags in sequences for tag in tags})
+    return requested
+
+
+def continuation_ids(class_names: Sequence[str], scheme: str) -> list[int]:
+    """For each label id, the label of a word's continuation sub-tokens (label_all_tokens): inside a span the
+    I- tag of its type where the label set has one (B-PER -> I-PER, S-PER -> I-PER); the word's own tag otherwise."""
+    index = {name: i for i, name in enumerate(class_names)}
+    out = []
+    for i, name in enumerate(class_names):
+        prefix, kind = split_tag(name) if is_span(scheme) else (None, name)
+        out.append(index.get(f"I-{kind}", i) if prefix and prefix != "I" else i)
+    return out
+
+
+def seqeval_scheme(scheme: str):
+    """The seqeval scheme class for strict span matching (IOB1 is converted to IOB2 first)."""
+    from seqeval.scheme import BILOU, IOB2, IOBES
+
+    return {"iob1": IOB2, "iob2": IOB2, "bioes": IOBES, "bilou": BILOU}[scheme]
