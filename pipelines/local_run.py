@@ -153,6 +153,8 @@ def run(args: argparse.Namespace) -> dict:
                                         "model"),
                   mlflow_model_path=stage_path(Path(params["mlflow_model_path"]) if params["mlflow_model_path"]
                                                else None, staging, "mlflow_model"),
+                  predict_data_uri=stage_path(Path(params["predict_data_uri"]) if params["predict_data_uri"] else None,
+                                              staging, "predict_data"),
                   run_evaluation=not args.no_evaluate)
 
     # kfp.local warns that our components name a container image while SubprocessRunner runs them in this
@@ -172,9 +174,12 @@ def run(args: argparse.Namespace) -> dict:
         "run_dir": str(run_dir),
         "pytorch_model_folder": outputs["pytorch_model_folder"].path,
         "mlflow_model_folder": outputs["mlflow_model_folder"].path,
+        "onnx_model_folder": outputs["onnx_model_folder"].path,
         "report": outputs["report"].path,
         "evaluation_report": str(evaluate_dir / "report") if (evaluate_dir / "report").exists() else None,
         "predictions": str(evaluate_dir / "predictions") if (evaluate_dir / "predictions").exists() else None,
+        "unlabelled_predictions": str(run_dir / "predict" / "predictions")
+        if (run_dir / "predict" / "predictions").exists() else None,
         "validation_f1": metrics.get("eval_f1"),
         "test_f1": metrics.get("test_f1"),
         "test_precision": metrics.get("test_precision"),

@@ -1,9 +1,10 @@
-"""Token-classification pipeline: model import -> preprocess -> finetune -> (optional) evaluate on the test split.
+"""Token-classification pipeline: model import -> preprocess -> finetune -> (optional) evaluate, (optional) predict.
 
 The training data enters as an input artifact via `dsl.importer` from `data_uri` (a folder holding train.* and
 optionally validation.*/dev.* and test.* CoNLL or JSON Lines files, or a single training file that is then split
 80/10/10). The model comes from a path in the container (`model_path`, e.g. on the PVC mounted at
-`pvc_mount_path`) or an MLflow model folder (`mlflow_model_path`).
+`pvc_mount_path`) or an MLflow model folder (`mlflow_model_path`). With `predict_data_uri`, the fine-tuned model
+labels that unlabelled data (text lines, JSON Lines, CoNLL without tags or CSV) in a `predict` step.
 
 Run parameters: every parameter of the model import, preprocess and finetune components (generated from
 `trainer/config.py`, with the same names and defaults), `run_evaluation`, and the fine-tune step's placement
@@ -23,12 +24,13 @@ from components.finetune.component import finetune
 from components.images import TRAINER_CUDA_IMAGE
 from components.kubernetes import PvcMount, TaskPlacement, apply_placement
 from components.model_import.component import model_import
+from components.predict.component import predict
 from components.preprocess.component import preprocess
 from trainer.config import FinetuneConfig, ModelImportConfig, PreprocessConfig
 
 PIPELINE_NAME = "token-classification-finetune"
 Outputs = NamedTuple("PipelineOutputs", [("pytorch_model_folder", Model), ("mlflow_model_folder", Model),
-                                         ("metrics", Metrics), ("report", Markdown)])
+                                         ("onnx_model_folder", Model), ("metrics", Metrics), ("report", Markdown)])
 
 
 def _own(name: str, annotation, default, description: str) -> tuple[inspect.Parameter, str]:
@@ -42,6 +44,9 @@ PIPELINE_ONLY = [
          "/ JSON Lines files, or one training file (split 80/10/10)."),
     _own("run_evaluation", bool, True, "Evaluate the fine-tuned model on the test split (metrics, report, "
                                        "predictions)."),
+    _own("predict_data_uri", str, "", "URI of unlabelled data (imported as a Dataset: text lines, JSON Lines with a "
+         "'text' or 'tokens' column, CoNLL without tags, CSV with a 'text' column) that the fine-tuned model labels "
+         "in a predict step; empty: no predict step."),
     _own("finetune_cpu_limit", str, "4", "CPU limit of the fine-tune step."),
     _own("finetune_memory_limit", str, "16Gi", "Memory limit of the fine-tune step."),
     _own("finetune_node_selector", dict, {}, "Node selector of the fine-tune step, e.g. {\"pool\": \"gpu\"}."),
@@ -87,8 +92,15 @@ def build_pipeline(*, gpus: int = 0, accelerator_type: str = "nvidia.com/gpu", p
             evaluate(model=tuned.outputs["pytorch_model_folder"], preprocess_output=prep.outputs["preprocess_output"],
                      split="test", batch_size=values["per_device_eval_batch_size"])
 
+        with dsl.If(values["predict_data_uri"] != ""):
+            unlabelled = dsl.importer(artifact_uri=values["predict_data_uri"], artifact_class=dsl.Dataset,
+                                      reimport=False)
+            unlabelled.set_display_name("import-predict-data")
+            predict(model=tuned.outputs["pytorch_model_folder"], data=unlabelled.output,
+                    batch_size=values["per_device_eval_batch_size"])
+
         return Outputs(tuned.outputs["pytorch_model_folder"], tuned.outputs["mlflow_model_folder"],
-                       tuned.outputs["metrics"], tuned.outputs["report"])
+                       tuned.outputs["onnx_model_folder"], tuned.outputs["metrics"], tuned.outputs["report"])
 
     parameters = PIPELINE_ONLY[:1] + pipeline_parameters(ModelImportConfig, PreprocessConfig, FinetuneConfig) \
         + PIPELINE_ONLY[1:]

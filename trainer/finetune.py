@@ -36,6 +36,8 @@ class FinetuneResult:
     train_samples: int
     train_tokens: int
     train_metrics: dict = field(default_factory=dict)
+    onnx_export: dict = field(default_factory=dict)  # filled when onnx_model_folder is given
+    scored_splits: dict = field(default_factory=dict)  # split -> sha256 of the file scored above
 
 
 def prepare(config: FinetuneConfig):
@@ -78,6 +80,7 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     from trainer.lora import apply_lora
     from trainer.metrics import argmax_logits, make_compute_metrics, per_entity_scores
     from trainer.modeling import load_model
+    from trainer.evaluate import split_digests
     from trainer.outputs import publish
     from trainer.progress import ProgressCallback, ProgressMeter
     from trainer.training_args import build_training_args
@@ -145,6 +148,7 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
         train_samples=len(data.train),
         train_tokens=data.train.num_tokens,
         train_metrics=train_output.metrics,
+        scored_splits=split_digests(config.preprocess_output, ["validation"] + (["test"] if data.test else [])),
     )
     publish(trainer, config, model_dir, data.class_names, result)
     return result

@@ -13,4 +13,5 @@ def run(**args):
     config = config_from_args(FinetuneConfig, args)
     result = finetune(config)
     record_finetune(asdict(result), config, metrics=args["metrics"], report=args["report"],
-                    pytorch_model_folder=args["pytorch_model_folder"], mlflow_model_folder=args["mlflow_model_folder"])
+                    pytorch_model_folder=args["pytorch_model_folder"], mlflow_model_folder=args["mlflow_model_folder"],
+                    onnx_model_folder=args["onnx_model_folder"])

@@ -36,8 +36,13 @@ def run(**args):
         cleanup_policy=launch.cleanup_policy, run_id=launch.run_id, service_account=launch.service_account,
         shm_size=launch.shm_size)
     summary = read_json(Path(config.pytorch_model_folder) / METRICS_FILE)
+    if config.onnx_model_folder:  # the pods publish the PyTorch and MLflow models; the ONNX export runs here
+        from trainer.outputs import export_onnx_output
+
+        summary["onnx_export"] = export_onnx_output(Path(config.pytorch_model_folder), config)
     record_finetune(summary, config, metrics=args["metrics"], report=args["report"],
-                    pytorch_model_folder=args["pytorch_model_folder"], mlflow_model_folder=args["mlflow_model_folder"])
+                    pytorch_model_folder=args["pytorch_model_folder"], mlflow_model_folder=args["mlflow_model_folder"],
+                    onnx_model_folder=args["onnx_model_folder"])
     for artifact in (args["pytorch_model_folder"], args["mlflow_model_folder"]):
         artifact.metadata.update(pytorchjob=result.job_name, namespace=result.namespace, run_id=result.run_id,
                                  num_nodes=launch.num_nodes, gpus_per_node=launch.gpus_per_node)
