@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 from trainer.errors import InputError
@@ -50,7 +51,8 @@ def export_onnx(model_dir: str | Path, target: str | Path) -> dict:
     try:
         with torch.inference_mode():
             expected = wrapper(*[torch.from_numpy(sample[n]) for n in names]).numpy()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches: the parity check decides
             torch.onnx.export(
                 wrapper, tuple(torch.from_numpy(sample[n]) for n in names), str(stage / ONNX_FILE), input_names=list(names),
                 output_names=["logits"], opset_version=OPSET, dynamo=False,
