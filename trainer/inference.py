@@ -33,6 +33,7 @@ TextOrWords = Union[str, Sequence[str], None]
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_STRIDE = 128  # sub-tokens repeated between neighbouring windows of a long input (capped at half a window)
 ONNX_FILE = "model.onnx"
+EXPORT_INFO = "onnx_export.json"
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 # --------------------------------------------------------------------------------------------------
@@ -389,6 +390,11 @@ def model_format(path: str | Path) -> str:
         return "mlflow"
     if (path / ONNX_FILE).exists():
         return "onnx"
+    if (path / EXPORT_INFO).exists():  # an onnx_model_folder whose export was off or failed
+        from trainer.jsonio import read_json
+
+        raise InputError(f"{path} holds no ONNX model: {read_json(path / EXPORT_INFO).get('error')}; serve the "
+                         "pytorch_model_folder or mlflow_model_folder instead")
     return "pytorch"
 
 

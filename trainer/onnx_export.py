@@ -17,11 +17,10 @@ import warnings
 from pathlib import Path
 
 from trainer.errors import InputError
+from trainer.inference import EXPORT_INFO, ONNX_FILE
 
 logger = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-EXPORT_INFO = "onnx_export.json"
 OPSET = 17
 MAX_LOGIT_DIFF = 1e-3  # float32 export of an encoder agrees to ~1e-5; more means a broken graph
 SAMPLE = [["Alice", "lives", "in", "Paris", "."], ["Bob", "Smith", "works", "for", "Acme", "Corp", "in", "New", "York",
