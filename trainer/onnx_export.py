@@ -35,6 +35,7 @@ def export_onnx(model_dir: str | Path, target: str | Path) -> dict:
 
     from trainer.inference import OnnxBackend, load_serving_tokenizer
     from trainer.model_io import load_token_classification_model
+    from trainer.ort import standard_onnx_symbolics
     from trainer.publish import ensure_empty_or_absent, publish_dir, staging_dir
 
     model_dir, target = Path(model_dir), Path(target)
@@ -50,12 +51,17 @@ def export_onnx(model_dir: str | Path, target: str | Path) -> dict:
     try:
         with torch.inference_mode():
             expected = wrapper(*[torch.from_numpy(sample[n]) for n in names]).numpy()
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), standard_onnx_symbolics(OPSET):
             warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches: the parity check decides
             torch.onnx.export(
                 wrapper, tuple(torch.from_numpy(sample[n]) for n in names), str(stage / ONNX_FILE), input_names=list(names),
                 output_names=["logits"], opset_version=OPSET, dynamo=False,
                 dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch", 1: "sequence"}})
+        import onnx
+
+        custom = {n.domain for n in onnx.load(str(stage / ONNX_FILE), load_external_data=False).graph.node} - {"", "ai.onnx"}
+        if custom:
+            raise InputError(f"the ONNX export of {model_dir} uses operators outside standard ONNX ({sorted(custom)})")
         got = OnnxBackend(stage / ONNX_FILE, device="cpu")({n: sample[n].astype("int64") for n in names})
         mask = sample["attention_mask"].astype(bool)
         diff = float(abs(got - expected)[mask].max())

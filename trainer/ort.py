@@ -11,8 +11,10 @@ in). Everywhere else apply_ort=true stops at once with a one-line error naming t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 
 from trainer.errors import ConfigError
 
@@ -53,3 +55,22 @@ def original_module(model):
     """The model an ORTModule wraps (any other model as it is): what save_pretrained is called on, since the HF
     Trainer saves a bare state dict (no config.json) for a model it does not recognise."""
     return model.module if type(model).__name__ == "ORTModule" else model
+
+
+@contextlib.contextmanager
+def standard_onnx_symbolics(opset: int):
+    """Within this block torch.onnx.export writes standard ONNX: ORTModule registers its own symbolics (ATen ops in
+    the org.pytorch.aten domain that only ONNX Runtime training runs) globally, for every later export too."""
+    registry = sys.modules.get("onnxruntime.training.ortmodule._custom_op_symbolic_registry")
+    names = list(registry.CustomOpSymbolicRegistry._SYMBOLICS) if registry else []
+    if not names:
+        yield
+        return
+    from torch.onnx import unregister_custom_op_symbolic
+
+    for name in names:
+        unregister_custom_op_symbolic(name, opset)
+    try:
+        yield
+    finally:
+        registry.CustomOpSymbolicRegistry.register_all(opset)
