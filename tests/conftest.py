@@ -144,10 +144,11 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def wnut17_dir() -> Path:
-    folder = SHARED / "data" / "wnut17"
-    if not (folder / "train.conll").exists():
-        pytest.skip("../shared/data/wnut17 not present")
-    return folder
+    """WNUT-17: the copy shipped in pipelines/data/wnut17 (a fresh clone has it), else ../shared/data/wnut17."""
+    for folder in (REPO / "pipelines" / "data" / "wnut17", SHARED / "data" / "wnut17"):
+        if (folder / "train.conll").exists():
+            return folder
+    pytest.skip("WNUT-17 not present (pipelines/data/wnut17 or ../shared/data/wnut17)")
 
 
 @pytest.fixture

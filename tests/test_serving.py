@@ -216,3 +216,15 @@ def test_export_onnx_false_writes_no_model(make_config, tmp_path):
     config = make_config(num_train_epochs=1, export_onnx=False, onnx_model_folder=str(tmp_path / "onnx"))
     finetune(config)
     assert sorted(p.name for p in Path(config.onnx_model_folder).iterdir()) == ["onnx_export.json"]
+
+
+def test_a_non_empty_onnx_model_folder_is_refused_before_training(make_config, tmp_path, capsys):
+    from trainer.cli import finetune_main
+
+    config = make_config()
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "model.onnx").write_text("an earlier export")
+    argv = [f"--{k}={v}" for k, v in config.to_dict().items() if v is not None and k != "onnx_model_folder"]
+    assert finetune_main(argv + ["--onnx_model_folder", str(tmp_path / "onnx")]) == 2
+    assert "onnx_model_folder" in capsys.readouterr().err and not Path(config.pytorch_model_folder).exists()
+    assert (tmp_path / "onnx" / "model.onnx").read_text() == "an earlier export"

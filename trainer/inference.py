@@ -335,7 +335,7 @@ def _as_words(item: TextOrWords) -> tuple[str, list[str], list[tuple[int, int]]]
     if isinstance(item, str):
         offsets = split_words(item)
         return item, [item[a:b] for a, b in offsets], offsets
-    words = [str(w) for w in item if w is not None and str(w).strip()]
+    words = ["" if w is None else str(w) for w in item]  # kept one for one: blank words are just unscored
     offsets, position = [], 0
     for word in words:
         offsets.append((position, position + len(word)))
