@@ -35,7 +35,8 @@ def test_the_finetunes_figures_are_reported_for_its_own_split(tiny_finetuned, ti
     assert len(rows) == result.sentences == 40
     served = load_classifier(tiny_finetuned["mlflow"]).predict([r["tokens"] for r in rows])
     assert [r["predicted_tags"] for r in rows] == [p.labels for p in served]  # the served model's words
-    assert set(rows[0]) == {"tokens", "tags", "predicted_tags", "scores"} and len(rows[0]["scores"]) == len(rows[0]["tokens"])
+    assert set(rows[0]) == {"tokens", "tags", "predicted_tags", "scores"}
+    assert len(rows[0]["scores"]) == len(rows[0]["tokens"])
 
 
 def test_rescore_gives_the_finetunes_f1_and_the_token_mean_loss(tiny_finetuned, tiny_preprocess_output, tmp_path):

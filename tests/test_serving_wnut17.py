@@ -18,10 +18,13 @@ from trainer.inference import OnnxBackend, TorchBackend, load_classifier
 
 pytestmark = pytest.mark.slow
 
+# A few steps only: what is tested is that each published variant is whole and served alike, not accuracy
+# (tests/test_real_model.py shows MiniLM learning WNUT-17). A barely trained head labels many words as entities,
+# so "word for word" compares thousands of non-O labels.
 VARIANTS = {
-    "full": dict(learning_rate=2e-4),
-    "lora-merged": dict(apply_lora=True, learning_rate=2e-3),
-    "lora-unmerged": dict(apply_lora=True, merge_lora_weights=False, learning_rate=2e-3),
+    "full": {},
+    "lora-merged": dict(apply_lora=True),
+    "lora-unmerged": dict(apply_lora=True, merge_lora_weights=False),
 }
 
 
@@ -33,11 +36,11 @@ def _head(src: Path, dst: Path, sentences: int) -> Path:
 
 @pytest.fixture(scope="module")
 def wnut(tmp_path_factory, minilm_dir, wnut17_dir) -> dict:
-    """MiniLM imported; WNUT-17 preprocessed: 1,000 training tweets, 300 validation, the whole test set."""
+    """MiniLM imported; WNUT-17 preprocessed: 1,000 training tweets (every label), 100 validation, the test set."""
     root = tmp_path_factory.mktemp("wnut17_serving")
     run_model_import(model_selector_output=str(root / "model"), model_path=str(minilm_dir))
     run_preprocess(train_data=str(_head(wnut17_dir / "train.conll", root / "train.conll", 1000)),
-                   validation_data=str(_head(wnut17_dir / "validation.conll", root / "validation.conll", 300)),
+                   validation_data=str(_head(wnut17_dir / "validation.conll", root / "validation.conll", 100)),
                    test_data=str(wnut17_dir / "test.conll"), model_selector_output=str(root / "model"),
                    preprocess_output=str(root / "data"), max_seq_length=128)
     rows = [json.loads(line) for line in (root / "data" / "test.jsonl").read_text().splitlines()]
@@ -51,8 +54,8 @@ def _finetune(wnut: dict, name: str, **values) -> dict:
         preprocess_output=str(wnut["root"] / "data"), model_selector_output=str(wnut["root"] / "model"),
         pytorch_model_folder=str(folders["pytorch"]), mlflow_model_folder=str(folders["mlflow"]),
         onnx_model_folder=str(folders["onnx"]) if name == "full" else None, per_device_train_batch_size=16,
-        per_device_eval_batch_size=64, max_steps=80, warmup_steps=8, evaluation_strategy="steps", eval_steps=80,
-        logging_strategy="steps", logging_steps=40, metric_for_best_model="f1", **values))
+        per_device_eval_batch_size=64, max_steps=4, learning_rate=1e-5, evaluation_strategy="steps", eval_steps=4,
+        logging_strategy="steps", logging_steps=4, metric_for_best_model="f1", **values))
     return folders
 
 
@@ -61,8 +64,8 @@ def test_every_variant_predicts_the_wnut17_test_set_like_its_mlflow_model(wnut, 
     folders = _finetune(wnut, variant, **VARIANTS[variant])
     predictions = assert_self_contained_and_equal_to_mlflow(folders["pytorch"], folders["mlflow"], wnut["texts"])
     assert len(predictions) == 1287 and sum(len(p.words) for p in predictions) > 20000
-    if variant == "full":  # a model that finds entities, so that "equal" is not "all O"
-        assert sum(len(p.entities) for p in predictions) > 100
+    if variant == "full":
+        assert sum(len(p.entities) for p in predictions) > 1000  # "equal" is not "all O"
         wnut["full"] = folders
 
 

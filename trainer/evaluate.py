@@ -76,7 +76,8 @@ def finetune_figures_for(model: Path, split: str, digest: str) -> Optional[tuple
         return None
     result = read_json(path)
     test = result.get("test_metrics")
-    scored, prefix, metrics = ("test", "test_", test) if test else ("validation", "eval_", result.get("validation_metrics"))
+    scored, prefix, metrics = (("test", "test_", test) if test
+                               else ("validation", "eval_", result.get("validation_metrics")))
     if split != scored or (result.get("scored_splits") or {}).get(split) != digest or not metrics:
         return None
     figures = {name: metrics[prefix + name] for name in FIGURES if prefix + name in metrics}

@@ -33,9 +33,8 @@ def export_onnx(model_dir: str | Path, target: str | Path) -> dict:
     import onnxruntime
     import torch
 
-    from trainer.inference import OnnxBackend, load_serving_tokenizer
+    from trainer.inference import load_serving_tokenizer
     from trainer.model_io import load_token_classification_model
-    from trainer.ort import standard_onnx_symbolics
     from trainer.publish import ensure_empty_or_absent, publish_dir, staging_dir
 
     model_dir, target = Path(model_dir), Path(target)
@@ -46,31 +45,14 @@ def export_onnx(model_dir: str | Path, target: str | Path) -> dict:
     model = load_token_classification_model(model_dir, attn_implementation="eager").eval().float()
     wrapper = _logits_only(model)
     sample = tokenizer(SAMPLE, is_split_into_words=True, padding=True, return_tensors="np")
-    names = wrapper.input_names
+    inputs = {name: sample[name].astype("int64") for name in wrapper.input_names}
     stage = staging_dir(target)
     try:
-        with torch.inference_mode():
-            expected = wrapper(*[torch.from_numpy(sample[n]) for n in names]).numpy()
-        with torch.no_grad(), warnings.catch_warnings(), standard_onnx_symbolics(OPSET):
-            warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches: the parity check decides
-            torch.onnx.export(
-                wrapper, tuple(torch.from_numpy(sample[n]) for n in names), str(stage / ONNX_FILE), input_names=list(names),
-                output_names=["logits"], opset_version=OPSET, dynamo=False,
-                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch", 1: "sequence"}})
-        import onnx
-
-        custom = {n.domain for n in onnx.load(str(stage / ONNX_FILE), load_external_data=False).graph.node} - {"", "ai.onnx"}
-        if custom:
-            raise InputError(f"the ONNX export of {model_dir} uses operators outside standard ONNX ({sorted(custom)})")
-        got = OnnxBackend(stage / ONNX_FILE, device="cpu")({n: sample[n].astype("int64") for n in names})
-        mask = sample["attention_mask"].astype(bool)
-        diff = float(abs(got - expected)[mask].max())
-        if not diff <= MAX_LOGIT_DIFF:
-            raise InputError(f"the ONNX export of {model_dir} disagrees with PyTorch (max |logit difference| {diff:.2e} "
-                             f"> {MAX_LOGIT_DIFF}); serve the PyTorch or MLflow model instead")
+        _trace(wrapper, inputs, stage / ONNX_FILE)
+        diff = _verify(wrapper, inputs, sample["attention_mask"].astype(bool), stage / ONNX_FILE, model_dir)
         model.config.save_pretrained(stage)  # id2label / label2id for the served labels
         tokenizer.save_pretrained(stage)
-        record = {"exporter": "torch.onnx.export (TorchScript)", "opset": OPSET, "inputs": list(names),
+        record = {"exporter": "torch.onnx.export (TorchScript)", "opset": OPSET, "inputs": list(inputs),
                   "outputs": ["logits"], "dynamic_axes": ["batch", "sequence"], "max_abs_logit_diff": diff,
                   "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                   "seconds": round(time.perf_counter() - started, 2)}
@@ -80,6 +62,38 @@ def export_onnx(model_dir: str | Path, target: str | Path) -> dict:
         shutil.rmtree(stage, ignore_errors=True)
     logger.info("ONNX export: %s (max |Δlogit| %.1e vs PyTorch, %.1f s)", target / ONNX_FILE, diff, record["seconds"])
     return record
+
+
+def _trace(wrapper, inputs: dict, path: Path) -> None:
+    import torch
+
+    from trainer.ort import standard_onnx_symbolics
+
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad(), warnings.catch_warnings(), standard_onnx_symbolics(OPSET):
+        warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches: _verify decides
+        torch.onnx.export(wrapper, tuple(torch.from_numpy(v) for v in inputs.values()), str(path),
+                          input_names=list(inputs), output_names=["logits"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={**{name: axes for name in inputs}, "logits": axes})
+
+
+def _verify(wrapper, inputs: dict, mask, path: Path, model_dir: Path) -> float:
+    """Standard ONNX operators only, and onnxruntime's logits on the sample equal PyTorch's: the max |Δlogit|."""
+    import onnx
+    import torch
+
+    from trainer.inference import OnnxBackend
+
+    custom = {node.domain for node in onnx.load(str(path), load_external_data=False).graph.node} - {"", "ai.onnx"}
+    if custom:
+        raise InputError(f"the ONNX export of {model_dir} uses operators outside standard ONNX ({sorted(custom)})")
+    with torch.inference_mode():
+        expected = wrapper(*[torch.from_numpy(v) for v in inputs.values()]).numpy()
+    diff = float(abs(OnnxBackend(path, device="cpu")(inputs) - expected)[mask].max())
+    if not diff <= MAX_LOGIT_DIFF:
+        raise InputError(f"the ONNX export of {model_dir} disagrees with PyTorch (max |Δlogit| {diff:.2e} > "
+                         f"{MAX_LOGIT_DIFF}); serve the PyTorch or MLflow model instead")
+    return diff
 
 
 def _logits_only(model):
@@ -103,4 +117,4 @@ def _logits_only(model):
         def forward(self, *inputs):
             return self.model(**dict(zip(names, inputs))).logits
 
-    return LogitsOnly()
+    return LogitsOnly().eval()
