@@ -3,7 +3,6 @@ exactly like its MLflow model, word for word; the ONNX export agrees with PyTorc
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -36,15 +35,18 @@ def _head(src: Path, dst: Path, sentences: int) -> Path:
 
 @pytest.fixture(scope="module")
 def wnut(tmp_path_factory, minilm_dir, wnut17_dir) -> dict:
-    """MiniLM imported; WNUT-17 preprocessed: 1,000 training tweets (every label), 100 validation, the test set."""
+    """MiniLM imported; WNUT-17 preprocessed (1,000 training tweets: every label; 100 validation; 50 test for the
+    fine-tune's own scoring); the whole test set (1,287 tweets) as texts for the comparisons."""
+    from trainer.preprocess import read_conll
+
     root = tmp_path_factory.mktemp("wnut17_serving")
     run_model_import(model_selector_output=str(root / "model"), model_path=str(minilm_dir))
     run_preprocess(train_data=str(_head(wnut17_dir / "train.conll", root / "train.conll", 1000)),
                    validation_data=str(_head(wnut17_dir / "validation.conll", root / "validation.conll", 100)),
-                   test_data=str(wnut17_dir / "test.conll"), model_selector_output=str(root / "model"),
-                   preprocess_output=str(root / "data"), max_seq_length=128)
-    rows = [json.loads(line) for line in (root / "data" / "test.jsonl").read_text().splitlines()]
-    return {"root": root, "rows": rows, "texts": [" ".join(r["tokens"]) for r in rows]}
+                   test_data=str(_head(wnut17_dir / "test.conll", root / "test.conll", 50)),
+                   model_selector_output=str(root / "model"), preprocess_output=str(root / "data"), max_seq_length=128)
+    words = [tokens for tokens, _ in read_conll(wnut17_dir / "test.conll")]
+    return {"root": root, "words": words, "texts": [" ".join(w) for w in words]}
 
 
 def _finetune(wnut: dict, name: str, **values) -> dict:
@@ -73,14 +75,13 @@ def test_onnx_export_matches_pytorch_on_the_wnut17_test_set(wnut, capsys):
     folders = wnut.get("full") or _finetune(wnut, "full", **VARIANTS["full"])
     onnx_classifier, torch_classifier = load_classifier(folders["onnx"]), load_classifier(folders["pytorch"])
     assert isinstance(onnx_classifier.backend, OnnxBackend) and isinstance(torch_classifier.backend, TorchBackend)
-    # logits of every encoded test row, batched 64 at a time by length (padding included in the graph's work)
-    rows = sorted(wnut["rows"], key=lambda r: len(r["input_ids"]))
+    # logits of every test tweet, encoded as preprocess does, 64 at a time by length (padding in the graph's work)
+    words = sorted(wnut["words"], key=len)
     worst = 0.0
-    for start in range(0, len(rows), 64):
-        chunk = rows[start:start + 64]
-        width = max(len(r["input_ids"]) for r in chunk)
-        batch = {key: np.array([r[key] + [0] * (width - len(r[key])) for r in chunk], dtype=np.int64)
-                 for key in ("input_ids", "attention_mask", "token_type_ids")}
+    for start in range(0, len(words), 64):
+        batch = dict(torch_classifier.tokenizer(words[start:start + 64], is_split_into_words=True, padding=True,
+                                                truncation=True, max_length=128, return_tensors="np"))
+        batch = {key: value.astype(np.int64) for key, value in batch.items()}
         mask = batch["attention_mask"].astype(bool)
         worst = max(worst, float(abs(onnx_classifier.backend(batch) - torch_classifier.backend(batch))[mask].max()))
     with capsys.disabled():
