@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from components.codegen import ComponentDef
 from launcher.config import LaunchConfig
-from trainer.config import DataImportConfig, EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
+from trainer.config import (DataImportConfig, EvaluateConfig, FinetuneConfig, ModelImportConfig, PredictConfig,
+                            PreprocessConfig)
 
 METRICS = ("Metrics", "Every validation (eval_*) and test (test_*) figure, plus best_metric, train_runtime and "
                       "entity_<name>_f1.")
@@ -42,14 +43,21 @@ COMPONENTS = [
         outputs={"metrics": METRICS, "report": REPORT}),
     ComponentDef(
         name="evaluate", configs=(EvaluateConfig,), runtime="components.evaluate.runtime",
-        summary="Evaluate a fine-tuned model on a split of the preprocess output: entity-level (seqeval) and "
-                "token figures.",
+        summary="Evaluate a fine-tuned model on a split of the preprocess output with the served inference code: "
+                "entity-level (seqeval) and token figures, predictions.",
         outputs={"metrics": ("Metrics", "<split>_f1, <split>_precision, <split>_recall, <split>_accuracy, "
-                                        "<split>_loss and per-entity F1."),
+                                        "<split>_loss and per-entity F1 (metadata: source = finetune when the "
+                                        "fine-tune's own figures for this split are reported)."),
                  "report": ("Markdown", "Markdown report with the overall figures and the per-entity table.")},
         returns=[("f1", "float", "Entity-level micro F1."), ("precision", "float", "Entity-level micro precision."),
                  ("recall", "float", "Entity-level micro recall."),
                  ("accuracy", "float", "Token accuracy (over first sub-tokens).")]),
+    ComponentDef(
+        name="predict", configs=(PredictConfig,), runtime="components.predict.runtime",
+        summary="Label unlabelled text (text lines, JSON Lines, CoNLL without tags, CSV) with a fine-tuned model "
+                "(PyTorch, MLflow or ONNX folder): words, labels, scores and entity spans as JSON Lines.",
+        returns=[("rows", "int", "Number of inputs predicted."),
+                 ("entities", "int", "Number of entities found.")]),
     ComponentDef(
         name="finetune_pytorchjob", configs=(LaunchConfig, FinetuneConfig),
         runtime="components.finetune_pytorchjob.runtime",

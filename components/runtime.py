@@ -38,7 +38,8 @@ def write_text(artifact, text: str) -> None:
     Path(artifact.path).write_text(text, encoding="utf-8")
 
 
-def record_finetune(result: dict, config, *, metrics, report, pytorch_model_folder, mlflow_model_folder) -> None:
+def record_finetune(result: dict, config, *, metrics, report, pytorch_model_folder, mlflow_model_folder,
+                    onnx_model_folder=None) -> None:
     """KFP outputs of a finished fine-tune (its FinetuneResult as a dict, e.g. read back from metrics.json)."""
     from trainer.report import finetune_figures, finetune_markdown
 
@@ -51,3 +52,8 @@ def record_finetune(result: dict, config, *, metrics, report, pytorch_model_fold
     if "best_metric" in figures:
         pytorch_model_folder.metadata["best_metric"] = figures["best_metric"]
     mlflow_model_folder.metadata.update(framework="mlflow")
+    if onnx_model_folder is not None:
+        export = result.get("onnx_export") or {}
+        onnx_model_folder.metadata.update(framework="onnx", exported=bool(export.get("exported")),
+                                          **{k: export[k] for k in ("opset", "max_abs_logit_diff", "error")
+                                             if k in export})

@@ -102,7 +102,7 @@ for target in "${targets[@]}"; do
     case "$target" in
         cpu)  image="$CPU_IMAGE" ;;
         cuda) image="$CUDA_IMAGE" ;;
-        ort)  image="$ORT_IMAGE"; echo "warning: the ORT image is experimental and unsupported (see images/README.md)" >&2 ;;
+        ort)  image="$ORT_IMAGE"; echo "note: ONNX Runtime training is deprecated upstream; this image pins its last release (see images/README.md)" >&2 ;;
     esac
     dockerfile="images/Dockerfile.$target"
     args=(-f "$dockerfile" -t "$image"

@@ -111,6 +111,7 @@ def trainer_args(finetune: FinetuneConfig, run: RunStorage, deepspeed_staged: bo
     """`--field value` pairs for `python -m trainer.cli`: every value of `finetune`, io paths as the pods see them."""
     args: dict[str, Any] = {f.name: getattr(finetune, f.name) for f in FinetuneConfig.parameter_fields()}
     args.update({name: str(getattr(run, name)) for name in IO_FIELDS})
+    args["onnx_model_folder"] = None  # the ONNX export runs in the launching step, from the collected best model
     if deepspeed_staged:
         args["deepspeed"] = str(run.deepspeed_config)
     out: list[str] = []

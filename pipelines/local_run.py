@@ -172,7 +172,8 @@ def run(args: argparse.Namespace) -> dict:
         params.update(evaluation_strategy="steps", eval_steps=params["max_steps"], logging_strategy="steps",
                       logging_steps=max(1, params["max_steps"] // 4))
     params["run_evaluation"] = not args.no_evaluate
-    inputs = {"data": Path(data_dir), "model": params["model_path"], "mlflow_model": params["mlflow_model_path"]}
+    inputs = {"data": Path(data_dir), "model": params["model_path"], "mlflow_model": params["mlflow_model_path"],
+              "predict_data": params["predict_data_uri"]}
     inputs = {name: Path(path) for name, path in inputs.items() if path}
 
     # kfp.local warns that resource limits do nothing locally, and (SubprocessRunner) that our components name a
@@ -184,14 +185,16 @@ def run(args: argparse.Namespace) -> dict:
 
         with container_session(output_dir, inputs=inputs) as paths:
             params.update(data_uri=paths["data"], model_path=paths.get("model", ""),
-                          mlflow_model_path=paths.get("mlflow_model", ""))
+                          mlflow_model_path=paths.get("mlflow_model", ""),
+                          predict_data_uri=paths.get("predict_data", ""))
             result = token_classification_pipeline(**params)
     else:
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
         staging = output_dir / "inputs"
         params.update(data_uri=stage_path(inputs["data"], staging, "data"),
                       model_path=stage_path(inputs.get("model"), staging, "model"),
-                      mlflow_model_path=stage_path(inputs.get("mlflow_model"), staging, "mlflow_model"))
+                      mlflow_model_path=stage_path(inputs.get("mlflow_model"), staging, "mlflow_model"),
+                      predict_data_uri=stage_path(inputs.get("predict_data"), staging, "predict_data"))
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir))
         result = token_classification_pipeline(**params)
     elapsed = time.time() - started
@@ -206,9 +209,12 @@ def run(args: argparse.Namespace) -> dict:
         "tag_scheme": finished.get("tag_scheme"),
         "pytorch_model_folder": outputs["pytorch_model_folder"].path,
         "mlflow_model_folder": outputs["mlflow_model_folder"].path,
+        "onnx_model_folder": outputs["onnx_model_folder"].path,
         "report": outputs["report"].path,
         "evaluation_report": str(evaluate_dir / "report") if (evaluate_dir / "report").exists() else None,
         "predictions": str(evaluate_dir / "predictions") if (evaluate_dir / "predictions").exists() else None,
+        "unlabelled_predictions": str(run_dir / "predict" / "predictions")
+        if (run_dir / "predict" / "predictions").exists() else None,
         "validation_f1": metrics.get("eval_f1"),
         "test_f1": metrics.get("test_f1"),
         "test_precision": metrics.get("test_precision"),

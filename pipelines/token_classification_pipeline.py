@@ -1,4 +1,4 @@
-"""Token-classification pipeline: data import + model import -> preprocess -> finetune -> (optional) evaluate.
+"""Token-classification pipeline: data + model import -> preprocess -> finetune -> (optional) evaluate, predict.
 
 Everything a run needs is a run parameter; the compiled YAML runs on a cluster as shipped:
 
@@ -12,6 +12,8 @@ Everything a run needs is a run parameter; the compiled YAML runs on a cluster a
 - Credentials of both import steps come from two optional Secrets named by run parameters: `s3_secret_name`
   (keys `accesskey`, `secretkey`, as in KFP's own `mlpipeline-minio-artifact`) and `hf_token_secret_name` (key
   `token`); a Secret that does not exist is skipped.
+- `predict_data_uri` (optional): unlabelled data (text lines, JSON Lines, CoNLL without tags or CSV), fetched like
+  `data_uri`, that the fine-tuned model labels in a `predict` step.
 - Every parameter of the preprocess and finetune components (generated from `trainer/config.py`, same names and
   defaults), `run_evaluation`, and the fine-tune step's placement (CPU/memory limits, node selector, tolerations).
 
@@ -37,6 +39,7 @@ from components.finetune.component import finetune
 from components.images import TRAINER_CUDA_IMAGE
 from components.kubernetes import PvcMount, TaskPlacement, apply_placement
 from components.model_import.component import model_import
+from components.predict.component import predict
 from components.preprocess.component import preprocess
 from trainer.config import DataImportConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
 
@@ -45,7 +48,7 @@ PVC_MOUNT_PATH = "/mnt/pvc"
 S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 HF_SECRET_KEYS = {"token": "HF_TOKEN"}
 Outputs = NamedTuple("PipelineOutputs", [("pytorch_model_folder", Model), ("mlflow_model_folder", Model),
-                                         ("metrics", Metrics), ("report", Markdown)])
+                                         ("onnx_model_folder", Model), ("metrics", Metrics), ("report", Markdown)])
 
 
 def _own(name: str, annotation, default, description: str) -> tuple[inspect.Parameter, str]:
@@ -66,6 +69,9 @@ ACCESS = [
 PLACEMENT = [
     _own("run_evaluation", bool, True, "Evaluate the fine-tuned model on the test split (metrics, report, "
                                        "predictions)."),
+    _own("predict_data_uri", str, "", "Unlabelled data that the fine-tuned model labels in a predict step (text "
+         "lines, JSON Lines with a 'text' or 'tokens' column, CoNLL without tags, CSV with a 'text' column), fetched "
+         "like data_uri (path, object-store URI or hub dataset); empty: no predict step."),
     _own("finetune_cpu_limit", str, "4", "CPU limit of the fine-tune step."),
     _own("finetune_memory_limit", str, "16Gi", "Memory limit of the fine-tune step."),
     _own("finetune_node_selector", dict, {}, "Node selector of the fine-tune step, e.g. {\"pool\": \"gpu\"}."),
@@ -117,8 +123,15 @@ def build_pipeline(*, gpus: int = 0, accelerator_type: str = "nvidia.com/gpu", p
             evaluate(model=tuned.outputs["pytorch_model_folder"], preprocess_output=prep.outputs["preprocess_output"],
                      split="test", batch_size=values["per_device_eval_batch_size"])
 
+        with dsl.If(values["predict_data_uri"] != ""):
+            unlabelled = _import_step(data_import(**{**_values(DataImportConfig, values),
+                                                     "data_uri": values["predict_data_uri"]}), values, mounts)
+            unlabelled.set_display_name("import-predict-data")
+            predict(model=tuned.outputs["pytorch_model_folder"], data=unlabelled.outputs["data_output"],
+                    batch_size=values["per_device_eval_batch_size"])
+
         return Outputs(tuned.outputs["pytorch_model_folder"], tuned.outputs["mlflow_model_folder"],
-                       tuned.outputs["metrics"], tuned.outputs["report"])
+                       tuned.outputs["onnx_model_folder"], tuned.outputs["metrics"], tuned.outputs["report"])
 
     pvc = [_own("pvc_name", str, inspect.Parameter.empty,
                 f"PersistentVolumeClaim mounted at {pvc_mount_path} in the data and model import steps (data_uri / "

@@ -144,7 +144,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def wnut17_dir() -> Path:
-    """WNUT-17 (CoNLL): the copy shipped in pipelines/data/wnut17, else ../shared/data/wnut17."""
+    """WNUT-17: the copy shipped in pipelines/data/wnut17 (a fresh clone has it), else ../shared/data/wnut17."""
     for folder in (REPO / "pipelines" / "data" / "wnut17", SHARED / "data" / "wnut17"):
         if (folder / "train.conll").exists():
             return folder
@@ -168,3 +168,20 @@ def make_config(tmp_path, tiny_preprocess_output, tiny_model_selector):
         return FinetuneConfig(**values)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_finetuned(tmp_path_factory, tiny_preprocess_output, tiny_model_selector) -> dict:
+    """One full fine-tune of the tiny BERT on the synthetic task with every serving output:
+    {"pytorch": pytorch_model_folder, "mlflow": mlflow_model_folder, "onnx": onnx_model_folder, "result": ...}."""
+    from trainer.config import FinetuneConfig
+    from trainer.finetune import finetune
+
+    out = tmp_path_factory.mktemp("tiny_finetuned")
+    folders = {"pytorch": out / "pytorch", "mlflow": out / "mlflow", "onnx": out / "onnx"}
+    result = finetune(FinetuneConfig(
+        preprocess_output=str(tiny_preprocess_output), model_selector_output=str(tiny_model_selector),
+        pytorch_model_folder=str(folders["pytorch"]), mlflow_model_folder=str(folders["mlflow"]),
+        onnx_model_folder=str(folders["onnx"]), per_device_train_batch_size=16, per_device_eval_batch_size=32,
+        learning_rate=5e-3, num_train_epochs=8, metric_for_best_model="f1"))
+    return {**folders, "result": result}

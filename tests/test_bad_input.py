@@ -278,15 +278,16 @@ def test_bad_input_fails_fast(name, ctx, capsys):
     _assert_nothing_written(ctx, {})
 
 
-def test_apply_ort_without_torch_ort(ctx, capsys):
+def test_apply_ort_without_onnxruntime_training(ctx, capsys):
     try:
-        import torch_ort  # noqa: F401
-        pytest.skip("torch-ort is installed here")
+        import onnxruntime.training.ortmodule  # noqa: F401
+        pytest.skip("ONNX Runtime training is installed here")
     except ImportError:
         pass
     rc, err = _run(_argv(ctx, ["--apply_ort", "true"]), capsys)
     assert rc == 2, err
-    assert "apply_ort=true needs ONNX Runtime training" in err and "torch-ort" in err
+    assert "apply_ort=true needs ONNX Runtime training (ORTModule" in err and "images/Dockerfile.ort" in err
+    assert len(err.strip().splitlines()) == 1
     _assert_nothing_written(ctx, {})
 
 

@@ -21,7 +21,7 @@ SPEC_COPY = Path(__file__).resolve().parent / "data" / "spec.md"  # shipped copy
 
 # Component I/O that is artifact plumbing (paths in FinetuneConfig, artifacts in KFP) or extra outputs.
 ARTIFACT_FIELDS = {"preprocess_output", "model_selector_output", "pytorch_model_folder", "mlflow_model_folder",
-                   "deepspeed"}
+                   "onnx_model_folder", "deepspeed"}
 EXTRA_OUTPUTS = {"metrics", "report"}
 KFP_TYPES = {"string": "String", "integer": "Integer", "number": "Float"}
 
@@ -85,7 +85,9 @@ def test_component_names_match_config(component_spec):
     config_names = {f.name for f in dataclasses.fields(FinetuneConfig)}
     component_names = set(component_spec.inputs) | set(component_spec.outputs)
     assert component_names - EXTRA_OUTPUTS == config_names
-    assert set(component_spec.outputs) == {"pytorch_model_folder", "mlflow_model_folder"} | EXTRA_OUTPUTS
+    # the spec's two outputs, our ONNX export (an extension), metrics and report
+    assert set(component_spec.outputs) == {"pytorch_model_folder", "mlflow_model_folder", "onnx_model_folder"} \
+        | EXTRA_OUTPUTS
 
 
 def test_every_config_field_has_its_spec_default(component_spec):
@@ -126,7 +128,7 @@ def test_every_spec_parameter_is_exposed_with_the_spec_default(component_spec):
 
 
 def test_component_defaults_build_the_default_config(component_spec):
-    paths = {name: f"/tmp/{name}" for name in ARTIFACT_FIELDS - {"deepspeed"}}
+    paths = {name: f"/tmp/{name}" for name in ARTIFACT_FIELDS - {"deepspeed", "onnx_model_folder"}}
     values = {name: spec.default for name, spec in component_spec.inputs.items()
               if name not in ARTIFACT_FIELDS and spec.default is not None}
     assert FinetuneConfig(**paths, **values).to_dict() == FinetuneConfig(**paths).to_dict()

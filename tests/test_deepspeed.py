@@ -42,7 +42,10 @@ def _check_outputs(out: Path, expected_steps: list[int]) -> dict:
     assert steps == expected_steps
     model = AutoModelForTokenClassification.from_pretrained(out / "pytorch")
     assert model.classifier.out_features == 6  # ZeRO-3 gathered the full weights, not a shard
-    assert (out / "mlflow" / "MLmodel").exists()
+    # self-contained (its tokenizer) and served alike: the MLflow model predicts as the folder does, word for word
+    from test_serving import TEST_TEXTS, assert_self_contained_and_equal_to_mlflow
+
+    assert_self_contained_and_equal_to_mlflow(out / "pytorch", out / "mlflow", TEST_TEXTS)
     return metrics
 
 

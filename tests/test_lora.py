@@ -90,6 +90,6 @@ def test_unmerged_lora_saves_base_plus_adapter_that_reload(make_config):
     import mlflow.pyfunc
 
     served = mlflow.pyfunc.load_model(config.mlflow_model_folder).predict(["alice lives in paris ."])
-    assert len(served) == 1 and "B-person" in served[0]
+    assert len(served) == 1 and "B-person" in served[0]["labels"]
     again = finetune(make_config("again", model_selector_output=str(root), num_train_epochs=1, learning_rate=1e-3))
     assert again.validation_metrics["eval_f1"] > 0.8

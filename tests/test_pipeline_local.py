@@ -20,13 +20,17 @@ def local_runner(tmp_path):
     return root
 
 
-def test_full_pipeline_runs_locally(local_runner, conll_dir, tiny_model_selector):
+def test_full_pipeline_runs_locally(local_runner, conll_dir, tiny_model_selector, tmp_path):
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     from pipelines.token_classification_pipeline import token_classification_pipeline
 
+    unlabelled = tmp_path / "unlabelled" / "texts.txt"
+    unlabelled.parent.mkdir()
+    unlabelled.write_text("alice lives in paris .\n\nbob works for globex in rome .\n")
     run = token_classification_pipeline(
-        data_uri=str(conll_dir), model_path=str(tiny_model_selector), max_seq_length=64, max_steps=30,
+        data_uri=str(conll_dir), model_path=str(tiny_model_selector), predict_data_uri=str(unlabelled.parent),
+        max_seq_length=64, max_steps=30,
         per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=5e-3,
         evaluation_strategy="steps", eval_steps=30, logging_strategy="steps", logging_steps=10)
     outputs = run.outputs
@@ -36,6 +40,7 @@ def test_full_pipeline_runs_locally(local_runner, conll_dir, tiny_model_selector
     assert model.config.num_labels == 6 and model.config.id2label[0] == "O"
     assert AutoTokenizer.from_pretrained(model_dir).is_fast
     assert (Path(outputs["mlflow_model_folder"].path) / "MLmodel").exists()
+    assert (Path(outputs["onnx_model_folder"].path) / "model.onnx").exists()  # export_onnx defaults to true
 
     metrics = outputs["metrics"].metadata
     for key in ("eval_f1", "eval_loss", "test_f1", "test_precision", "test_recall", "test_accuracy"):
@@ -48,10 +53,14 @@ def test_full_pipeline_runs_locally(local_runner, conll_dir, tiny_model_selector
     run_dir = model_dir.parent.parent
     evaluate_dir = run_dir / "evaluate"
     predictions = [json.loads(line) for line in (evaluate_dir / "predictions").read_text().splitlines()]
-    assert len(predictions) == 40 and set(predictions[0]) == {"tokens", "tags", "predicted_tags"}
+    assert len(predictions) == 40 and set(predictions[0]) == {"tokens", "tags", "predicted_tags", "scores"}
     assert "| location |" in (evaluate_dir / "report").read_text()
     executor_output = json.loads((evaluate_dir / "executor_output.json").read_text())
     assert abs(executor_output["parameterValues"]["f1"] - metrics["test_f1"]) < 1e-6
+
+    # The optional predict step labelled the unlabelled texts, one line each, the blank line kept.
+    labelled = [json.loads(line) for line in (run_dir / "predict" / "predictions").read_text().splitlines()]
+    assert [len(p["words"]) for p in labelled] == [5, 0, 7] and set(labelled[0]) >= {"labels", "entities"}
 
     prep = json.loads((run_dir / "preprocess" / "preprocess_output" / "preprocess_args.json").read_text())
     assert (prep["train_size"], prep["validation_size"], prep["test_size"]) == (160, 40, 40)

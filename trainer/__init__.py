@@ -1,10 +1,10 @@
 """Token-classification fine-tuning program: the code that runs inside the trainer container."""
 
-from trainer.config import EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
+from trainer.config import EvaluateConfig, FinetuneConfig, ModelImportConfig, PredictConfig, PreprocessConfig
 from trainer.errors import ConfigError, InputError
 
-__all__ = ["ConfigError", "EvaluateConfig", "FinetuneConfig", "InputError", "ModelImportConfig", "PreprocessConfig",
-           "finetune"]
+__all__ = ["ConfigError", "EvaluateConfig", "FinetuneConfig", "InputError", "ModelImportConfig", "PredictConfig",
+           "PreprocessConfig", "finetune"]
 
 
 def finetune(config: FinetuneConfig, **kwargs):

@@ -6,6 +6,7 @@
     token-classification-model-import --model_path DIR|s3://...|org/name --model_selector_output OUT
     token-classification-data-import  --data_uri FILE|DIR|s3://...|hf://datasets/org/name --data_output OUT
     token-classification-evaluate     --model DIR --preprocess_output DIR --predictions FILE
+    token-classification-predict      --model DIR --data FILE|DIR --predictions FILE
 
 Flags accept underscores or dashes (`--apply-lora`); `--config FILE.json` supplies values that flags override.
 Exit codes: 0 done, 2 bad input (one line on stderr, nothing created, loaded or trained), 1 anything else.
@@ -20,7 +21,8 @@ import sys
 from dataclasses import asdict, is_dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from trainer.config import DataImportConfig, EvaluateConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
+from trainer.config import (DataImportConfig, EvaluateConfig, FinetuneConfig, ModelImportConfig, PredictConfig,
+                            PreprocessConfig)
 from trainer.errors import ConfigError, InputError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -89,6 +91,12 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     from trainer.evaluate import evaluate
 
     return run(EvaluateConfig, evaluate, argv, "token-classification-evaluate")
+
+
+def predict_main(argv: Optional[Sequence[str]] = None) -> int:
+    from trainer.predict import predict
+
+    return run(PredictConfig, predict, argv, "token-classification-predict")
 
 
 main = finetune_main

@@ -42,7 +42,8 @@ class FinetuneConfig(Params):
     """Every knob of one token-classification fine-tune (the spec's parameters plus a few of our own)."""
 
     GROUPS = {"io": "data and model inputs, outputs", "lora": "LoRA", "training": "training",
-              "early_stopping": "early stopping", "deepspeed": "DeepSpeed", "ort": "ONNX Runtime"}
+              "early_stopping": "early stopping", "deepspeed": "DeepSpeed", "ort": "ONNX Runtime",
+              "serving": "serving outputs"}
     SPEC = True
 
     # --- Data and model inputs, outputs -------------------------------------------------------------
@@ -57,6 +58,10 @@ class FinetuneConfig(Params):
         "tokenizer, optimizer, scheduler, RNG states), finetune_args.json and metrics.json.",
         output=True, artifact="Model")
     mlflow_model_folder: str = path("Best fine-tuned model in MLflow format.", output=True, artifact="Model")
+    onnx_model_folder: Optional[str] = path(
+        "Best model exported to ONNX (model.onnx with dynamic batch and sequence axes, tokenizer, label map, "
+        "onnx_export.json); written when given and export_onnx=true (in KFP it is always given).", output=True,
+        artifact="Model", optional=True, spec=False)
 
     # --- LoRA ---------------------------------------------------------------------------------------
     apply_lora: bool = _spec(False, "If true, enables LoRA (peft).", group="lora")
@@ -133,6 +138,11 @@ class FinetuneConfig(Params):
                                   "ZeRO-3, every size 'auto'.", choices=DEEPSPEED_PRESETS, group="deepspeed")
     apply_ort: bool = _spec(False, "If true, trains with ONNX Runtime (ORTModule); fails if unavailable.",
                             group="ort")
+
+    # --- Serving outputs ----------------------------------------------------------------------------
+    export_onnx: bool = param(True, "Export the best model to ONNX into onnx_model_folder (a few seconds; verified "
+                              "against PyTorch). A failed export is logged and recorded, and does not fail the run.",
+                              group="serving")
 
     def validate(self) -> None:
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
@@ -343,16 +353,52 @@ class DataImportConfig(Params):
 
 @surface
 class EvaluateConfig(Params):
-    """Score a fine-tuned model on one split of a preprocess output (entity-level seqeval and token figures)."""
+    """Predict one split of a preprocess output with a fine-tuned model and score it (entity-level seqeval, token
+    accuracy, loss)."""
 
     GROUPS = {"io": "inputs, outputs", "evaluation": "evaluation"}
 
-    model: str = path("A fine-tuned model folder (the finetune component's pytorch_model_folder: the best model at "
-                      "its root; unmerged LoRA output too) or a model-import output.", artifact="Model")
-    preprocess_output: str = path("Output folder of the preprocess component (encoded splits, class_names.json, "
-                                  "tokenizer).", artifact="Dataset")
-    predictions: str = path("JSON Lines, one sentence a line: {\"tokens\", \"tags\", \"predicted_tags\"}.",
-                            output=True, artifact="Dataset")
+    model: str = path("A fine-tuned model: the finetune component's pytorch_model_folder (merged or unmerged LoRA), "
+                      "its mlflow_model_folder or onnx_model_folder.", artifact="Model")
+    preprocess_output: str = path("Output folder of the preprocess component (encoded splits with their words and "
+                                  "tags, class_names.json).", artifact="Dataset")
+    predictions: str = path("JSON Lines, one sentence a line: {\"tokens\", \"tags\", \"predicted_tags\", "
+                            "\"scores\"} (a word's score is its label's probability; null for a word without "
+                            "sub-tokens).", output=True, artifact="Dataset")
     split: str = param("test", "Which split to evaluate.", choices=("test", "validation", "train"),
                        group="evaluation")
-    batch_size: int = param(16, "Evaluation batch size.", group="evaluation", minimum=1)
+    batch_size: int = param(16, "Inference batch size (windows are sorted by length first).", group="evaluation",
+                            minimum=1)
+    rescore: bool = param(False, "Score again even when the model's fine-tune already scored this very split "
+                          "(same file content): by default its figures are reported, so a pipeline shows one test F1. "
+                          "Predictions are written either way.", group="evaluation")
+
+
+@surface
+class PredictConfig(Params):
+    """Label unlabelled text with a fine-tuned model (PyTorch, MLflow or ONNX folder) into predictions JSON Lines."""
+
+    GROUPS = {"io": "inputs, output", "data": "data", "inference": "inference"}
+
+    model: str = path("A fine-tuned model: the finetune component's pytorch_model_folder (merged or unmerged LoRA), "
+                      "its mlflow_model_folder or its onnx_model_folder.", artifact="Model")
+    data: str = path("Unlabelled data: text lines (one text a line), JSON Lines (a text or a word-list column), CoNLL "
+                     "without tags (one word a line, the first column; a blank line between sentences) or CSV (a "
+                     "text column); or a folder holding one such file.", artifact="Dataset")
+    predictions: str = path("JSON Lines, one input a line, in input order: {\"id\", \"text\", \"words\", "
+                            "\"labels\", \"scores\", \"offsets\", \"entities\": [{\"text\", \"label\", "
+                            "\"start\", \"end\", \"score\"}]}.", output=True, artifact="Dataset")
+    data_format: str = param("auto", "Format of data; auto reads the file suffix: .txt/.text text lines, "
+                             ".jsonl/.json/.ndjson JSON Lines, .conll/.tsv/.iob/.bio CoNLL, .csv CSV.",
+                             choices=("auto", "text", "jsonl", "conll", "csv"), group="data")
+    text_column: str = param("text", "JSON Lines / CSV column holding raw text (cut into words like the served "
+                             "model does).", group="data")
+    words_column: str = param("tokens", "JSON Lines column holding pre-split words (used when a row has no "
+                              "text_column).", group="data")
+    batch_size: int = param(32, "Inference batch size (windows are sorted by length first).", group="inference",
+                            minimum=1)
+    max_length: int = param(0, "Sub-tokens per window; 0: the model's maximum.", group="inference", minimum=0)
+    stride: int = param(128, "Sub-tokens repeated between neighbouring windows of a long input (at most half a "
+                        "window).", group="inference", minimum=0)
+    device: str = param("auto", "Where the model runs: auto (a GPU when there is one), cpu or cuda.",
+                        choices=("auto", "cpu", "cuda"), group="inference")

@@ -37,6 +37,8 @@ class FinetuneResult:
     train_tokens: int
     train_metrics: dict = field(default_factory=dict)
     tag_scheme: Optional[str] = None  # what precision/recall/f1 mean: trainer.metrics.describe(tag_scheme)
+    onnx_export: dict = field(default_factory=dict)  # filled when onnx_model_folder is given
+    scored_splits: dict = field(default_factory=dict)  # split -> sha256 of the file scored above
 
 
 def best_validation_metrics(trainer) -> Optional[dict]:
@@ -115,6 +117,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     from transformers import PrinterCallback, enable_full_determinism, set_seed
 
     from trainer.distributed import ensure_process_group_env, has_cuda, world_size
+    from trainer.evaluate import split_digests
     from trainer.hf_trainer import CheckpointManifestCallback, TokenClassificationTrainer
     from trainer.lora import apply_lora
     from trainer.metrics import ids_and_losses, make_compute_metrics, split_scores
@@ -184,6 +187,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         train_tokens=data.train.num_tokens,
         train_metrics=train_output.metrics,
         tag_scheme=trainer.compute_metrics.scheme,
+        scored_splits=split_digests(config.preprocess_output, ["validation"] + (["test"] if data.test else [])),
     )
     publish(trainer, config, model_dir, data.class_names, result)
     return result

@@ -1,11 +1,39 @@
-"""Saving the best model as an MLflow `transformers` model (task token-classification) that serves offline."""
+"""The MLflow model: a pyfunc on the inference core (trainer.inference), self-contained and served offline.
+
+Layout (written by `save_mlflow_model`): `MLmodel` with a signature and an input example, `artifacts/model/` (the
+best model, merged, with its tokenizer and label map: a plain Hugging Face folder), this file as the model's code
+(MLflow "models from code": no pickle), `code/trainer/` (this package: the loader and the core travel with the
+model) and explicit pip requirements.
+
+`mlflow.pyfunc.load_model(path).predict(x)` takes a string, a list of strings, a pandas DataFrame (its `text`
+column, else its first) or Series, and returns one dict per input (offsets index the text):
+`{"text", "words", "labels", "scores", "offsets", "entities": [{"text", "label", "start", "end", "score"}]}`.
+Empty or missing text gives empty lists, never an exception. `mlflow models serve` answers `POST /invocations`
+with `{"predictions": [...]}` in the same shape.
+
+We do not use the `transformers` flavor: its token-classification output parsing raises IndexError on a sentence
+without entities (mlflow 3.17), and it returns sub-token labels joined by commas. The signature describes the
+output; the input is shown by the input example but not declared: mlflow 3.17 enforces a declared string column
+before the model runs and rejects `[]` and an empty DataFrame with an exception.
+"""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Optional
 
-SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate")
+import mlflow.models
+import mlflow.pyfunc
+import pandas as pd
+
+SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas")
+MODEL_ARTIFACT = "model"
+INPUT_EXAMPLE = ["Alice lives in Paris .", "Nothing to see here"]
+# Files of a pytorch_model_folder that are not the served model.
+NOT_SERVED = ("checkpoint-", ".", "finetune_args.json", "metrics.json", "training_args.bin", "runs")
 
 
 def pip_requirements() -> list[str]:
@@ -19,23 +47,74 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def load_for_serving(model_dir: Path):
-    """Model + tokenizer from a published pytorch_model_folder; an unmerged LoRA output is merged for serving."""
-    from transformers import AutoTokenizer
+def as_inputs(model_input: Any) -> list[Optional[str]]:
+    """The texts a pyfunc call means: one per row; missing values (None, NaN) are empty texts."""
+    if model_input is None:
+        return []
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, pd.DataFrame):
+        if model_input.shape[1] == 0:
+            return []
+        model_input = model_input["text" if "text" in model_input.columns else model_input.columns[0]]
+    if hasattr(model_input, "tolist"):  # pandas Series, numpy array
+        model_input = model_input.tolist()
+    return [v if isinstance(v, str) else None if v is None or (isinstance(v, float) and v != v) else str(v)
+            for v in model_input]
 
-    from trainer.model_io import load_token_classification_model
 
-    return load_token_classification_model(model_dir), AutoTokenizer.from_pretrained(model_dir)
+class TokenClassificationModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of trainer.inference.TokenClassifier."""
+
+    def load_context(self, context) -> None:
+        from trainer.inference import load_classifier
+
+        self.classifier = load_classifier(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # this hint: no signature inference, no warning
+        return [p.to_dict() for p in self.classifier.predict(as_inputs(model_input))]
+
+
+def serving_copy(model_dir: Path, target: Path) -> None:
+    """The served model alone: the root model files of a fine-tune output (no checkpoints, no run records), an
+    unmerged LoRA output merged into a plain model, always with the tokenizer."""
+    from trainer.inference import load_serving_tokenizer
+
+    tokenizer = load_serving_tokenizer(model_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    if (model_dir / "adapter_config.json").exists():
+        from trainer.model_io import load_token_classification_model
+
+        load_token_classification_model(model_dir).save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        return
+    for item in model_dir.iterdir():
+        if item.is_file() and not item.name.startswith(NOT_SERVED):
+            shutil.copy2(item, target / item.name)
 
 
 def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
-    import mlflow.transformers
-    from transformers import pipeline
+    """Write the MLflow model of a published fine-tune output into `path` (which must not exist yet)."""
+    from mlflow.models import ModelSignature, infer_signature
 
-    model, tokenizer = load_for_serving(Path(model_dir))
-    ner = pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu")
-    mlflow.transformers.save_model(
-        transformers_model=ner, path=str(path), task="token-classification",
-        pip_requirements=pip_requirements(), input_example=["Alice lives in Paris ."],
-        metadata={"source": "kfp-token-classification", "id2label": model.config.id2label},
-    )
+    import trainer
+    from trainer.inference import load_classifier
+
+    model_dir = Path(model_dir)
+    with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
+        served = Path(tmp) / MODEL_ARTIFACT
+        serving_copy(model_dir, served)
+        code = Path(tmp) / "code" / "trainer"
+        shutil.copytree(Path(trainer.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        classifier = load_classifier(served, device="cpu")
+        example_output = [p.to_dict() for p in classifier.predict(INPUT_EXAMPLE)]
+        mlflow.pyfunc.save_model(
+            path=str(path), python_model=__file__, artifacts={MODEL_ARTIFACT: str(served)},
+            code_paths=[str(code)], pip_requirements=pip_requirements(), input_example=INPUT_EXAMPLE,
+            signature=ModelSignature(inputs=None, outputs=infer_signature(INPUT_EXAMPLE, example_output).outputs),
+            metadata={"source": "kfp-token-classification", "class_names": classifier.class_names,
+                      "max_length": classifier.max_length})
+
+
+if __name__.startswith("code_model_"):  # MLflow executes this file as the model's code (models from code)
+    mlflow.models.set_model(TokenClassificationModel())

@@ -1,9 +1,11 @@
-"""What a fine-tune publishes: the best model in pytorch_model_folder, the MLflow model, metrics.json last.
+"""What a fine-tune publishes: the best model in pytorch_model_folder, the MLflow model, the ONNX model,
+metrics.json last.
 
 Order (nothing that looks whole before it is): the best model is staged on every rank (ZeRO-3 gathers its
-shards), then the main process moves it into `pytorch_model_folder` (weights last), stages the MLflow model
-beside its target and renames it into place, and finally writes `metrics.json`: a folder without it is not
-a finished run.
+shards), then the main process adds the tokenizer (every variant carries its own), moves it into
+`pytorch_model_folder` (weights last), stages the MLflow model and the ONNX export beside their targets and
+renames them into place, and finally writes `metrics.json`: a folder without it is not a finished run.
+Every output is self-contained: an unmerged LoRA output's adapter_config.json names its own `base_model/`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from trainer.checkpoints import list_checkpoints
 from trainer.config import FinetuneConfig
 from trainer.constants import BASE_MODEL_SUBDIR, FINETUNE_ARGS, METRICS_FILE
 from trainer.errors import InputError
+from trainer.jsonio import read_json
 from trainer.modeling import load_model, plain_loading
 from trainer.publish import ensure_empty_or_absent, publish_dir, publish_into, staging_dir, write_json_atomic
 
@@ -28,6 +31,8 @@ BEST_MODEL_STAGE = ".best_model.incomplete"
 def validate_outputs(config: FinetuneConfig) -> None:
     """The output folders can take this run (before anything is created or loaded)."""
     ensure_empty_or_absent(config.mlflow_model_folder, "mlflow_model_folder")
+    if config.onnx_model_folder:
+        ensure_empty_or_absent(config.onnx_model_folder, "onnx_model_folder")
     if list_checkpoints(config.pytorch_model_folder) and not config.resume_from_checkpoint:
         raise InputError(f"pytorch_model_folder {config.pytorch_model_folder} already holds checkpoints; set "
                          "resume_from_checkpoint=true to continue them or give an empty folder")
@@ -36,33 +41,43 @@ def validate_outputs(config: FinetuneConfig) -> None:
 def publish(trainer, config: FinetuneConfig, model_dir: Path, class_names: list[str], result) -> None:
     """Stage the best model on every rank (ZeRO-3 gathers), then publish from the main process only."""
     from trainer.lora import is_peft_model
+    from trainer.ort import original_module
 
     root = Path(config.pytorch_model_folder)
     stage = root / BEST_MODEL_STAGE
     if trainer.args.should_save and stage.exists():
         shutil.rmtree(stage)
     trainer.accelerator.wait_for_everyone()
-    peft = is_peft_model(trainer.accelerator.unwrap_model(trainer.model))
-    trainer.save_model(str(stage / "adapter" if peft else stage))
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    model = original_module(unwrapped)
+    peft = is_peft_model(model)
+    if model is not unwrapped:  # apply_ort (one process): save the model inside ORTModule, with its config
+        if trainer.args.should_save:
+            model.save_pretrained(stage / "adapter" if peft else stage)
+    else:
+        trainer.save_model(str(stage / "adapter" if peft else stage))
     trainer.accelerator.wait_for_everyone()
     if not trainer.args.should_save:
         return
     with plain_loading(trainer.args):  # the main process alone reloads the model: no collective partitioning
-        _publish_main(stage, root, peft, config, model_dir, class_names, result)
+        _publish_main(stage, root, peft, config, model_dir, class_names, result, trainer.processing_class)
 
 
 def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, model_dir: Path,
-                  class_names: list[str], result) -> None:
+                  class_names: list[str], result, tokenizer) -> None:
     from trainer.mlflow_model import save_mlflow_model
 
     if peft:
         _finish_lora(stage, model_dir, class_names, config)
+    tokenizer.save_pretrained(stage)  # every variant serves with the tokenizer it was trained with
     write_json_atomic(stage / FINETUNE_ARGS, config.to_dict())
     publish_into(stage, root)
     mlflow_stage = staging_dir(config.mlflow_model_folder)
     shutil.rmtree(mlflow_stage)  # mlflow wants to create the folder itself
     save_mlflow_model(root, mlflow_stage)
     publish_dir(mlflow_stage, config.mlflow_model_folder)
+    if config.onnx_model_folder:
+        result.onnx_export = export_onnx_output(root, config)
     write_json_atomic(root / METRICS_FILE, asdict(result))  # last: its presence means the folder is complete
     logger.info("best model: %s (%s=%s); outputs in %s and %s", result.best_checkpoint,
                 config.metric_for_best_model, result.best_metric, root, config.mlflow_model_folder)
@@ -82,4 +97,24 @@ def _finish_lora(stage: Path, model_dir: Path, class_names: list[str], config: F
         for item in adapter_dir.iterdir():
             os.replace(item, stage / item.name)
         base.config.save_pretrained(stage)  # config.json with id2label/label2id beside the adapter
+        adapter_config = stage / "adapter_config.json"  # names its own base model, not the import folder
+        write_json_atomic(adapter_config, {**read_json(adapter_config), "base_model_name_or_path": BASE_MODEL_SUBDIR})
     shutil.rmtree(adapter_dir, ignore_errors=True)
+
+
+def export_onnx_output(root: Path, config: FinetuneConfig) -> dict:
+    """The ONNX export, or its record when off or failed: an optional extra never loses the trained model (the
+    folder then holds onnx_export.json with the reason and no model.onnx)."""
+    from trainer.onnx_export import EXPORT_INFO, export_onnx
+
+    if config.export_onnx:
+        try:
+            return {"exported": True, **export_onnx(root, config.onnx_model_folder)}
+        except Exception as err:  # noqa: BLE001 - recorded and logged; the PyTorch and MLflow models stand
+            logger.error("ONNX export failed (the PyTorch and MLflow models are published): %s: %s",
+                         type(err).__name__, err)
+            record = {"exported": False, "error": f"{type(err).__name__}: {err}"}
+    else:
+        record = {"exported": False, "error": "export_onnx=false"}
+    write_json_atomic(Path(config.onnx_model_folder) / EXPORT_INFO, record)
+    return record

@@ -34,7 +34,9 @@ def staging_dir(target: str | Path) -> Path:
     """A fresh, empty folder beside `target` (same filesystem), so the final move is a rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.incomplete-"))
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.incomplete-"))
+    stage.chmod(0o755)  # mkdtemp makes it owner-only; a published folder is readable by the serving user too
+    return stage
 
 
 def ensure_empty_or_absent(folder: str | Path, name: str) -> None:

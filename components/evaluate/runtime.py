@@ -16,7 +16,8 @@ def run(**args):
     result = evaluate(config)
     metrics = args["metrics"]
     log_metrics(metrics, evaluate_figures(result.split, result.figures, result.per_entity))
-    metrics.metadata.update(split=result.split, sentences=result.sentences)
+    metrics.metadata.update(split=result.split, sentences=result.sentences, source=result.source,
+                            seconds=round(result.seconds, 2))
     write_text(args["report"], evaluate_markdown(result.split, result.sentences, result.figures, result.per_entity,
                                                  Path(config.model).name))
     args["predictions"].metadata.update(split=result.split, rows=result.sentences, format="jsonl")

@@ -31,5 +31,6 @@ def run(**args):
     else:
         summary = asdict(finetune(config))
     record_finetune(summary, config, metrics=args["metrics"], report=args["report"],
-                    pytorch_model_folder=args["pytorch_model_folder"], mlflow_model_folder=args["mlflow_model_folder"])
+                    pytorch_model_folder=args["pytorch_model_folder"], mlflow_model_folder=args["mlflow_model_folder"],
+                    onnx_model_folder=args["onnx_model_folder"])
     args["pytorch_model_folder"].metadata["processes"] = nproc

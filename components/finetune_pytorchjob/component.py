@@ -18,6 +18,7 @@ def finetune_pytorchjob(
     model_selector_output: Input[Model],
     pytorch_model_folder: Output[Model],
     mlflow_model_folder: Output[Model],
+    onnx_model_folder: Output[Model],
     metrics: Output[Metrics],
     report: Output[Markdown],
     backend: str = 'pytorchjob',
@@ -89,6 +90,7 @@ def finetune_pytorchjob(
     apply_deepspeed: str = 'false',
     deepspeed_preset: str = 'zero2',
     apply_ort: str = 'false',
+    export_onnx: str = 'true',
     deepspeed: Optional[Input[Artifact]] = None,
 ):
     """Fine-tune for token classification as a multi-node Kubeflow job (PyTorchJob or Trainer v2 TrainJob; torchrun + DeepSpeed) and collect the outputs.
@@ -108,6 +110,8 @@ def finetune_pytorchjob(
         pytorch_model_folder: Best model (by metric_for_best_model) at the root, one checkpoint per evaluation
             (weights, config, tokenizer, optimizer, scheduler, RNG states), finetune_args.json and metrics.json.
         mlflow_model_folder: Best fine-tuned model in MLflow format.
+        onnx_model_folder: Best model exported to ONNX (model.onnx with dynamic batch and sequence axes, tokenizer,
+            label map, onnx_export.json); written when given and export_onnx=true (in KFP it is always given).
         metrics: Every validation (eval_*) and test (test_*) figure, plus best_metric, train_runtime and
             entity_<name>_f1.
         report: Markdown report: overall figures and the per-entity precision/recall/F1 table.
@@ -212,6 +216,9 @@ def finetune_pytorchjob(
         deepspeed_preset: DeepSpeed config used when no deepspeed file is given: ZeRO-2 or ZeRO-3, every size
             'auto'. One of zero2, zero3. (Extension, not in the reference spec.)
         apply_ort: If true, trains with ONNX Runtime (ORTModule); fails if unavailable. One of true, false.
+        export_onnx: Export the best model to ONNX into onnx_model_folder (a few seconds; verified against PyTorch).
+            A failed export is logged and recorded, and does not fail the run. One of true, false. (Extension, not
+            in the reference spec.)
         deepspeed: DeepSpeed JSON config file (or a folder holding one); used only with apply_deepspeed=true.
             Default: deepspeed_preset.
     """

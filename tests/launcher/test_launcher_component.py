@@ -44,7 +44,7 @@ def test_compiled_yaml_is_current_and_names_the_images():
     assert inputs["shared_pvc_name"]["defaultValue"] == "" and inputs["staging_uri"]["defaultValue"] == ""
     assert inputs["staging_access_key_key"]["defaultValue"] == "AWS_ACCESS_KEY_ID"
     assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"pytorch_model_folder", "mlflow_model_folder",
-                                                                   "metrics", "report"}
+                                                                   "onnx_model_folder", "metrics", "report"}
 
 
 class _Artifact(SimpleNamespace):
@@ -61,7 +61,8 @@ def _run_component(artifacts, monkeypatch, server, **overrides):
 
     monkeypatch.setattr(launch_module, "load_clients", lambda: make_clients(server))
     outputs = {k: _artifact(artifacts[k]) for k in ("pytorch_model_folder", "mlflow_model_folder")}
-    outputs.update(metrics=_artifact(str(Path(artifacts["shared"]).parent / "metrics")),
+    outputs.update(onnx_model_folder=_artifact(str(Path(artifacts["shared"]).parent / "onnx_model_folder")),
+                   metrics=_artifact(str(Path(artifacts["shared"]).parent / "metrics")),
                    report=_artifact(str(Path(artifacts["shared"]).parent / "report.md")))
     kwargs = {name: p.default for name, p in inspect.signature(finetune_pytorchjob.python_func).parameters.items()
               if p.default is not inspect.Parameter.empty}
@@ -91,6 +92,9 @@ def test_component_body_runs_the_job_and_fills_the_outputs(artifacts, monkeypatc
     assert outputs["pytorch_model_folder"].metadata["job"] == job["metadata"]["name"]
     assert outputs["pytorch_model_folder"].metadata["backend"] == "pytorchjob"
     assert outputs["mlflow_model_folder"].metadata["framework"] == "mlflow"
+    # the ONNX export runs in this step, from the collected model (the fake pods' model is not exportable: recorded)
+    assert outputs["onnx_model_folder"].metadata["exported"] is False
+    assert "no tokenizer files" in outputs["onnx_model_folder"].metadata["error"]
     # Metrics and report come from rank 0's metrics.json, as in the single-pod finetune
     assert outputs["metrics"].metadata["test_f1"] == 0.4 and outputs["metrics"].metadata["entity_person_f1"] == 0.375
     assert "| person | 0.5000 | 0.3000 | 0.3750 | 8 |" in Path(outputs["report"].path).read_text()

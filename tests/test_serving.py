@@ -1,0 +1,230 @@
+"""The served model: the MLflow pyfunc (every input shape, never an exception, a real REST server), every output
+variant self-contained (tokenizer, own base model) and equal to its MLflow model word for word, ONNX parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_sentences
+from trainer.constants import BASE_MODEL_SUBDIR
+from trainer.finetune import finetune
+from trainer.inference import TokenClassifier, TorchBackend, load_classifier
+
+TEST_TEXTS = [" ".join(tokens) for tokens, _ in make_sentences(40, seed=3)]  # the synthetic test split's sentences
+
+
+@pytest.fixture(scope="module")
+def pyfunc(tiny_finetuned):
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(str(tiny_finetuned["mlflow"]))
+
+
+def test_mlflow_model_returns_words_labels_and_entities(pyfunc, tiny_finetuned):
+    [result] = pyfunc.predict("yesterday alice met bob in paris .")
+    assert result["words"] == ["yesterday", "alice", "met", "bob", "in", "paris", "."]
+    assert result["labels"] == ["O", "B-person", "O", "B-person", "O", "B-location", "O"]
+    assert [(e["text"], e["label"], e["start"], e["end"]) for e in result["entities"]] == [
+        ("alice", "person", 10, 15), ("bob", "person", 20, 23), ("paris", "location", 27, 32)]
+    assert all(0 < e["score"] <= 1 for e in result["entities"])
+    mlmodel = (tiny_finetuned["mlflow"] / "MLmodel").read_text()
+    assert "signature:" in mlmodel and "entities" in mlmodel
+    assert json.loads((tiny_finetuned["mlflow"] / "input_example.json").read_text())
+    requirements = (tiny_finetuned["mlflow"] / "requirements.txt").read_text()
+    assert "torchvision" not in requirements and "transformers==" in requirements and "torch==" in requirements
+
+
+@pytest.mark.parametrize("given,expected_words", [
+    ([""], [[]]), (["   "], [[]]), ([None], [[]]), ([], []),
+    (pd.DataFrame({"text": ["bob in rome", None]}), [["bob", "in", "rome"], []]),
+    (pd.DataFrame({"sentence": ["bob in rome"]}), [["bob", "in", "rome"]]),  # a one-column frame: its column
+    (pd.DataFrame({"text": pd.Series([], dtype=object)}), []),
+    (pd.Series(["oslo"]), [["oslo"]]),
+    (["alice 😀 東京 москва"], [["alice", "😀", "東", "京", "москва"]]),
+])
+def test_mlflow_model_takes_every_input_shape_and_never_raises(pyfunc, given, expected_words):
+    results = pyfunc.predict(given)
+    assert [r["words"] for r in results] == expected_words
+    for r in results:
+        assert len(r["labels"]) == len(r["scores"]) == len(r["offsets"]) == len(r["words"])
+
+
+def test_mlflow_model_with_no_entity_found(pyfunc):
+    """mlflow's transformers flavor raised IndexError here; ours returns the words, all "O", and no entity."""
+    results = pyfunc.predict(["the visited said that .", "alice lives in paris ."])
+    assert results[0]["labels"] == ["O"] * 5 and results[0]["entities"] == []
+    assert len(results[1]["entities"]) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _post(port: int, payload) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_mlflow_models_serve_answers_invocations(tiny_finetuned, tmp_path):
+    """`mlflow models serve` of a copy of the model, from a folder without the repository on the path: the model
+    carries its code."""
+    model = tmp_path / "served"
+    shutil.copytree(tiny_finetuned["mlflow"], model)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cli = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen([str(cli), "models", "serve", "-m", str(model), "--env-manager", "local", "-h",
+                               "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-3000:]
+                assert time.time() < deadline, "server did not start"
+                time.sleep(0.5)
+        status, body = _post(port, {"inputs": ["alice lives in paris .", "", "the visited said that ."]})
+        assert status == 200, body
+        first, empty, none = body["predictions"]
+        assert [(e["text"], e["label"]) for e in first["entities"]] == [("alice", "person"), ("paris", "location")]
+        assert empty["words"] == [] and none["entities"] == []
+        status, body = _post(port, {"inputs": []})
+        assert (status, body["predictions"]) == (200, [])
+        status, body = _post(port, {"dataframe_split": {"columns": ["text"], "data": [["bob in rome"], [None]]}})
+        assert status == 200 and [p["labels"] for p in body["predictions"]] == [["B-person", "O", "B-location"], []]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+VARIANTS = {
+    "full": {},
+    "lora-merged": dict(apply_lora=True, learning_rate=5e-2, lora_alpha=16, num_train_epochs=12),
+    "lora-unmerged": dict(apply_lora=True, merge_lora_weights=False, learning_rate=5e-2, lora_alpha=16,
+                          num_train_epochs=12),
+}
+
+
+def plain_classifier(folder: Path) -> TokenClassifier:
+    """The core over a model loaded with plain transformers (peft for an adapter) and the folder's own tokenizer."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    if (folder / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(
+            AutoModelForTokenClassification.from_pretrained(folder / BASE_MODEL_SUBDIR), folder)
+    else:
+        model = AutoModelForTokenClassification.from_pretrained(folder)
+    return TokenClassifier(TorchBackend(model), AutoTokenizer.from_pretrained(folder), model.config.id2label)
+
+
+def assert_self_contained_and_equal_to_mlflow(pytorch_folder: Path, mlflow_folder: Path, texts: list[str]) -> list:
+    """The folder holds its tokenizer (the one preprocess used), names only its own base model, reloads with plain
+    transformers/peft, and predicts every text exactly like the MLflow model. Returns the predictions."""
+    import mlflow.pyfunc
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pytorch_folder)
+    assert (pytorch_folder / "tokenizer.json").exists() and len(tokenizer) > 50, len(tokenizer)
+    assert len(AutoTokenizer.from_pretrained(mlflow_folder / "artifacts" / "model")) == len(tokenizer)
+    adapter = pytorch_folder / "adapter_config.json"
+    if adapter.exists():
+        assert json.loads(adapter.read_text())["base_model_name_or_path"] == BASE_MODEL_SUBDIR
+    ours = plain_classifier(pytorch_folder).predict(texts)
+    served = mlflow.pyfunc.load_model(str(mlflow_folder)).predict(texts)
+    assert [p.words for p in ours] == [s["words"] for s in served]
+    mismatched = [i for i, (p, s) in enumerate(zip(ours, served)) if p.labels != s["labels"]]
+    assert not mismatched, f"{len(mismatched)} of {len(texts)} texts differ, e.g. {texts[mismatched[0]]!r}"
+    return ours
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_output_variant_is_self_contained_and_equals_its_mlflow_model(make_config, tmp_path, variant):
+    config = make_config(variant, **VARIANTS[variant])
+    finetune(config)
+    moved = tmp_path / "elsewhere"  # moved away from the run: nothing may point back at the import or run folders
+    shutil.move(config.pytorch_model_folder, moved / "pytorch")
+    shutil.move(config.mlflow_model_folder, moved / "mlflow")
+    predictions = assert_self_contained_and_equal_to_mlflow(moved / "pytorch", moved / "mlflow", TEST_TEXTS)
+    gold = [tags for _, tags in make_sentences(40, seed=3)]
+    from trainer.metrics import entity_scores
+
+    f1 = entity_scores(gold, [p.labels for p in predictions], sorted({t for g in gold for t in g}))[0]["f1"]
+    assert f1 > 0.8, f1  # the right tokenizer: an empty or [UNK] tokenizer scores ~0
+
+
+def test_onnx_export_matches_pytorch(tiny_finetuned):
+    import onnx
+
+    folder = tiny_finetuned["onnx"]
+    record = json.loads((folder / "onnx_export.json").read_text())
+    assert record["max_abs_logit_diff"] < 1e-4 and record["inputs"][:2] == ["input_ids", "attention_mask"]
+    assert tiny_finetuned["result"].onnx_export["exported"] is True
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    for tensor in list(graph.input) + list(graph.output):
+        assert [d.dim_param for d in tensor.type.tensor_type.shape.dim[:2]] == ["batch", "sequence"], tensor.name
+    texts = TEST_TEXTS + [" ".join(["alice", "smith", "met", "bob"] * 40)]  # batched, padded, and one long text
+    onnx_results = load_classifier(folder).predict(texts)
+    torch_results = load_classifier(tiny_finetuned["pytorch"]).predict(texts)
+    assert [r.labels for r in onnx_results] == [r.labels for r in torch_results]
+    assert max(np.nanmax(abs(a.probabilities - b.probabilities)) for a, b in zip(onnx_results, torch_results)) < 1e-4
+
+
+def test_failed_onnx_export_keeps_the_run_and_says_why(make_config, monkeypatch, tmp_path):
+    import trainer.onnx_export
+
+    def broken(model_dir, target):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(trainer.onnx_export, "export_onnx", broken)
+    config = make_config(onnx_model_folder=str(tmp_path / "onnx"), num_train_epochs=1)
+    result = finetune(config)
+    assert result.onnx_export == {"exported": False, "error": "RuntimeError: exporter exploded"}
+    assert not (Path(config.onnx_model_folder) / "model.onnx").exists()
+    assert json.loads((Path(config.onnx_model_folder) / "onnx_export.json").read_text())["exported"] is False
+    assert json.loads((Path(config.pytorch_model_folder) / "metrics.json").read_text())["onnx_export"]["error"]
+    from trainer.errors import InputError
+
+    with pytest.raises(InputError, match="exporter exploded"):
+        load_classifier(config.onnx_model_folder)
+
+
+def test_export_onnx_false_writes_no_model(make_config, tmp_path):
+    config = make_config(num_train_epochs=1, export_onnx=False, onnx_model_folder=str(tmp_path / "onnx"))
+    finetune(config)
+    assert sorted(p.name for p in Path(config.onnx_model_folder).iterdir()) == ["onnx_export.json"]
+
+
+def test_a_non_empty_onnx_model_folder_is_refused_before_training(make_config, tmp_path, capsys):
+    from trainer.cli import finetune_main
+
+    config = make_config()
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "model.onnx").write_text("an earlier export")
+    argv = [f"--{k}={v}" for k, v in config.to_dict().items() if v is not None and k != "onnx_model_folder"]
+    assert finetune_main(argv + ["--onnx_model_folder", str(tmp_path / "onnx")]) == 2
+    assert "onnx_model_folder" in capsys.readouterr().err and not Path(config.pytorch_model_folder).exists()
+    assert (tmp_path / "onnx" / "model.onnx").read_text() == "an earlier export"

@@ -1,0 +1,448 @@
+"""The inference core: raw text or pre-split words in; word labels, scores, character offsets and entity spans out.
+
+One core serves every consumer (the MLflow model, the predict program, evaluate, the tests) and every model format
+(a PyTorch folder, our MLflow model, an ONNX folder):
+
+- A word's label is its first sub-token's prediction: the rule the model was trained with (continuation
+  sub-tokens carry -100). Words are always tokenized as pre-split words (`is_split_into_words=True`), exactly as
+  preprocess encoded the training data; raw text is first cut into words by `split_words`.
+- An input longer than the model (a 5,000-word text) is cut on word boundaries into windows of at most
+  `max_length` sub-tokens that repeat about `stride` sub-tokens of their neighbour; each word takes its label from
+  the window in which it has the most context on both sides. No word is dropped.
+- The windows of all inputs are sorted by length and run in batches (`batch_size`) under `torch.inference_mode`
+  (or onnxruntime); an input without words gives an empty result, never an exception.
+- Entity spans follow the tag scheme: IOB1, IOB2, BIOES/BILOU and plain tags (see `entity_spans`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from trainer.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+TextOrWords = Union[str, Sequence[str], None]
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_STRIDE = 128  # sub-tokens repeated between neighbouring windows of a long input (capped at half a window)
+ONNX_FILE = "model.onnx"
+EXPORT_INFO = "onnx_export.json"
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+# --------------------------------------------------------------------------------------------------
+# Words
+# --------------------------------------------------------------------------------------------------
+_OPENING = "([{\"'“‘«¿¡"
+_CLOSING = ".,;:!?)]}\"'”’»…"
+# CJK ideographs are words of their own (as BERT's basic tokenizer and character-level CJK NER data treat them).
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
+
+
+def split_words(text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of the words of raw text, CoNLL style: split on whitespace, opening and
+    closing punctuation peeled off as words of their own ("Paris." -> "Paris", "."; a run such as "!!!" stays one
+    word; "U.S." keeps its final dot), CJK ideographs one word each. Pass pre-split words to decide yourself."""
+    spans: list[tuple[int, int]] = []
+    for match in re.finditer(r"\S+", text):
+        start, end = match.span()
+        while start < end and text[start] in _OPENING:
+            spans.append((start, start + 1))
+            start += 1
+        tail: list[tuple[int, int]] = []
+        while end > start and text[end - 1] in _CLOSING:
+            run = end - 1
+            while run > start and text[run - 1] == text[end - 1]:
+                run -= 1
+            if text[end - 1] == "." and end - run == 1 and "." in text[start:run]:
+                break  # an abbreviation or a domain ("U.S.", "e.g."): the dot belongs to the word
+            tail.append((run, end))
+            end = run
+        spans += _split_cjk(text, start, end)
+        spans += reversed(tail)
+    return spans
+
+
+def _split_cjk(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    if start >= end:
+        return []
+    if not _CJK.search(text, start, end):
+        return [(start, end)]
+    out, run = [], start
+    for i in range(start, end):
+        if _CJK.match(text, i):
+            if run < i:
+                out.append((run, i))
+            out.append((i, i + 1))
+            run = i + 1
+    if run < end:
+        out.append((run, end))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Entity spans
+# --------------------------------------------------------------------------------------------------
+OUTSIDE = "O"
+BEGIN, INSIDE, END, SINGLE = "B", "I", "E", "S"
+_PREFIX_ROLE = {"B": BEGIN, "I": INSIDE, "E": END, "S": SINGLE, "L": END, "U": SINGLE}  # BILOU as BIOES
+
+
+def parse_tag(label: str) -> Optional[tuple[Optional[str], str]]:
+    """(role, entity type) of a tag; None for "O". "B-PER" -> ("B", "PER"), "U-PER" -> ("S", "PER"), a plain tag
+    "PER" -> (None, "PER")."""
+    if label == OUTSIDE or not label:
+        return None
+    if len(label) > 2 and label[1] in "-_" and label[0] in _PREFIX_ROLE:
+        return _PREFIX_ROLE[label[0]], label[2:]
+    return None, label
+
+
+def entity_spans(labels: Sequence[str]) -> list[tuple[int, int, str]]:
+    """Entities as word ranges (first, last + 1, type), for IOB1, IOB2, BIOES/BILOU and plain tags alike.
+
+    An entity starts at B-/S-/U-, at a type change, or at I-/E-/L- after "O" (lenient, as conlleval reads IOB1
+    and broken IOB2); it ends before "O", a type change or a new B-, and after E-/S-/L-/U-. A run of one plain tag
+    is one entity. (seqeval's get_entities reads neither plain tags nor BILOU; transformers' pipeline aggregation
+    reads B-/I- only.)
+    """
+    spans: list[tuple[int, int, str]] = []
+    current: Optional[list] = None  # [first, last + 1, type]
+    for i, label in enumerate(labels):
+        tag = parse_tag(label)
+        if tag is None:
+            current = None
+            continue
+        role, kind = tag
+        if current is None or current[2] != kind or role in (BEGIN, SINGLE) or current[1] != i:
+            current = [i, i + 1, kind]
+            spans.append(current)  # type: ignore[arg-type]
+        else:
+            current[1] = i + 1
+        if role in (END, SINGLE):
+            current = None
+    return [tuple(s) for s in spans]  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    """One input's result. Offsets index `text` (for pre-split words, the words joined by single spaces).
+
+    A word that the tokenizer turns into no sub-token at all (e.g. a lone zero-width character) cannot be
+    predicted: its label is "O" and its score None (it is not scored in evaluation either, as in training)."""
+
+    text: str
+    words: list[str]
+    offsets: list[tuple[int, int]]
+    labels: list[str]
+    scores: list[Optional[float]]
+    entities: list[dict]
+    probabilities: Optional[np.ndarray] = field(default=None, repr=False)  # (words, classes), NaN rows unscored
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "words": self.words, "labels": self.labels, "scores": self.scores,
+                "offsets": [list(o) for o in self.offsets], "entities": self.entities}
+
+
+def _entities(text: str, offsets: list[tuple[int, int]], labels: list[str], scores: list[Optional[float]]) -> list:
+    out = []
+    for first, last, kind in entity_spans(labels):
+        start, end = offsets[first][0], offsets[last - 1][1]
+        word_scores = [s for s in scores[first:last] if s is not None]
+        out.append({"text": text[start:end], "label": kind, "start": start, "end": end,
+                    "score": float(np.mean(word_scores)) if word_scores else None})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends: a batch of int64 arrays in, float logits (batch, sequence, classes) out
+# --------------------------------------------------------------------------------------------------
+class TorchBackend:
+    """A transformers token-classification model (CPU, or the GPU when there is one and device allows)."""
+
+    def __init__(self, model, device: str = "auto"):
+        import inspect
+
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        accepted = inspect.signature(self.model.forward).parameters
+        self.input_names = tuple(n for n in MODEL_INPUT_NAMES if n in accepted)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(batch[k]).to(self.device) for k in self.input_names if k in batch}
+            return self.model(**inputs).logits.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An exported model.onnx under onnxruntime (CPU; CUDA when onnxruntime-gpu provides it)."""
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: batch[name] if name in batch else np.zeros_like(batch["input_ids"]) for name in self.input_names}
+        return self.session.run(["logits"], feed)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The classifier
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Window:
+    source: int  # index of the input
+    ids: list[int]
+    type_ids: Optional[list[int]]
+    positions: list[int]  # first sub-token position of each word this window labels
+    words: list[int]  # index (in its input) of each word this window labels
+
+
+class TokenClassifier:
+    """Word-level token classification with any backend; `predict` takes a batch of texts or word lists."""
+
+    def __init__(self, backend, tokenizer, id2label: dict[int, str], *, max_length: Optional[int] = None,
+                 stride: int = DEFAULT_STRIDE, batch_size: int = DEFAULT_BATCH_SIZE, model_max_length: int = 512):
+        if not getattr(tokenizer, "is_fast", False):
+            raise InputError(f"the tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer: word alignment "
+                             "needs word_ids(); save a tokenizer.json with the model")
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.class_names = [id2label[i] for i in sorted(int(k) for k in id2label)]
+        limit = getattr(tokenizer, "model_max_length", None) or model_max_length
+        limit = min(int(limit), model_max_length) if limit < 10**6 else model_max_length
+        self.max_length = min(max_length, limit) if max_length else limit
+        self.specials = tokenizer.num_special_tokens_to_add()
+        if self.max_length <= self.specials:
+            raise InputError(f"max_length {self.max_length} leaves no room for words next to {self.specials} "
+                             "special tokens")
+        self.capacity = self.max_length - self.specials
+        self.overlap = max(0, min(stride, self.capacity // 2))
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # --- public ---------------------------------------------------------------------------------------
+    def predict(self, inputs: Iterable[TextOrWords]) -> list[Prediction]:
+        """One Prediction per input: a string (raw text, cut by `split_words`), a list of words, or None/"" (empty).
+        """
+        texts, words, offsets = [], [], []
+        for item in inputs:
+            text, item_words, item_offsets = _as_words(item)
+            texts.append(text)
+            words.append(item_words)
+            offsets.append(item_offsets)
+        windows = self._windows(words)
+        probabilities = [np.full((len(w), len(self.class_names)), np.nan, dtype=np.float32) for w in words]
+        for batch in self._batches(windows):
+            logits = self.backend(self._pad(batch)).astype(np.float64)
+            for row, window in enumerate(batch):
+                picked = logits[row, window.positions]
+                picked = np.exp(picked - picked.max(axis=-1, keepdims=True))
+                probabilities[window.source][window.words] = picked / picked.sum(axis=-1, keepdims=True)
+        results = []
+        for text, item_words, item_offsets, probs in zip(texts, words, offsets, probabilities):
+            scored = ~np.isnan(probs[:, 0]) if len(item_words) else np.zeros(0, dtype=bool)
+            ids = np.where(scored, np.nan_to_num(probs).argmax(-1), -1) if len(item_words) else []
+            labels = [self.class_names[i] if i >= 0 else OUTSIDE for i in ids]
+            scores = [float(probs[k, i]) if i >= 0 else None for k, i in enumerate(ids)]
+            results.append(Prediction(text, item_words, item_offsets, labels, scores,
+                                      _entities(text, item_offsets, labels, scores), probs))
+        return results
+
+    # --- windows --------------------------------------------------------------------------------------
+    def _encode(self, word_lists: list[list[str]], truncate: bool):
+        return self.tokenizer(word_lists, is_split_into_words=True, truncation=truncate,
+                              max_length=self.max_length if truncate else None, verbose=False)
+
+    def _windows(self, words: list[list[str]]) -> list[_Window]:
+        present = [i for i, w in enumerate(words) if w]
+        if not present:
+            return []
+        whole = self._encode([words[i] for i in present], truncate=False)
+        windows: list[_Window] = []
+        long_inputs = []
+        for row, source in enumerate(present):
+            word_ids = whole.word_ids(row)
+            if len(word_ids) <= self.max_length:
+                windows.append(self._window(source, whole, row, range(len(words[source])), 0))
+            else:
+                long_inputs.append((source, word_ids))
+        for source, word_ids in long_inputs:
+            counts = np.bincount([w for w in word_ids if w is not None], minlength=len(words[source])).tolist()
+            spans = plan_windows(counts, self.capacity, self.overlap)
+            owner = assign_words(counts, spans)
+            encoded = self._encode([words[source][a:b] for a, b in spans], truncate=True)
+            for k, (a, b) in enumerate(spans):
+                windows.append(self._window(source, encoded, k, [w - a for w in range(a, b) if owner[w] == k], a))
+        return windows
+
+    def _window(self, source: int, encoding, row: int, local_words: Iterable[int], offset: int) -> _Window:
+        first: dict[int, int] = {}
+        for position, word in enumerate(encoding.word_ids(row)):
+            if word is not None and word not in first:
+                first[word] = position
+        kept = [w for w in local_words if w in first]
+        type_ids = encoding["token_type_ids"][row] if "token_type_ids" in encoding else None
+        return _Window(source, encoding["input_ids"][row], type_ids, [first[w] for w in kept],
+                       [w + offset for w in kept])
+
+    def _batches(self, windows: list[_Window]) -> Iterable[list[_Window]]:
+        ordered = sorted(windows, key=lambda w: len(w.ids))
+        for start in range(0, len(ordered), self.batch_size):
+            yield ordered[start:start + self.batch_size]
+
+    def _pad(self, batch: list[_Window]) -> dict[str, np.ndarray]:
+        width = max(len(w.ids) for w in batch)
+        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for row, window in enumerate(batch):
+            ids[row, :len(window.ids)] = window.ids
+            mask[row, :len(window.ids)] = 1
+            if window.type_ids is not None:
+                types[row, :len(window.ids)] = window.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _as_words(item: TextOrWords) -> tuple[str, list[str], list[tuple[int, int]]]:
+    """(text, words, offsets) of one input: None and NaN are empty text, a string is raw text, a sequence is words."""
+    if item is None or (isinstance(item, float) and math.isnan(item)):
+        item = ""
+    if isinstance(item, str):
+        offsets = split_words(item)
+        return item, [item[a:b] for a, b in offsets], offsets
+    words = ["" if w is None else str(w) for w in item]  # kept one for one: blank words are just unscored
+    offsets, position = [], 0
+    for word in words:
+        offsets.append((position, position + len(word)))
+        position += len(word) + 1
+    return " ".join(words), words, offsets
+
+
+def plan_windows(counts: Sequence[int], capacity: int, overlap: int) -> list[tuple[int, int]]:
+    """Word ranges [a, b) of at most `capacity` sub-tokens each (a longer single word is its own, truncated window),
+    every window repeating at most `overlap` sub-tokens (whole words) of the one before."""
+    spans, start, n = [], 0, len(counts)
+    while start < n:
+        end, used = start, 0
+        while end < n and (used + counts[end] <= capacity or end == start):
+            used += counts[end]
+            end += 1
+        spans.append((start, end))
+        if end >= n:
+            break
+        back, repeated = end, 0
+        while back - 1 > start and repeated + counts[back - 1] <= overlap:
+            repeated += counts[back - 1]
+            back -= 1
+        start = back
+    return spans
+
+
+def assign_words(counts: Sequence[int], spans: list[tuple[int, int]]) -> list[int]:
+    """For each word, the window in which it has the most context: the largest min(sub-tokens before it, after it),
+    an edge of the whole input counting as unlimited context."""
+    before = np.concatenate([[0], np.cumsum(counts)])
+    n, owner, best = len(counts), [0] * len(counts), [-1.0] * len(counts)
+    for k, (a, b) in enumerate(spans):
+        for w in range(a, b):
+            left = math.inf if a == 0 else before[w] - before[a]
+            right = math.inf if b == n else before[b] - before[w + 1]
+            context = min(left, right)
+            if context > best[w]:
+                best[w], owner[w] = context, k
+    return owner
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading any of our model folders
+# --------------------------------------------------------------------------------------------------
+def model_format(path: str | Path) -> str:
+    """'mlflow', 'onnx' or 'pytorch' (a save_pretrained folder, our LoRA output, a model-import output)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"model folder not found: {path}")
+    if (path / "MLmodel").exists():
+        return "mlflow"
+    if (path / ONNX_FILE).exists():
+        return "onnx"
+    if (path / EXPORT_INFO).exists():  # an onnx_model_folder whose export was off or failed
+        from trainer.jsonio import read_json
+
+        raise InputError(f"{path} holds no ONNX model: {read_json(path / EXPORT_INFO).get('error')}; serve the "
+                         "pytorch_model_folder or mlflow_model_folder instead")
+    return "pytorch"
+
+
+def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+                    max_length: Optional[int] = None, stride: int = DEFAULT_STRIDE) -> TokenClassifier:
+    """A TokenClassifier for a pytorch_model_folder (merged, or unmerged LoRA), an MLflow model folder of ours or an
+    onnx_model_folder; each carries its tokenizer and label map."""
+    path = Path(path)
+    kind = model_format(path)
+    if kind == "mlflow":
+        return load_classifier(mlflow_model_dir(path), device=device, batch_size=batch_size, max_length=max_length,
+                               stride=stride)
+    from transformers import AutoConfig
+
+    from trainer.model_io import resolve_model_dir
+
+    model_dir = path if kind == "onnx" else resolve_model_dir(path)
+    tokenizer = load_serving_tokenizer(model_dir)
+    config = AutoConfig.from_pretrained(model_dir if (model_dir / "config.json").exists() else model_dir / "base_model")
+    if kind == "onnx":
+        backend: Any = OnnxBackend(model_dir / ONNX_FILE, device)
+    else:
+        from trainer.model_io import load_token_classification_model
+
+        backend = TorchBackend(load_token_classification_model(model_dir), device)
+        config = backend.model.config
+    limit = getattr(config, "max_position_embeddings", None) or 512
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        limit -= 2  # positions start after the padding index
+    return TokenClassifier(backend, tokenizer, config.id2label, max_length=max_length, stride=stride,
+                           batch_size=batch_size, model_max_length=limit)
+
+
+def load_serving_tokenizer(model_dir: Path):
+    """The fast tokenizer saved with a model (add_prefix_space on for byte-level BPE, as preprocess used it)."""
+    from trainer.constants import TOKENIZER_FILES
+    from trainer.preprocess import load_tokenizer
+
+    if not any((model_dir / f).exists() for f in TOKENIZER_FILES):
+        raise InputError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}): a served model "
+                         "needs the tokenizer it was trained with; re-export it from the fine-tune output")
+    return load_tokenizer(model_dir)[0]
+
+
+def mlflow_model_dir(path: Path) -> Path:
+    """The Hugging Face folder inside an MLflow model written by this project (artifacts/model)."""
+    candidate = path / "artifacts" / "model"
+    if not (candidate / "config.json").exists():
+        raise InputError(f"{path} is not an MLflow model of this project (no artifacts/model/config.json); a "
+                         "transformers-flavor model can be brought in with model_import (mlflow_model_path)")
+    return candidate
