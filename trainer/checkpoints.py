@@ -117,8 +117,28 @@ def choose_resume_checkpoint(folder: str | Path, remove_torn: bool = False) -> O
     return None
 
 
+def rotate_checkpoints(folder: str | Path, limit: int, best: Optional[str], current: Path) -> None:
+    """Keep the newest `limit` complete checkpoints (the HF Trainer's rule: the newest and the best always stay,
+    even beyond the limit); delete the older complete ones. Runs only once `current` is complete, so a kill at
+    any instant leaves a checkpoint to resume from (the HF Trainer deletes before the manifest is written)."""
+    complete = [c for c in list_checkpoints(folder) if is_complete(c)]
+    protected = {current.resolve()} | ({Path(best).resolve()} if best else set())
+    keep = max(limit, len(protected))
+    for checkpoint in complete:
+        if len(complete) <= keep:
+            break
+        if checkpoint.resolve() not in protected:
+            (checkpoint / MANIFEST).unlink()  # first: a deletion cut short leaves a torn checkpoint
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            complete.remove(checkpoint)
+
+
 class CheckpointManifestCallback(TrainerCallback):
-    """Writes the manifest of each checkpoint once every rank has finished saving it (main process only)."""
+    """Writes the manifest of each checkpoint once every rank has finished saving it (main process only), then
+    applies `save_total_limit` (None or -1: keep all)."""
+
+    def __init__(self, save_total_limit: Optional[int] = None):
+        self.save_total_limit = save_total_limit if save_total_limit and save_total_limit > 0 else None
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -129,5 +149,8 @@ class CheckpointManifestCallback(TrainerCallback):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
                 write_manifest(checkpoint)
+                if self.save_total_limit:
+                    rotate_checkpoints(args.output_dir, self.save_total_limit, state.best_model_checkpoint,
+                                       checkpoint)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # nobody rotates or reads it before it is complete

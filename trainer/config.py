@@ -209,6 +209,7 @@ class ModelImportConfig(Params):
     model-import output folder."""
 
     GROUPS = {"io": "inputs, output", "source": "model source"}
+    INPUT_VALUES = ("model_path", "mlflow_model_path")
 
     model_selector_output: str = path(
         "Folder with the model (and tokenizer) files at its root and model_selector_args.json "

@@ -68,7 +68,7 @@ def build_training_args(config: FinetuneConfig, num_train_examples: int, deepspe
         metric_for_best_model=f"eval_{config.metric_for_best_model}",
         greater_is_better=config.greater_is_better,
         load_best_model_at_end=True,
-        save_total_limit=None if config.save_total_limit == -1 else config.save_total_limit,
+        save_total_limit=None,  # trainer.checkpoints rotates, after the new checkpoint's manifest is written
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         deepspeed=deepspeed_config,
         report_to=report_to,
