@@ -380,8 +380,11 @@ def check_deepspeed(config, model_config, num_train_examples: int) -> dict:
         unset_hf_deepspeed_config()  # validation leaves no global DeepSpeed state behind
     from deepspeed.runtime.config import DeepSpeedConfig
 
+    checked = copy.deepcopy(filled)
+    if isinstance(checked.get("train_batch_size"), int):  # DeepSpeed counts one process before init_distributed
+        checked["train_batch_size"] //= world_size()
     try:
-        DeepSpeedConfig(copy.deepcopy(filled))
+        DeepSpeedConfig(checked)
     except Exception as err:  # noqa: BLE001 - pydantic ValidationError, DeepSpeedConfigError, TypeError, ...
         raise ConfigError(f"{where}: {one_line(err)}") from None
     return ds_config
