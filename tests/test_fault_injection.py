@@ -191,7 +191,8 @@ def check_consistent(run: Run) -> None:
         written = (run.pt / "metrics.json").stat().st_mtime_ns
         published = [p for p in run.pt.iterdir() if not p.name.startswith(".") and not p.name.startswith("checkpoint-")]
         newer = [p.name for p in published + [run.mlflow / "MLmodel"] if p.exists() and p.stat().st_mtime_ns > written]
-        assert not newer, f"metrics.json is older than {newer}: a stale result beside a new model"
+        assert not newer, f"metrics.json ({written}) is older than {newer}: a stale result beside a new model " \
+                          f"{ {p.name: p.stat().st_mtime_ns for p in published} }"
         metrics = json.loads((run.pt / "metrics.json").read_text())
         best = Path(metrics["best_checkpoint"])
         assert is_complete(best), f"metrics.json names {best}, which is not a complete checkpoint"

@@ -72,7 +72,7 @@ def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, m
     if peft:
         _finish_lora(stage, model_dir, class_names, config)
     write_json_atomic(stage / FINETUNE_ARGS, config.to_dict())
-    pass  # an earlier publication's results go first
+    remove_published(root, METRICS_FILE, keep=_not_published)  # an earlier publication's results go first
     publish_into(stage, root)
     mlflow_stage = staging_dir(config.mlflow_model_folder)
     shutil.rmtree(mlflow_stage)  # mlflow wants to create the folder itself
