@@ -144,7 +144,7 @@ def validate_finetune(config) -> Validated:
 
         check_ort_available()
     validate_outputs(config)
-    check_free_space(config, config_dir, skeleton, len(data.train))
+    check_free_space(config, skeleton, len(data.train))
     return Validated(data, model_dir, model_config, deepspeed_config)
 
 
@@ -417,7 +417,7 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
-def check_free_space(config, config_dir: Path, model, num_train_examples: int) -> None:
+def check_free_space(config, model, num_train_examples: int) -> None:
     """Each output volume has room for what the run will write: the checkpoints kept at once and the best model in
     pytorch_model_folder, the model again in mlflow_model_folder (less what a resumed run already wrote)."""
     checkpoint, kept, weights = estimate_output_bytes(config, model, num_train_examples)
