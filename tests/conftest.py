@@ -6,6 +6,8 @@ Nothing here touches a hub. The real model and data (MiniLM, WNUT-17) are reache
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -18,6 +20,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# The default sampler (group_by_length=true) resumes bit-identically from mid-epoch only when it draws its order
+# from a generator seeded per epoch (trainer/sampling.py, issue 13); the HF LengthGroupedSampler of transformers
+# 5.24 draws from the global RNG, which a resume restores only after the epoch's order was drawn.
+SEEDED_SAMPLER = importlib.util.find_spec("trainer.sampling") is not None
 SHARED = REPO.parent / "shared"
 
 PERSONS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar"]
@@ -58,6 +64,24 @@ def make_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
             tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
         out.append((tokens, tags))
     return out
+
+
+def weights_digest(folder: str | Path) -> str:
+    """SHA-256 over the names and bytes of every tensor of a folder's model.safetensors."""
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(Path(folder) / "model.safetensors"), "np") as weights:
+        for name in sorted(weights.keys()):
+            digest.update(name.encode() + weights.get_tensor(name).tobytes())
+    return digest.hexdigest()
+
+
+def figures(value):
+    """Metrics without their timings (runtime, per second), which differ between runs of the same training."""
+    if isinstance(value, dict):
+        return {k: figures(v) for k, v in value.items() if not k.endswith(("runtime", "_per_second"))}
+    return value
 
 
 def run_preprocess(**values) -> dict:

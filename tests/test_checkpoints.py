@@ -149,3 +149,32 @@ def test_torn_checkpoints_are_removed_complete_ones_kept(copy_of):
     os.utime(torn)
     assert choose_resume_checkpoint(root, remove_torn=True).name == "checkpoint-30"
     assert not torn.exists() and (root / "checkpoint-30").exists()
+
+
+def test_save_total_limit_deletes_a_checkpoint_only_once_the_next_is_complete(make_config, monkeypatch):
+    """save_total_limit=1, killed while checkpoint-20's manifest is being written: checkpoint-10 is still there to
+    resume from (the HF Trainer's own rotation deletes it before the manifest exists)."""
+    import dataclasses
+
+    from trainer import checkpoints
+
+    real = checkpoints.write_manifest
+
+    def killed(checkpoint):
+        if checkpoint.name == "checkpoint-20":
+            raise RuntimeError("killed while writing the manifest")
+        return real(checkpoint)
+
+    monkeypatch.setattr(checkpoints, "write_manifest", killed)
+    config = make_config("limited", num_train_epochs=3, save_total_limit=1, learning_rate=2e-3,
+                         metric_for_best_model="loss")
+    with pytest.raises(RuntimeError, match="killed while writing the manifest"):
+        finetune(config)
+    root = Path(config.pytorch_model_folder)
+    assert choose_resume_checkpoint(root).name == "checkpoint-10"
+    monkeypatch.undo()
+    start = _StartStep()
+    result = finetune(dataclasses.replace(config, resume_from_checkpoint=True), callbacks=[start])
+    assert start.step == 10
+    kept = [str(c) for c in list_checkpoints(root)]
+    assert result.best_checkpoint in kept and len(kept) <= 2 and kept[-1].endswith("checkpoint-30")

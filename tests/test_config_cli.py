@@ -172,7 +172,7 @@ def test_training_args_loss_limit_and_sampling(paths, single_process_env):
                             per_device_train_batch_size=10, max_steps=12)
     args = build_training_args(config, 100, None)
     assert args.metric_for_best_model == "eval_loss" and args.greater_is_better is False
-    assert args.save_total_limit == 2 and args.max_steps == 12
+    assert args.save_total_limit is None and args.max_steps == 12  # trainer.checkpoints rotates (after manifests)
     assert args.train_sampling_strategy == "random"
     assert args.eval_steps == 5 and args.save_steps == 5  # 0.5 × (100 / 10 = 10 steps per epoch)
 

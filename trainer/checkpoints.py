@@ -113,3 +113,19 @@ def choose_resume_checkpoint(folder: str | Path, remove_torn: bool = False) -> O
         if remove_torn and _read_manifest(checkpoint)[0] is None:
             shutil.rmtree(checkpoint, ignore_errors=True)
     return None
+
+
+def rotate_checkpoints(folder: str | Path, limit: int, best: Optional[str], current: Path) -> None:
+    """Keep the newest `limit` complete checkpoints (the HF Trainer's rule: the newest and the best always stay,
+    even beyond the limit); delete the older complete ones. Runs only once `current` is complete, so a kill at
+    any instant leaves a checkpoint to resume from (the HF Trainer deletes before the manifest is written)."""
+    complete = [c for c in list_checkpoints(folder) if is_complete(c)]
+    protected = {current.resolve()} | ({Path(best).resolve()} if best else set())
+    keep = max(limit, len(protected))
+    for checkpoint in complete:
+        if len(complete) <= keep:
+            break
+        if checkpoint.resolve() not in protected:
+            (checkpoint / MANIFEST).unlink()  # first: a deletion cut short leaves a torn checkpoint
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            complete.remove(checkpoint)

@@ -9,7 +9,8 @@
     token-classification-predict      --model DIR --data FILE|DIR --predictions FILE
 
 Flags accept underscores or dashes (`--apply-lora`); `--config FILE.json` supplies values that flags override.
-Exit codes: 0 done, 2 bad input (one line on stderr, nothing created, loaded or trained), 1 anything else.
+Exit codes: 0 done, 2 bad input (one line on stderr, nothing created, loaded or trained), 1 anything else (a full
+disk or exhausted memory: one line naming the last complete checkpoint to resume from).
 """
 
 from __future__ import annotations
@@ -44,15 +45,28 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]], prog: str,
         show: Callable[[Any], Any] = lambda result: result) -> int:
-    """Parse `argv` into `config_cls`, run `program(config)`, print `show(result)` as JSON; exit code 2 on bad
-    input (ConfigError / InputError) with one line."""
+    """Parse `argv` into `config_cls`, check its folders (`trainer.validation.check_io`), run `program(config)`,
+    print `show(result)` as JSON. Bad input (ConfigError / InputError): one line, exit code 2. A full disk or
+    exhausted memory while running (`trainer.failures`): one line naming what is left to resume from, exit code 1."""
+    from trainer.failures import failure_line
+    from trainer.validation import check_io, one_line
+
     configure_logging()
+    config = None
     try:
         config = config_cls.from_cli(argv, prog=prog, description=(config_cls.__doc__ or "").split("\n")[0])
+        check_io(config)
         result = program(config)
     except (ConfigError, InputError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - only the failures trainer.failures names end here; bugs re-raise
+        line = failure_line(err, config)
+        if line is None:
+            raise
+        logging.getLogger("trainer").debug("%s failed", prog, exc_info=True)
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     shown = show(result)
     if shown is not None:
         print(json.dumps(asdict(shown) if is_dataclass(shown) else shown, indent=2, default=str))

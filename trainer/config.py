@@ -273,6 +273,7 @@ class ModelImportConfig(Params):
     MLflow model) into a model-import output folder."""
 
     GROUPS = {"io": "inputs, output", "source": "model source", "access": "hub and object-store access"}
+    INPUT_VALUES = ("model_path", "mlflow_model_path")
 
     model_selector_output: str = path(
         "Folder with the model (and tokenizer) files at its root and model_selector_args.json "

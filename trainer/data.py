@@ -25,7 +25,7 @@ import torch
 
 from trainer.constants import CLASS_NAMES_FILE, IGNORE_INDEX, PREPROCESS_ARGS_FILE, SPLIT_FILES, TOKENIZER_FILES
 from trainer.errors import InputError, preview
-from trainer.jsonio import iter_jsonl, read_json
+from trainer.jsonio import int_lists, iter_jsonl, read_json
 from trainer import schemes
 from trainer.schemes import SCHEMES
 
@@ -141,6 +141,7 @@ def read_split(path: Path, num_labels: int) -> EncodedSplit:
         if missing:
             raise InputError(f"{where}: missing key(s) {missing}; found {sorted(raw)}")
         row = {k: raw[k] for k in MODEL_INPUTS if k in raw}
+        int_lists(row, MODEL_INPUTS, where)
         n = len(row["input_ids"])
         if n == 0:
             raise InputError(f"{where}: empty input_ids")

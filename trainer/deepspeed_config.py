@@ -30,11 +30,15 @@ def load_deepspeed_config(source: Optional[str], preset: str = "zero2") -> dict:
     if not path.is_file():
         raise ConfigError(f"deepspeed config not found: {path}")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ConfigError(f"deepspeed config {path} is not valid JSON: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"deepspeed config {path} is not UTF-8 text: {err}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"deepspeed config {path} must be a JSON object")
+    if not isinstance(config.get("zero_optimization", {}), dict):
+        raise ConfigError(f"deepspeed config {path}: zero_optimization must be a JSON object")
     stage = config.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"deepspeed config {path}: zero_optimization.stage must be 0-3, got {stage!r}")

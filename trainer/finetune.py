@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import Optional
 
 from trainer.config import FinetuneConfig
-from trainer.constants import BASE_MODEL_SUBDIR
-from trainer.errors import InputError
-from trainer.model_io import resolve_model_dir
 
 logger = logging.getLogger("trainer")
 
@@ -54,30 +51,12 @@ def best_validation_metrics(trainer) -> Optional[dict]:
 
 
 def prepare(config: FinetuneConfig):
-    """Every check that can fail, before any model is loaded. Returns (data, model_dir, deepspeed_config)."""
-    from transformers import AutoConfig
+    """Every check that can fail, before anything is created or loaded (`trainer.validation`).
+    Returns (data, model_dir, deepspeed_config)."""
+    from trainer.validation import validate_finetune
 
-    from trainer.data import load_preprocess_output
-    from trainer.deepspeed_config import load_deepspeed_config
-    from trainer.lora import target_modules_for
-    from trainer.ort import check_ort_available
-    from trainer.outputs import validate_outputs
-
-    data = load_preprocess_output(config.preprocess_output)
-    model_dir = resolve_model_dir(config.model_selector_output)
-    model_config_dir = model_dir / BASE_MODEL_SUBDIR if (model_dir / "adapter_config.json").exists() else model_dir
-    try:
-        model_type = AutoConfig.from_pretrained(model_config_dir).model_type
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the model config in {model_config_dir}: {err}") from None
-    if config.apply_lora:
-        target_modules_for(model_type, config.target_modules)
-    deepspeed_config = (load_deepspeed_config(config.deepspeed, config.deepspeed_preset)
-                        if config.apply_deepspeed else None)
-    if config.apply_ort:
-        check_ort_available()
-    validate_outputs(config)
-    return data, model_dir, deepspeed_config
+    checked = validate_finetune(config)
+    return checked.data, checked.model_dir, checked.deepspeed_config
 
 
 def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> FinetuneResult:
@@ -152,8 +131,8 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         model = wrap(model)
 
     meter = ProgressMeter()
-    all_callbacks = [CheckpointManifestCallback(), ProgressCallback(meter, config.progress_seconds, world_size()),
-                     *(callbacks or [])]
+    all_callbacks = [CheckpointManifestCallback(config.save_total_limit),
+                     ProgressCallback(meter, config.progress_seconds, world_size()), *(callbacks or [])]
     if config.apply_early_stopping:
         all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if config.precision == "16" else None)

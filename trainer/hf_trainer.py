@@ -10,7 +10,7 @@ from typing import Optional
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
-from trainer.checkpoints import write_manifest
+from trainer.checkpoints import rotate_checkpoints, write_manifest
 
 from trainer.progress import ProgressMeter
 
@@ -45,7 +45,11 @@ class TokenClassificationTrainer(Trainer):
 
 
 class CheckpointManifestCallback(TrainerCallback):
-    """Writes the manifest of each checkpoint once every rank has finished saving it (main process only)."""
+    """Writes the manifest of each checkpoint once every rank has finished saving it (main process only), then
+    applies `save_total_limit` (None or -1: keep all; trainer.checkpoints.rotate_checkpoints)."""
+
+    def __init__(self, save_total_limit: Optional[int] = None):
+        self.save_total_limit = save_total_limit if save_total_limit and save_total_limit > 0 else None
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -56,5 +60,8 @@ class CheckpointManifestCallback(TrainerCallback):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
                 write_manifest(checkpoint)
+                if self.save_total_limit:
+                    rotate_checkpoints(args.output_dir, self.save_total_limit, state.best_model_checkpoint,
+                                       checkpoint)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # nobody rotates or reads it before it is complete

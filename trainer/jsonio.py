@@ -39,6 +39,16 @@ def iter_jsonl(path: str | Path, *, objects: bool = True) -> Iterator[tuple[int,
         raise InputError(f"{path} is not UTF-8 text: {err}") from None
 
 
+def int_lists(row: dict, keys: Iterable[str], where: str) -> None:
+    """Each of `keys` present in `row` is a list of integers (JSON numbers without a fraction, not booleans)."""
+    for key in keys:
+        value = row.get(key)
+        if key in row and not (isinstance(value, list) and all(type(x) is int for x in value)):
+            shown = type(value).__name__ if not isinstance(value, list) else \
+                repr(next(x for x in value if type(x) is not int))
+            raise InputError(f"{where}: {key} must be a list of integer ids, got {shown}; re-run preprocess")
+
+
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     """Write one JSON value per line (UTF-8, not ASCII-escaped); returns the number of rows."""
     count = 0

@@ -27,18 +27,19 @@ SAMPLE = [["Alice", "lives", "in", "Paris", "."], ["Bob", "Smith", "works", "for
                                                    "since", "2019", "!"]]
 
 
-def export_onnx(model_dir: str | Path, target: str | Path) -> dict:
+def export_onnx(model_dir: str | Path, target: str | Path, published_from: str | Path | None = None) -> dict:
     """Export the model of a fine-tune output (merged; unmerged LoRA is merged) into `target`; returns the export
-    record (also written to `target`/onnx_export.json)."""
+    record (also written to `target`/onnx_export.json). With `published_from` (the fine-tune output folder), the
+    export is an output of that folder: an earlier export it published there is replaced."""
     import onnxruntime
     import torch
 
     from trainer.inference import load_serving_tokenizer
     from trainer.model_io import load_token_classification_model
-    from trainer.publish import ensure_empty_or_absent, publish_dir, staging_dir
+    from trainer.publish import ensure_empty_or_absent, publish_dir, publish_output, staging_dir
 
     model_dir, target = Path(model_dir), Path(target)
-    ensure_empty_or_absent(target, "onnx_model_folder")
+    ensure_empty_or_absent(target, "onnx_model_folder", published_from=published_from)
     started = time.perf_counter()
     tokenizer = load_serving_tokenizer(model_dir)
     # Eager attention: one plain graph that every onnxruntime build runs (SDPA exports too, but no faster here).
@@ -57,7 +58,10 @@ def export_onnx(model_dir: str | Path, target: str | Path) -> dict:
                   "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                   "seconds": round(time.perf_counter() - started, 2)}
         (stage / EXPORT_INFO).write_text(json.dumps(record, indent=2), encoding="utf-8")
-        publish_dir(stage, target)
+        if published_from is not None:
+            publish_output(stage, target, published_from)
+        else:
+            publish_dir(stage, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     logger.info("ONNX export: %s (max |Δlogit| %.1e vs PyTorch, %.1f s)", target / ONNX_FILE, diff, record["seconds"])

@@ -1,11 +1,13 @@
 """What a fine-tune publishes: the best model in pytorch_model_folder, the MLflow model, the ONNX model,
 metrics.json last.
 
-Order (nothing that looks whole before it is): the best model is staged on every rank (ZeRO-3 gathers its
-shards), then the main process adds the tokenizer (every variant carries its own), moves it into
-`pytorch_model_folder` (weights last), stages the MLflow model and the ONNX export beside their targets and
-renames them into place, and finally writes `metrics.json`: a folder without it is not a finished run.
-Every output is self-contained: an unmerged LoRA output's adapter_config.json names its own `base_model/`.
+Order (nothing that looks whole before it is, no stale result beside a new one): the best model is staged on
+every rank (ZeRO-3 gathers its shards), then the main process removes what an earlier publication left
+(`metrics.json` first), adds the tokenizer (every variant carries its own), moves the new model into
+`pytorch_model_folder` (weights last), stages the MLflow model and the ONNX export beside their targets and renames
+them into place (replacing the ones this folder published before, if a killed run left them), and finally writes
+`metrics.json`: a folder without it is not a finished run. Every output is self-contained: an unmerged LoRA
+output's adapter_config.json names its own `base_model/`.
 """
 
 from __future__ import annotations
@@ -16,26 +18,39 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from trainer.checkpoints import list_checkpoints
+from trainer.checkpoints import CHECKPOINT_RE, list_checkpoints
 from trainer.config import FinetuneConfig
 from trainer.constants import BASE_MODEL_SUBDIR, FINETUNE_ARGS, METRICS_FILE
 from trainer.errors import InputError
 from trainer.jsonio import read_json
 from trainer.modeling import load_model, plain_loading
-from trainer.publish import ensure_empty_or_absent, publish_dir, publish_into, staging_dir, write_json_atomic
+from trainer.publish import (ensure_empty_or_absent, publish_into, publish_output, remove_published, staging_dir,
+                             write_json_atomic)
 
 logger = logging.getLogger(__name__)
 BEST_MODEL_STAGE = ".best_model.incomplete"
 
 
 def validate_outputs(config: FinetuneConfig) -> None:
-    """The output folders can take this run (before anything is created or loaded)."""
-    ensure_empty_or_absent(config.mlflow_model_folder, "mlflow_model_folder")
+    """The output folders can take this run (before anything is created or loaded): pytorch_model_folder is new,
+    empty or a fine-tune's own (to resume); the MLflow folder is new, empty or the one this run's
+    pytorch_model_folder published (a killed run's, replaced when published again)."""
+    root = Path(config.pytorch_model_folder)
+    ensure_empty_or_absent(config.mlflow_model_folder, "mlflow_model_folder", published_from=root)
     if config.onnx_model_folder:
-        ensure_empty_or_absent(config.onnx_model_folder, "onnx_model_folder")
-    if list_checkpoints(config.pytorch_model_folder) and not config.resume_from_checkpoint:
-        raise InputError(f"pytorch_model_folder {config.pytorch_model_folder} already holds checkpoints; set "
-                         "resume_from_checkpoint=true to continue them or give an empty folder")
+        ensure_empty_or_absent(config.onnx_model_folder, "onnx_model_folder", published_from=root)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"pytorch_model_folder {root} is a file; give a folder")
+    entries = sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+    if not entries:
+        return
+    if not list_checkpoints(root) and not (root / FINETUNE_ARGS).is_file():
+        raise InputError(f"pytorch_model_folder {root} holds files no fine-tune wrote ({', '.join(entries[:5])}); "
+                         "give an empty or new folder")
+    if not config.resume_from_checkpoint:
+        held = "checkpoints" if list_checkpoints(root) else "a fine-tuned model"
+        raise InputError(f"pytorch_model_folder {root} already holds {held}; set resume_from_checkpoint=true to "
+                         "continue them or give an empty folder")
 
 
 def publish(trainer, config: FinetuneConfig, model_dir: Path, class_names: list[str], result) -> None:
@@ -71,16 +86,22 @@ def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, m
         _finish_lora(stage, model_dir, class_names, config)
     tokenizer.save_pretrained(stage)  # every variant serves with the tokenizer it was trained with
     write_json_atomic(stage / FINETUNE_ARGS, config.to_dict())
+    remove_published(root, METRICS_FILE, keep=_not_published)  # an earlier publication's results go first
     publish_into(stage, root)
     mlflow_stage = staging_dir(config.mlflow_model_folder)
     shutil.rmtree(mlflow_stage)  # mlflow wants to create the folder itself
     save_mlflow_model(root, mlflow_stage)
-    publish_dir(mlflow_stage, config.mlflow_model_folder)
+    publish_output(mlflow_stage, config.mlflow_model_folder, root)
     if config.onnx_model_folder:
         result.onnx_export = export_onnx_output(root, config)
     write_json_atomic(root / METRICS_FILE, asdict(result))  # last: its presence means the folder is complete
     logger.info("best model: %s (%s=%s); outputs in %s and %s", result.best_checkpoint,
                 config.metric_for_best_model, result.best_metric, root, config.mlflow_model_folder)
+
+
+def _not_published(path: Path) -> bool:
+    """What publishing never removes from pytorch_model_folder: checkpoints, the lock, staging, records."""
+    return path.name.startswith(".") or bool(CHECKPOINT_RE.match(path.name))
 
 
 def _finish_lora(stage: Path, model_dir: Path, class_names: list[str], config: FinetuneConfig) -> None:
@@ -104,17 +125,22 @@ def _finish_lora(stage: Path, model_dir: Path, class_names: list[str], config: F
 
 def export_onnx_output(root: Path, config: FinetuneConfig) -> dict:
     """The ONNX export, or its record when off or failed: an optional extra never loses the trained model (the
-    folder then holds onnx_export.json with the reason and no model.onnx)."""
+    folder then holds onnx_export.json with the reason and no model.onnx). Published as an output of `root`."""
     from trainer.onnx_export import EXPORT_INFO, export_onnx
 
     if config.export_onnx:
         try:
-            return {"exported": True, **export_onnx(root, config.onnx_model_folder)}
+            return {"exported": True, **export_onnx(root, config.onnx_model_folder, published_from=root)}
         except Exception as err:  # noqa: BLE001 - recorded and logged; the PyTorch and MLflow models stand
             logger.error("ONNX export failed (the PyTorch and MLflow models are published): %s: %s",
                          type(err).__name__, err)
             record = {"exported": False, "error": f"{type(err).__name__}: {err}"}
     else:
         record = {"exported": False, "error": "export_onnx=false"}
-    write_json_atomic(Path(config.onnx_model_folder) / EXPORT_INFO, record)
+    stage = staging_dir(config.onnx_model_folder)
+    try:
+        write_json_atomic(stage / EXPORT_INFO, record)
+        publish_output(stage, config.onnx_model_folder, root)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return record

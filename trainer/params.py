@@ -117,6 +117,8 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
     if kind is bool:
         return parse_bool(value, f.name)
     if kind is str:
+        if isinstance(value, (list, dict)):
+            raise ConfigError(f"{f.name}={value!r} is not a string")
         value = bool_text(value)  # a real boolean given for a "true"/"false"/"auto" string stays the spec's word
         return None if (value == "" and f.default is None) else value
     if isinstance(value, bool):
@@ -148,6 +150,7 @@ class Params:
     """Base of the typed surfaces (see the module docstring). Subclasses are `@dataclass(kw_only=True)`."""
 
     GROUPS: ClassVar[dict[str, str]] = {}  # group key -> CLI section title, in display order
+    INPUT_VALUES: ClassVar[tuple[str, ...]] = ()  # value fields that may name a local input path (not artifacts)
     SPEC: ClassVar[bool] = False  # True: the fields marked spec=True follow the reference spec (others are noted)
 
     def __post_init__(self) -> None:

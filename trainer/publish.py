@@ -6,6 +6,7 @@ with `os.replace`, the one atomic step POSIX filesystems give.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,18 +16,25 @@ from pathlib import Path
 from trainer.errors import InputError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+PUBLISHED_RECORD = ".published.json"  # in a model folder: the outputs it published beside itself (publish_output)
 
 
 def write_json_atomic(path: str | Path, data: object) -> None:
-    """Write JSON to a temporary sibling, then rename it over `path`."""
+    """Write JSON to a temporary sibling, then rename it over `path` (readable by all, like any other output);
+    a failed write (e.g. a full disk) leaves no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
                                      encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
         tmp = handle.name
+        try:
+            json.dump(data, handle, indent=2, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), 0o644)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     os.replace(tmp, path)
 
 
@@ -39,10 +47,88 @@ def staging_dir(target: str | Path) -> Path:
     return stage
 
 
-def ensure_empty_or_absent(folder: str | Path, name: str) -> None:
+def ensure_empty_or_absent(folder: str | Path, name: str, published_from: str | Path | None = None) -> None:
+    """`folder` can take a new output: absent, empty, or the one `published_from` published earlier (a killed or
+    resumed run of the same output, replaced as a whole when published again)."""
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if published_from is not None and published_by(folder, published_from):
+            return
         raise InputError(f"{name} {folder} already exists and is not empty; give an empty or new folder")
+
+
+def tree_fingerprint(folder: str | Path) -> str:
+    """SHA-256 of every file's relative path, size and modification time in `folder`: what a rename keeps and a
+    later write changes."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
+        stat = item.lstat()
+        digest.update(f"{item.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _record_path(root: str | Path) -> Path:
+    return Path(root) / PUBLISHED_RECORD
+
+
+def published_by(target: str | Path, root: str | Path) -> bool:
+    """`target` is still exactly the output that `root` published there (recorded when it was renamed in)."""
+    record = _record_path(root)
+    try:
+        published = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    key = str(Path(target).resolve())
+    return isinstance(published, dict) and published.get(key) == tree_fingerprint(target)
+
+
+def publish_output(staged: Path, target: str | Path, root: str | Path) -> None:
+    """Rename a finished staging folder to `target`, an output published beside the folder `root`.
+
+    `root` records what it published (before the rename), so a later run of the same output — one resumed after
+    being killed between this rename and its last file — recognises `target` as its own and replaces it; anything
+    else in `target` is never overwritten. Leftover staging folders of `target` are removed first.
+    """
+    target = Path(target)
+    remove_stale_stages(target, keep=staged)
+    replace = published_by(target, root)
+    record = _record_path(root)
+    try:
+        published = json.loads(record.read_text(encoding="utf-8")) if record.exists() else {}
+    except ValueError:
+        published = {}
+    published = published if isinstance(published, dict) else {}
+    published[str(target.resolve())] = tree_fingerprint(staged)
+    write_json_atomic(record, published)
+    publish_dir(staged, target, replace=replace)
+
+
+def remove_stale_stages(target: str | Path, keep: Path | None = None) -> None:
+    """Remove the staging folders a killed run left beside `target` (`.NAME.incomplete-*`, `.NAME.old-*`), all but
+    `keep` (the one being published)."""
+    target = Path(target)
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{target.name}.*"):
+            if stale != keep and stale.is_dir() and stale.name.startswith((f".{target.name}.incomplete-",
+                                                                          f".{target.name}.old-")):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def remove_published(root: str | Path, marker: str, keep) -> None:
+    """Remove what an earlier run published into `root` before publishing again: its completion `marker` first
+    (the folder stops looking finished), then its weights, then everything else except what `keep(path)` spares.
+    Stale results never sit beside new ones."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    (root / marker).unlink(missing_ok=True)
+    entries = [p for p in root.iterdir() if not keep(p)]
+    for entry in sorted(entries, key=lambda p: p.suffix not in WEIGHT_SUFFIXES):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def publish_dir(staged: Path, target: str | Path, *, replace: bool = False) -> None:

@@ -69,7 +69,7 @@ def build_training_args(config: FinetuneConfig, num_train_examples: int, deepspe
         greater_is_better=config.greater_is_better,
         load_best_model_at_end=True,
         label_names=["labels"],  # named, not read from forward(): a wrapped model (apply_ort's ORTModule) hides it
-        save_total_limit=None if config.save_total_limit == -1 else config.save_total_limit,
+        save_total_limit=None,  # trainer.checkpoints rotates, after the new checkpoint's manifest is written
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         deepspeed=deepspeed_config,
         report_to=report_to,

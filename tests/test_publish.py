@@ -1,0 +1,83 @@
+"""Publishing leaves no stale result beside a new one, and a resumed run replaces the MLflow model its own
+pytorch_model_folder published (a killed run's) — never anybody else's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import weights_digest
+
+from trainer.errors import InputError
+from trainer.finetune import finetune
+
+
+class Killed(Exception):
+    """Stands for SIGKILL at a chosen instant of publishing."""
+
+
+def _kill_when(monkeypatch, module, name: str, condition=lambda *args, **kwargs: True):
+    """Make module.name raise Killed (instead of running) when condition(*args) holds."""
+    real = getattr(module, name)
+
+    def fake(*args, **kwargs):
+        if condition(*args, **kwargs):
+            raise Killed(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, fake)
+
+
+def test_republishing_removes_the_old_results_first(make_config, monkeypatch):
+    """A finished run resumed for more epochs and killed while publishing: its old metrics.json must be gone before
+    the new weights arrive (they no longer describe the folder)."""
+    from trainer import mlflow_model
+
+    settings = dict(learning_rate=2e-3, metric_for_best_model="loss", evaluation_strategy="steps", eval_steps=5)
+    first = finetune(make_config("run", num_train_epochs=1, **settings))
+    root = Path(first.pytorch_model_folder)
+    assert (root / "metrics.json").exists() and first.best_checkpoint.endswith("checkpoint-10")
+
+    _kill_when(monkeypatch, mlflow_model, "save_mlflow_model")  # after the new model moved in, before MLflow
+    with pytest.raises(Killed):
+        finetune(make_config("run", num_train_epochs=2, resume_from_checkpoint=True, **settings))
+    assert not (root / "metrics.json").exists(), "the old metrics.json stayed beside the new weights"
+    best = json.loads((root / "checkpoint-20" / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert best != first.best_checkpoint and weights_digest(root) == weights_digest(best)  # the new model is in
+
+    monkeypatch.undo()
+    second = finetune(make_config("run", num_train_epochs=2, resume_from_checkpoint=True, **settings))
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics["best_checkpoint"] == second.best_checkpoint != first.best_checkpoint
+    assert weights_digest(root) == weights_digest(second.best_checkpoint)
+
+
+@pytest.fixture
+def killed_before_metrics(make_config, monkeypatch):
+    """A run killed after its MLflow model was renamed into place, before metrics.json."""
+    from trainer import outputs
+
+    config = make_config("run", num_train_epochs=2, learning_rate=2e-3)
+    _kill_when(monkeypatch, outputs, "write_json_atomic", lambda path, data: Path(path).name == "metrics.json")
+    with pytest.raises(Killed):
+        finetune(config)
+    monkeypatch.undo()
+    assert (Path(config.mlflow_model_folder) / "MLmodel").exists()
+    assert not (Path(config.pytorch_model_folder) / "metrics.json").exists()
+    return config
+
+
+def test_resume_replaces_the_mlflow_model_its_own_folder_published(killed_before_metrics, make_config):
+    mlmodel = Path(killed_before_metrics.mlflow_model_folder) / "MLmodel"
+    before = mlmodel.stat().st_ino
+    finetune(make_config("run", num_train_epochs=2, learning_rate=2e-3, resume_from_checkpoint=True))
+    assert (Path(killed_before_metrics.pytorch_model_folder) / "metrics.json").exists()
+    assert mlmodel.stat().st_ino != before  # published again, as a whole
+
+
+def test_an_mlflow_folder_changed_since_it_was_published_is_not_overwritten(killed_before_metrics, make_config):
+    (Path(killed_before_metrics.mlflow_model_folder) / "notes.txt").write_text("someone's")
+    with pytest.raises(InputError, match="mlflow_model_folder .* already exists and is not empty"):
+        finetune(make_config("run", num_train_epochs=2, learning_rate=2e-3, resume_from_checkpoint=True))
+    assert (Path(killed_before_metrics.mlflow_model_folder) / "notes.txt").read_text() == "someone's"
