@@ -280,7 +280,9 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     if config.apply_early_stopping:
         all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if config.precision == "16" else None)
-    trainer = Trainer(
+    from trainer import speed  # --- speed hook (trainer/speed.py): sampler, eval order ---
+
+    trainer = speed.trainer_class(Trainer)(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.validation, processing_class=tokenizer,
         data_collator=collator, compute_metrics=make_compute_metrics(data.class_names),
         preprocess_logits_for_metrics=argmax_logits, callbacks=all_callbacks,
