@@ -159,3 +159,72 @@ def test_ddp_ranks_get_disjoint_shards(tmp_path):
         expected = length_grouped_batches(seen[0]["lengths"], batch, seed=seen[0]["seed"], epoch=int(epoch))
         assert r0 == expected[0::2] and r1 == expected[1::2]
     assert seen[0]["epochs"]["0"] != seen[0]["epochs"]["1"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Trained-rows embedding (cpu_speedups): exactly the dense table's training
+# ------------------------------------------------------------------------------------------------------------
+def test_trained_rows_embedding_computes_what_the_dense_table_computes():
+    from trainer.speed import TrainedRowsEmbedding
+
+    torch.manual_seed(0)
+    dense = torch.nn.Embedding(50, 8, padding_idx=0)
+    reference = torch.nn.Embedding(50, 8, padding_idx=0)
+    reference.load_state_dict(dense.state_dict())
+    compact = TrainedRowsEmbedding(dense, torch.tensor([3, 7, 9, 11]))
+    assert sorted(compact.ids.tolist()) == [0, 3, 7, 9, 11]  # + padding
+    assert set(compact.state_dict()) == {"weight"} and torch.equal(compact.state_dict()["weight"], reference.weight)
+
+    train = torch.tensor([[3, 7, 9, 0], [11, 3, 0, 0]])
+    out = compact(train)
+    ref = reference(train)
+    assert torch.equal(out, ref)
+    upstream = torch.randn_like(ref)
+    out.backward(upstream)
+    ref.backward(upstream)
+    assert torch.equal(compact.trainable.grad, reference.weight.grad[compact.ids])
+    others = torch.ones(50, dtype=torch.bool)
+    others[compact.ids] = False
+    assert not reference.weight.grad[others].any()  # rows outside the training ids get no gradient: never move
+
+    with torch.no_grad():
+        compact.trainable.add_(1.0)
+        reference.weight[compact.ids[1:]] += 1.0  # the padding row: same update in both (kept by padding_idx below)
+        reference.weight[0] += 1.0
+    unseen = torch.tensor([[3, 42, 0, 17]])  # validation rows may hold ids the training split never had
+    assert torch.equal(compact(unseen), reference(unseen))
+    restored = compact.restore()
+    assert restored is dense and torch.equal(restored.weight, reference.weight)
+
+
+def test_cpu_speedups_train_exactly_like_the_stock_path(make_config):
+    """Tiny BERT, same data order and dropout draws: the per-epoch loss curves and the trained weights with the
+    CPU speed-ups (allocator, trained-rows embedding) equal the stock modules' up to float rounding."""
+    from safetensors.torch import load_file
+
+    curves, weights = {}, {}
+    for flag in ("false", "true"):
+        losses = _Losses()
+        config = make_config(f"speedups-{flag}", cpu_speedups=flag, num_train_epochs=4)
+        result = finetune(config, callbacks=[losses])
+        assert result.test_metrics["test_f1"] > 0.9
+        curves[flag] = losses.losses
+        weights[flag] = load_file(str(Path(config.pytorch_model_folder) / "model.safetensors"))
+    assert len(curves["true"]) == 4
+    assert curves["true"] == pytest.approx(curves["false"], rel=1e-5, abs=1e-6)
+    assert set(weights["true"]) == set(weights["false"])
+    for name, tensor in weights["false"].items():
+        assert torch.allclose(weights["true"][name], tensor, rtol=1e-4, atol=1e-6), name
+    emb = "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(weights["true"][emb], load_file(str(Path(make_config().model_selector_output)
+                                                               / "model.safetensors"))[emb])  # it did train
+
+
+class _Losses(TrainerCallback):
+    def __init__(self):
+        self.losses = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+

@@ -107,6 +107,9 @@ class FinetuneConfig:
                                    group="training")
     group_by_length: bool = _param(True, "Batch rows of similar length together (less padding, faster).",
                                    group="training", spec=False)
+    cpu_speedups: bool = _param(
+        True, "CPU training speed-ups that leave the results unchanged: glibc allocator thresholds, vectorised "
+              "dropout masks (trainer/speed.py).", group="training", spec=False)
 
     # --- Early stopping -----------------------------------------------------------------------
     apply_early_stopping: bool = _param(False, "If true, enables early stopping.", group="early_stopping")

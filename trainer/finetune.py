@@ -275,13 +275,14 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
         from torch_ort import ORTModule
 
         model = ORTModule(model)
+    from trainer import speed  # --- speed hooks (trainer/speed.py): CPU kernels, sampler, eval order ---
+
+    sped = speed.prepare(model, config, data.train, use_cpu=not _has_cuda())
 
     all_callbacks = list(callbacks or [])
     if config.apply_early_stopping:
         all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if config.precision == "16" else None)
-    from trainer import speed  # --- speed hook (trainer/speed.py): sampler, eval order ---
-
     trainer = speed.trainer_class(Trainer)(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.validation, processing_class=tokenizer,
         data_collator=collator, compute_metrics=make_compute_metrics(data.class_names),
@@ -297,7 +298,10 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
         else:
             logger.info("resuming from %s", resume)
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        sped.restore()  # --- speed hook: the stock modules back before evaluation and publishing ---
     train_runtime = time.perf_counter() - started
 
     validation_metrics = trainer.evaluate(data.validation, metric_key_prefix="eval")
