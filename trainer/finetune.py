@@ -282,12 +282,16 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     all_callbacks = list(callbacks or [])
     if config.apply_early_stopping:
         all_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
-    collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if config.precision == "16" else None)
+    # Multiples of 8 feed GPU tensor cores; on a CPU they are only padding (~9 % more positions on WNUT-17).
+    collator = DataCollatorForTokenClassification(
+        tokenizer, pad_to_multiple_of=8 if config.precision == "16" and _has_cuda() else None)
     trainer = speed.trainer_class(Trainer)(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.validation, processing_class=tokenizer,
         data_collator=collator, compute_metrics=make_compute_metrics(data.class_names),
         preprocess_logits_for_metrics=argmax_logits, callbacks=all_callbacks,
     )
+    if config.group_by_length and os.environ.get("KFP_TOKEN_NORM", "1") == "1":  # --- speed hook: loss weights ---
+        speed.enable_token_normalized_loss(trainer, data.train)
 
     resume = None
     if config.resume_from_checkpoint:

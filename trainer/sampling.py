@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-DEFAULT_MEGA_BATCH_MULT = 16
+DEFAULT_MEGA_BATCH_MULT = 32  # 3 % padding on WNUT-17 (the stock 50: 2 %; 16: 6 %; random: 41 %)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -66,6 +66,42 @@ class SpeedTrainerMixin:
         return super()._get_eval_sampler(eval_dataset)
 
 
+    # --- loss normalisation for length-grouped batches ---------------------------------------------------
+    label_tokens_per_step: Optional[float] = None  # set by enable_token_normalized_loss()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """With length-grouped batches, the stock per-batch *mean* loss gives every token of a batch of short rows
+        more weight than a token of a batch of long rows (1 / tokens in its batch), an objective that random
+        batches do not have. Here the summed token loss is divided by a constant, the expected number of labelled
+        tokens per optimizer step under random batching: every token weighs the same, and the expected update
+        equals the random sampler's. Training only; evaluation keeps the model's own loss."""
+        norm = self.label_tokens_per_step
+        if (norm is None or not model.training or "labels" not in inputs or self.compute_loss_func is not None
+                or self.label_smoother is not None):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                           labels.reshape(-1).to(logits.device), ignore_index=-100,
+                                           reduction="sum") / norm
+        return (loss, outputs) if return_outputs else loss
+
+
+def enable_token_normalized_loss(trainer, train_dataset) -> Optional[float]:
+    """Turn on `SpeedTrainerMixin.compute_loss`'s normalisation (for length-grouped batches): the constant is
+    labelled tokens per row x rows per device batch x accumulation steps (per device: DDP averages ranks)."""
+    rows = [row["labels"] for row in train_dataset]
+    per_row = sum(sum(1 for x in labels if x != -100) for labels in rows) / max(1, len(rows))
+    norm = per_row * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+    if norm <= 0:
+        return None
+    trainer.label_tokens_per_step = norm
+    trainer.loss_is_scaled_for_ga = True  # the constant already covers the accumulation steps
+    return norm
+
+
 def trainer_class(base):
     """``base`` (a transformers.Trainer class) with the speed overrides."""
     return type(f"Speed{base.__name__}", (SpeedTrainerMixin, base), {})
