@@ -259,6 +259,17 @@ def prepare_inputs(args, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Child process: one arm
 # ----------------------------------------------------------------------------------------------------------------
+def host_busy_seconds():
+    """Busy CPU time of the whole host (all CPUs, all processes) so far, from /proc/stat; None if unreadable."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = [int(x) for x in fields]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 class Meter:
     """Class-level instrumentation of transformers.Trainer, identical for every arm.
 
@@ -271,6 +282,7 @@ class Meter:
         self.inner_eval_seconds = 0.0
         self.inner_save_seconds = 0.0
         self.train_cpu_seconds = 0.0  # process CPU time (all threads): robust to other load on a shared host
+        self.host_busy_seconds = 0.0  # all CPUs' busy time during Trainer.train() (from /proc/stat)
         self.inner_cpu_seconds = 0.0
         self.in_train = False
         self.steps = 0
@@ -304,13 +316,15 @@ class Meter:
                 torch.cuda.reset_peak_memory_stats()
             sync()
             meter.in_train = True
-            started, cpu_started = time.perf_counter(), time.process_time()
+            started, cpu_started, busy_started = time.perf_counter(), time.process_time(), host_busy_seconds()
             try:
                 return orig_train(self, *a, **k)
             finally:
                 sync()
                 meter.train_seconds += time.perf_counter() - started
                 meter.train_cpu_seconds += time.process_time() - cpu_started
+                if busy_started is not None:
+                    meter.host_busy_seconds += (host_busy_seconds() or 0.0) - busy_started
                 meter.in_train = False
                 if torch.cuda.is_available():
                     meter.peak_gpu_train = torch.cuda.max_memory_allocated()
@@ -560,6 +574,11 @@ def child_main(spec_path: str) -> int:
         "train_tokens_per_s_raw": real / meter.train_seconds if meter.train_seconds > 0 else None,
         "train_cpu_seconds_net": round(net_cpu, 3),
         "train_tokens_per_cpu_s": real / net_cpu if net_cpu > 0 else None,
+        # CPU time other processes used while this arm trained, as a share of the host's CPU capacity: a figure
+        # taken with foreign load well above zero was measured on a shared host and is slower than it should be.
+        "foreign_cpu_share": (round(max(0.0, meter.host_busy_seconds - meter.train_cpu_seconds)
+                                    / (meter.train_seconds * usable_cpus()), 3)
+                              if meter.train_seconds > 0 and meter.host_busy_seconds else None),
         "load_average_after": list(os.getloadavg()),
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -611,8 +630,8 @@ def add_mfu(result: dict, peaks: dict) -> None:
 
 
 def table(results: list[dict], ref: dict) -> str:
-    cols = ["arm", "prec", "tok/s", "x stock", "x best", "MFU %", "pad %", "train s", "raw s", "wall s", "RSS MB",
-            "GPU MB", "load", "val F1", "test F1"]
+    cols = ["arm", "prec", "tok/s", "tok/cpu-s", "x stock", "x best", "MFU %", "pad %", "train s", "raw s", "wall s",
+            "RSS MB", "GPU MB", "foreign %", "val F1", "test F1"]
     lines = []
     stock_tps = (ref.get("stock") or {}).get("train_tokens_per_s")
     best_tps = (ref.get("stock_best") or {}).get("train_tokens_per_s")
@@ -622,14 +641,14 @@ def table(results: list[dict], ref: dict) -> str:
             continue
         tps = r.get("train_tokens_per_s")
         lines.append([
-            r["arm"], "bf16" if r.get("precision") == "16" else "fp32", fmt(tps),
+            r["arm"], "bf16" if r.get("precision") == "16" else "fp32", fmt(tps), fmt(r.get("train_tokens_per_cpu_s")),
             fmt(tps / stock_tps if tps and stock_tps else None, "{:.2f}"),
             fmt(tps / best_tps if tps and best_tps else None, "{:.2f}"),
             fmt(100 * r["mfu"] if r.get("mfu") is not None else None, "{:.1f}"),
             fmt(100 * r["padding_fraction"] if r.get("padding_fraction") is not None else None, "{:.0f}"),
             fmt(r.get("train_seconds_net"), "{:.1f}"), fmt(r.get("train_seconds_raw"), "{:.1f}"),
             fmt(r.get("wall_seconds"), "{:.1f}"), fmt(r.get("peak_rss_mb")), fmt(r.get("peak_gpu_train_mb")),
-            fmt((r.get("host") or {}).get("load_1min_before"), "{:.1f}"),
+            fmt(100 * r["foreign_cpu_share"] if r.get("foreign_cpu_share") is not None else None, "{:.0f}"),
             fmt(100 * r["eval_f1"] if r.get("eval_f1") is not None else None, "{:.2f}"),
             fmt(100 * r["test_f1"] if r.get("test_f1") is not None else None, "{:.2f}"),
         ])
@@ -673,6 +692,8 @@ def aggregate(runs: dict, arms: list[str]) -> dict:
     for arm in arms:
         rs = [runs[s][arm] for s in runs if arm in runs[s] and "error" not in runs[s][arm]]
         entry = {"train_tokens_per_s": stats([r["train_tokens_per_s"] for r in rs]),
+                 "train_tokens_per_cpu_s": stats([r.get("train_tokens_per_cpu_s") for r in rs]),
+                 "foreign_cpu_share": stats([r.get("foreign_cpu_share") for r in rs]),
                  "mfu": stats([r.get("mfu") for r in rs]),
                  "mfu_vs_bf16_peak": stats([r.get("mfu_vs_bf16_peak") for r in rs]),
                  "peak_rss_mb": stats([r.get("peak_rss_mb") for r in rs]),
@@ -685,6 +706,9 @@ def aggregate(runs: dict, arms: list[str]) -> dict:
             pairs = [(r, b) for r, b in pairs if b and "error" not in b]
             if ref != arm and pairs:
                 entry[f"speedup_vs_{ref}"] = stats([r["train_tokens_per_s"] / b["train_tokens_per_s"] for r, b in pairs])
+                entry[f"cpu_speedup_vs_{ref}"] = stats([r["train_tokens_per_cpu_s"] / b["train_tokens_per_cpu_s"]
+                                                        for r, b in pairs if r.get("train_tokens_per_cpu_s")
+                                                        and b.get("train_tokens_per_cpu_s")])
         pairs = [(r, runs[r["seed"]].get("stock")) for r in rs]
         pairs = [(r, b) for r, b in pairs if b and "error" not in b]
         if arm != "stock" and pairs:
@@ -705,16 +729,18 @@ def aggregate_table(agg: dict) -> str:
     def ci(e, f="{:+.2f}"):
         return "-" if not e or "ci95" not in e else f"[{f.format(e['ci95'][0])}, {f.format(e['ci95'][1])}]"
 
-    lines = ["arm | seeds | tok/s | x stock (median) | x stock_best (median) | MFU % | peak RSS MB | test F1 | "
-             "test F1 - stock | 95 % CI | by criterion loss / f1 / last (- stock)",
-             "--- | --- | --- | --- | --- | --- | --- | --- | --- | --- | ---"]
+    lines = ["arm | seeds | tok/s | x stock (median) | x stock_best (median) | per CPU-s x stock_best (median) | "
+             "MFU % | foreign CPU % | peak RSS MB | test F1 | test F1 - stock | 95 % CI | "
+             "by criterion loss / f1 / last (- stock)",
+             "--- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | ---"]
     for arm, e in agg.items():
         crit = e.get("test_f1_minus_stock_points_by_criterion") or {}
         lines.append(" | ".join([
             arm, str((e["test_f1"] or {}).get("n", 0)), ms(e["train_tokens_per_s"], f="{:.0f}"),
             fmt((e.get("speedup_vs_stock") or {}).get("median"), "{:.2f}"),
             fmt((e.get("speedup_vs_stock_best") or {}).get("median"), "{:.2f}"),
-            ms(e["mfu"], 100, "{:.1f}"), ms(e["peak_rss_mb"], f="{:.0f}"), ms(e["test_f1"], 100),
+            fmt((e.get("cpu_speedup_vs_stock_best") or {}).get("median"), "{:.2f}"),
+            ms(e["mfu"], 100, "{:.1f}"), ms(e["foreign_cpu_share"], 100, "{:.0f}"), ms(e["peak_rss_mb"], f="{:.0f}"), ms(e["test_f1"], 100),
             ms(e.get("test_f1_minus_stock_points")), ci(e.get("test_f1_minus_stock_points")),
             " / ".join(ms(crit[k]) for k in ("loss", "f1", "last") if k in crit) or "-"]))
     return "\n".join(lines)
