@@ -228,3 +228,47 @@ class _Losses(TrainerCallback):
         if logs and "loss" in logs:
             self.losses.append(logs["loss"])
 
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Token-normalised loss for length-grouped batches
+# ------------------------------------------------------------------------------------------------------------
+def test_token_normalised_loss_weighs_every_labelled_token_the_same(tiny_model_selector, tmp_path):
+    from transformers import BertForTokenClassification, Trainer, TrainingArguments
+
+    from trainer.speed import enable_token_normalized_loss, trainer_class
+
+    rows = [{"input_ids": [2] + [5] * n + [3], "attention_mask": [1] * (n + 2),
+             "labels": [-100] + [1] * n + [-100]} for n in (2, 4, 6, 8)]  # 5 labelled tokens per row on average
+    model = BertForTokenClassification.from_pretrained(tiny_model_selector)  # 2 labels
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=3,
+                             use_cpu=True, report_to="none")
+    trainer = trainer_class(Trainer)(model=model, args=args, train_dataset=rows)
+    assert enable_token_normalized_loss(trainer, rows) == pytest.approx(5 * 2 * 3)
+    assert trainer.loss_is_scaled_for_ga is True  # the constant covers the accumulation steps: no second division
+
+    batch = {"input_ids": torch.tensor([[2, 5, 5, 3, 0], [2, 5, 5, 5, 3]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]),
+             "labels": torch.tensor([[-100, 1, 0, -100, -100], [-100, 0, 1, 1, -100]])}
+    model.train()
+    torch.manual_seed(0)
+    ours = trainer.compute_loss(model, dict(batch))
+    torch.manual_seed(0)
+    stock = model(**batch).loss  # the mean over this batch's 5 labelled tokens
+    assert ours.item() == pytest.approx(stock.item() * 5 / 30, rel=1e-6)
+    model.eval()  # evaluation keeps the model's own (mean) loss
+    assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
+
+
+def test_length_grouped_training_follows_the_random_sampler_loss_curve(make_config):
+    """Same tiny task, same seed: the default (length-grouped, token-normalised) run's per-epoch training loss
+    stays within tolerance of the stock random sampler's, and both learn the task."""
+    curves = {}
+    for flag in ("false", "true"):
+        losses = _Losses()
+        result = finetune(make_config(f"grouped-{flag}", group_by_length=flag, num_train_epochs=4), callbacks=[losses])
+        assert result.test_metrics["test_f1"] > 0.9
+        curves[flag] = losses.losses
+    print(curves)
+    for stock, ours in zip(curves["false"], curves["true"]):
+        assert abs(stock - ours) <= 0.05 + 0.2 * stock, curves
