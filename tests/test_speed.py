@@ -1,0 +1,274 @@
+"""Correctness of the speed features (trainer/sampling.py, trainer/speed.py). Speed itself is measured by
+bench/run_benchmark.py, never here: these tests pin that each feature computes what the plain path computes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from trainer.checkpoints import list_checkpoints
+from trainer.finetune import finetune
+from trainer.sampling import SeededLengthGroupedSampler, length_grouped_batches
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sampler
+# ------------------------------------------------------------------------------------------------------------
+def _lengths(n=203, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(3, 60, (n,), generator=g)).tolist()
+
+
+def test_sampler_is_a_pure_function_of_seed_and_epoch():
+    lengths = _lengths()
+    torch.manual_seed(123)
+    a = SeededLengthGroupedSampler(lengths, 8, seed=7)
+    a.set_epoch(1)
+    first = list(a)
+    torch.manual_seed(999)  # the global RNG must not matter
+    torch.rand(10)
+    b = SeededLengthGroupedSampler(lengths, 8, seed=7)
+    b.set_epoch(1)
+    assert list(b) == first
+    b.set_epoch(2)
+    assert list(b) != first  # a fresh order every epoch
+    assert list(SeededLengthGroupedSampler(lengths, 8, seed=8)) != list(SeededLengthGroupedSampler(lengths, 8, seed=7))
+
+
+def test_sampler_covers_every_row_once_with_little_padding_and_random_batch_order():
+    lengths = _lengths(n=1003)
+    batches = length_grouped_batches(lengths, 16, seed=3, epoch=0)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [len(b) for b in batches[:-1]] == [16] * (len(batches) - 1) and len(batches[-1]) == 1003 % 16
+
+    def pad_fraction(bs):
+        real = sum(lengths[i] for b in bs for i in b)
+        return 1 - real / sum(max(lengths[i] for i in b) * len(b) for b in bs)
+
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    random_batches = [perm[i:i + 16] for i in range(0, len(perm), 16)]
+    assert pad_fraction(batches) < 0.1 < 0.3 < pad_fraction(random_batches)
+
+    # Batch order is random: not the stock sampler's longest-first saw-tooth. Count how often a full batch is
+    # longer than the next one: ~half for a random order, almost all (or none) for a sorted one.
+    maxes = [max(lengths[i] for i in b) for b in batches[:-1]]
+    downs = sum(x > y for x, y in zip(maxes, maxes[1:])) / (len(maxes) - 1)
+    assert 0.3 < downs < 0.7
+
+
+def test_dataloader_batches_are_the_sampler_batches():
+    """The DataLoader cuts the index stream every batch_size rows: that must be exactly our batches."""
+    lengths = _lengths(n=99)
+    sampler = SeededLengthGroupedSampler(lengths, 8, seed=1)
+    loader = torch.utils.data.DataLoader(list(range(99)), batch_size=8, sampler=sampler)
+    assert [b.tolist() for b in loader] == sampler.batches()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bit-identical resume from the middle of epoch 2 with the default (length-grouped) sampler
+# ------------------------------------------------------------------------------------------------------------
+class _Crash(TrainerCallback):
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise RuntimeError("simulated node failure")
+
+
+class _Start(TrainerCallback):
+    def __init__(self):
+        self.begin_step = self.begin_epoch = self.first_step = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.begin_step, self.begin_epoch = state.global_step, state.epoch
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.first_step is None:
+            self.first_step = state.global_step
+
+
+def weights_digest(folder: Path) -> str:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_resume_mid_epoch_two_is_bit_identical_with_the_default_sampler(make_config):
+    # 160 rows / batch 16 = 10 steps per epoch; a checkpoint every 15 steps: checkpoint-15 is half-way through
+    # epoch 2, so the resumed run must skip 5 batches of epoch 2 and replay the other 5 exactly.
+    settings = dict(num_train_epochs=3, learning_rate=2e-3, evaluation_strategy="steps", eval_steps=15,
+                    metric_for_best_model="loss")
+    assert make_config().group_by_length  # the default sampler is the length-grouped one
+    straight = make_config("straight", **settings)
+    finetune(straight)
+
+    crashed = make_config("crashed", **settings)
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        finetune(crashed, callbacks=[_Crash(at_step=18)])
+    assert [c.name for c in list_checkpoints(crashed.pytorch_model_folder)] == ["checkpoint-15"]
+
+    start = _Start()
+    finetune(make_config("crashed", resume_from_checkpoint="true", **settings), callbacks=[start])
+    assert (start.begin_step, start.begin_epoch, start.first_step) == (15, 1.5, 16)  # really resumed mid-epoch 2
+
+    for name in ("checkpoint-15", "checkpoint-30"):
+        assert weights_digest(Path(crashed.pytorch_model_folder) / name) == \
+            weights_digest(Path(straight.pytorch_model_folder) / name), name
+    assert weights_digest(Path(crashed.pytorch_model_folder)) == weights_digest(Path(straight.pytorch_model_folder))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# DDP: two CPU processes (gloo) get disjoint shards of the same seeded order
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_ranks_get_disjoint_shards(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    done = subprocess.run(
+        ["torchrun", "--nproc_per_node", "2", "--master_port", str(29600 + os.getpid() % 1000),
+         str(REPO / "tests" / "ddp_sampler_probe.py"), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    n_rows, batch = seen[0]["n_rows"], seen[0]["batch_size"]
+    for epoch in ("0", "1"):
+        r0, r1 = seen[0]["epochs"][epoch], seen[1]["epochs"][epoch]
+        rows0, rows1 = {i for b in r0 for i in b}, {i for b in r1 for i in b}
+        assert not rows0 & rows1, f"epoch {epoch}: ranks share rows"
+        assert rows0 | rows1 == set(range(n_rows))
+        # Each rank's batches are the seeded sampler's batches, dealt round-robin.
+        expected = length_grouped_batches(seen[0]["lengths"], batch, seed=seen[0]["seed"], epoch=int(epoch))
+        assert r0 == expected[0::2] and r1 == expected[1::2]
+    assert seen[0]["epochs"]["0"] != seen[0]["epochs"]["1"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Trained-rows embedding (cpu_speedups): exactly the dense table's training
+# ------------------------------------------------------------------------------------------------------------
+def test_trained_rows_embedding_computes_what_the_dense_table_computes():
+    from trainer.speed import TrainedRowsEmbedding
+
+    torch.manual_seed(0)
+    dense = torch.nn.Embedding(50, 8, padding_idx=0)
+    reference = torch.nn.Embedding(50, 8, padding_idx=0)
+    reference.load_state_dict(dense.state_dict())
+    compact = TrainedRowsEmbedding(dense, torch.tensor([3, 7, 9, 11]))
+    assert sorted(compact.ids.tolist()) == [0, 3, 7, 9, 11]  # + padding
+    assert set(compact.state_dict()) == {"weight"} and torch.equal(compact.state_dict()["weight"], reference.weight)
+
+    train = torch.tensor([[3, 7, 9, 0], [11, 3, 0, 0]])
+    out = compact(train)
+    ref = reference(train)
+    assert torch.equal(out, ref)
+    upstream = torch.randn_like(ref)
+    out.backward(upstream)
+    ref.backward(upstream)
+    assert torch.equal(compact.trainable.grad, reference.weight.grad[compact.ids])
+    others = torch.ones(50, dtype=torch.bool)
+    others[compact.ids] = False
+    assert not reference.weight.grad[others].any()  # rows outside the training ids get no gradient: never move
+
+    with torch.no_grad():
+        compact.trainable.add_(1.0)
+        reference.weight[compact.ids[1:]] += 1.0  # the padding row: same update in both (kept by padding_idx below)
+        reference.weight[0] += 1.0
+    unseen = torch.tensor([[3, 42, 0, 17]])  # validation rows may hold ids the training split never had
+    assert torch.equal(compact(unseen), reference(unseen))
+    restored = compact.restore()
+    assert restored is dense and torch.equal(restored.weight, reference.weight)
+
+
+def test_cpu_speedups_train_exactly_like_the_stock_path(make_config):
+    """Tiny BERT, same data order and dropout draws: the per-epoch loss curves and the trained weights with the
+    CPU speed-ups (allocator, trained-rows embedding) equal the stock modules' up to float rounding."""
+    from safetensors.torch import load_file
+
+    curves, weights = {}, {}
+    for flag in ("false", "true"):
+        losses = _Losses()
+        config = make_config(f"speedups-{flag}", cpu_speedups=flag, num_train_epochs=4)
+        result = finetune(config, callbacks=[losses])
+        assert result.test_metrics["test_f1"] > 0.9
+        curves[flag] = losses.losses
+        weights[flag] = load_file(str(Path(config.pytorch_model_folder) / "model.safetensors"))
+    assert len(curves["true"]) == 4
+    assert curves["true"] == pytest.approx(curves["false"], rel=1e-5, abs=1e-6)
+    assert set(weights["true"]) == set(weights["false"])
+    for name, tensor in weights["false"].items():
+        assert torch.allclose(weights["true"][name], tensor, rtol=1e-4, atol=1e-6), name
+    emb = "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(weights["true"][emb], load_file(str(Path(make_config().model_selector_output)
+                                                               / "model.safetensors"))[emb])  # it did train
+
+
+class _Losses(TrainerCallback):
+    def __init__(self):
+        self.losses = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Token-normalised loss for length-grouped batches
+# ------------------------------------------------------------------------------------------------------------
+def test_token_normalised_loss_weighs_every_labelled_token_the_same(tiny_model_selector, tmp_path):
+    from transformers import BertForTokenClassification, Trainer, TrainingArguments
+
+    from trainer.speed import enable_token_normalized_loss, trainer_class
+
+    rows = [{"input_ids": [2] + [5] * n + [3], "attention_mask": [1] * (n + 2),
+             "labels": [-100] + [1] * n + [-100]} for n in (2, 4, 6, 8)]  # 5 labelled tokens per row on average
+    model = BertForTokenClassification.from_pretrained(tiny_model_selector)  # 2 labels
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=3,
+                             use_cpu=True, report_to="none")
+    trainer = trainer_class(Trainer)(model=model, args=args, train_dataset=rows)
+    assert enable_token_normalized_loss(trainer, rows) == pytest.approx(5 * 2 * 3)
+    assert trainer.loss_is_scaled_for_ga is True  # the constant covers the accumulation steps: no second division
+
+    batch = {"input_ids": torch.tensor([[2, 5, 5, 3, 0], [2, 5, 5, 5, 3]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]),
+             "labels": torch.tensor([[-100, 1, 0, -100, -100], [-100, 0, 1, 1, -100]])}
+    model.train()
+    torch.manual_seed(0)
+    ours = trainer.compute_loss(model, dict(batch))
+    torch.manual_seed(0)
+    stock = model(**batch).loss  # the mean over this batch's 5 labelled tokens
+    assert ours.item() == pytest.approx(stock.item() * 5 / 30, rel=1e-6)
+    model.eval()  # evaluation keeps the model's own (mean) loss
+    assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
+
+
+def test_length_grouped_training_follows_the_random_sampler_loss_curve(make_config):
+    """Same tiny task, same seed: the default (length-grouped, token-normalised) run's per-epoch training loss
+    stays within tolerance of the stock random sampler's, and both learn the task."""
+    curves = {}
+    for flag in ("false", "true"):
+        losses = _Losses()
+        result = finetune(make_config(f"grouped-{flag}", group_by_length=flag, num_train_epochs=4), callbacks=[losses])
+        assert result.test_metrics["test_f1"] > 0.9
+        curves[flag] = losses.losses
+    print(curves)
+    for stock, ours in zip(curves["false"], curves["true"]):
+        assert abs(stock - ours) <= 0.05 + 0.2 * stock, curves

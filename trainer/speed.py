@@ -1,0 +1,261 @@
+"""Speed features of the training loop, kept apart from the recipe so they can be ported onto any Trainer.
+
+None of them changes what is computed (up to the random draws of dropout and the order of batches); each is
+measured in bench/README.md and pinned by tests/test_speed.py. Integration (trainer/finetune.py), three small hooks:
+
+1. ``trainer_class(Trainer)`` (or put ``SpeedTrainerMixin`` first in the bases of your own Trainer subclass):
+   the seeded length-grouped training sampler (``trainer.sampling``) when
+   ``train_sampling_strategy="group_by_length"``, and (``enable_token_normalized_loss``) a training loss that weighs
+   every labelled token the same in length-grouped batches. Evaluation keeps the dataset order
+   (``trainer.hf_trainer``: the windows of a sentence are joined by row order).
+2. ``prepare(model, config)`` after the model is built (and LoRA applied), before the Trainer: the CPU allocator
+   setting and the fast dropout kernels. Returns a handle whose ``restore()`` puts the stock modules back;
+   call it after ``trainer.train()`` (before saving/publishing), so published models are plain HF models.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from trainer.sampling import SeededLengthGroupedSampler
+
+logger = logging.getLogger("trainer")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. Sampler and evaluation order
+# ------------------------------------------------------------------------------------------------------------
+def dataset_lengths(dataset) -> Optional[list[int]]:
+    """Row lengths of a dataset: its ``lengths`` property (trainer.data.EncodedSplit) or len(input_ids)."""
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is not None:
+        return list(lengths)
+    try:
+        return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+    except (TypeError, KeyError, IndexError):
+        return None
+
+
+class SpeedTrainerMixin:
+    """Overrides of `transformers.Trainer` (put first in the bases): see the module docstring."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
+            lengths = dataset_lengths(dataset)
+            if lengths is not None:
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                # One sampler batch = one DataLoader batch (the loader cuts our index list every _train_batch_size).
+                return SeededLengthGroupedSampler(lengths, self._train_batch_size, seed)
+        return super()._get_train_sampler(train_dataset)
+
+    # --- loss normalisation for length-grouped batches ---------------------------------------------------
+    label_tokens_per_step: Optional[float] = None  # set by enable_token_normalized_loss()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """With length-grouped batches, the stock per-batch *mean* loss gives every token of a batch of short rows
+        more weight than a token of a batch of long rows (1 / tokens in its batch), an objective that random
+        batches do not have. Here the summed token loss is divided by a constant, the expected number of labelled
+        tokens per optimizer step under random batching: every token weighs the same, and the expected update
+        equals the random sampler's. Training only; evaluation keeps the model's own loss."""
+        norm = self.label_tokens_per_step
+        if (norm is None or not model.training or "labels" not in inputs or self.compute_loss_func is not None
+                or self.label_smoother is not None):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                           labels.reshape(-1).to(logits.device), ignore_index=-100,
+                                           reduction="sum") / norm
+        return (loss, outputs) if return_outputs else loss
+
+
+def enable_token_normalized_loss(trainer, train_dataset) -> Optional[float]:
+    """Turn on `SpeedTrainerMixin.compute_loss`'s normalisation (for length-grouped batches): the constant is
+    labelled tokens per row x rows per device batch x accumulation steps (per device: DDP averages ranks)."""
+    rows = [row["labels"] for row in train_dataset]
+    per_row = sum(sum(1 for x in labels if x != -100) for labels in rows) / max(1, len(rows))
+    norm = per_row * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+    if norm <= 0:
+        return None
+    trainer.label_tokens_per_step = norm
+    trainer.loss_is_scaled_for_ga = True  # the constant already covers the accumulation steps
+    return norm
+
+
+def trainer_class(base):
+    """``base`` (a transformers.Trainer class) with the speed overrides."""
+    return type(f"Speed{base.__name__}", (SpeedTrainerMixin, base), {})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2a. CPU allocator: keep freed blocks in the heap instead of unmapping them
+# ------------------------------------------------------------------------------------------------------------
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+_ALLOCATOR_TUNED = False
+
+
+def tune_cpu_allocator(threshold: int = 1 << 30) -> bool:
+    """glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it on
+    free, so each training step re-faults (and the kernel re-zeroes) every large buffer: the dense gradient of a
+    30k x 384 word-embedding table alone costs ~11k page faults per step. Raising the mmap and trim thresholds
+    makes glibc reuse those blocks (what jemalloc/tcmalloc do), for this process; values are not affected. No-op
+    (False) where the C library is not glibc."""
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, threshold))
+    _ALLOCATOR_TUNED = ok
+    logger.info("glibc malloc: mmap/trim thresholds %s to %d MiB", "raised" if ok else "NOT raised", threshold >> 20)
+    return ok
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2b. Train only the embedding rows the training data can reach
+# ------------------------------------------------------------------------------------------------------------
+class TrainedRowsEmbedding(nn.Module):
+    """Stands in for the word-embedding table during training: only the rows of token ids that occur in the
+    training split are a Parameter (``trainable``); every other row is read from the frozen table.
+
+    With AdamW and no weight decay this trains exactly what the dense table trains: a row whose id never occurs
+    gets a zero gradient at every step, so its AdamW moments stay zero and its update is exactly zero. It saves the
+    dense gradient of the whole table (zero-filled and scattered into every step), and the optimizer, gradient
+    clipping and zeroing passes over rows that cannot move (on WNUT-17 + MiniLM: 8,954 of 30,522 rows, so 37 % of
+    all trainable parameters drop out of every optimizer step). The state dict is the stock one
+    (``<prefix>weight``, the full table), so checkpoints, resume and the best-model reload see a plain model.
+    """
+
+    def __init__(self, embedding: nn.Embedding, trained_ids: torch.Tensor):
+        super().__init__()
+        self.original = [embedding]  # a list: not a sub-module (no parameters, no state-dict entries)
+        weight = embedding.weight
+        num, self.embedding_dim = weight.shape
+        self.padding_idx = embedding.padding_idx
+        ids = torch.unique(torch.as_tensor(trained_ids, dtype=torch.long))
+        if self.padding_idx is not None:  # padding keeps its row; its gradient stays zero (padding_idx semantics)
+            ids = torch.unique(torch.cat([ids, torch.tensor([self.padding_idx])]))
+        row_of = torch.full((num,), -1, dtype=torch.long)
+        row_of[ids] = torch.arange(len(ids))
+        self.register_buffer("ids", ids, persistent=False)
+        self.register_buffer("row_of", row_of, persistent=False)
+        self.register_buffer("frozen", weight.detach(), persistent=False)  # the original storage, no copy
+        self.trainable = nn.Parameter(weight.detach()[ids].clone(), requires_grad=weight.requires_grad)
+        self.compact_padding_idx = int(row_of[self.padding_idx]) if self.padding_idx is not None else None
+        self.register_state_dict_post_hook(TrainedRowsEmbedding._state_dict_hook)
+        self.register_load_state_dict_pre_hook(TrainedRowsEmbedding._load_pre_hook)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full table (a copy), as nn.Embedding.weight would hold it."""
+        full = self.frozen.clone()
+        full[self.ids] = self.trainable.detach()
+        return full
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = self.row_of[input_ids]
+        known = rows >= 0
+        out = nn.functional.embedding(rows.clamp(min=0), self.trainable, padding_idx=self.compact_padding_idx)
+        if not bool(known.all()):  # ids absent from the training split (validation / test rows)
+            out = torch.where(known.unsqueeze(-1), out, nn.functional.embedding(input_ids, self.frozen))
+        return out
+
+    @staticmethod
+    def _state_dict_hook(module, state_dict, prefix, local_metadata):
+        state_dict.pop(prefix + "trainable", None)
+        state_dict[prefix + "weight"] = module.weight
+
+    @staticmethod
+    def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                       error_msgs):
+        if prefix + "weight" in state_dict:
+            full = state_dict.pop(prefix + "weight")
+            with torch.no_grad():
+                module.frozen.copy_(full)
+            state_dict[prefix + "trainable"] = full[module.ids]
+
+    def restore(self) -> nn.Embedding:
+        """The original nn.Embedding, holding the trained rows."""
+        original = self.original[0]
+        with torch.no_grad():
+            self.frozen[self.ids] = self.trainable.detach()  # frozen *is* original.weight's storage
+        return original
+
+
+def compact_embeddings_applicable(config) -> Optional[str]:
+    """Why the trained-rows embedding would not be exact for this run (None: it is)."""
+    if config.apply_lora:
+        return "LoRA (the embeddings are frozen anyway)"
+    if config.apply_deepspeed:
+        return "DeepSpeed"
+    if config.weight_decay != 0.0:
+        return "weight decay (AdamW would decay the rows no data reaches)"
+    if not config.hf_optim.startswith("adamw"):
+        return f"optimizer {config.hf_optim} (Adafactor's factored moments couple rows)"
+    return None
+
+
+def install_trained_rows_embedding(model: nn.Module, train_dataset) -> Optional[TrainedRowsEmbedding]:
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if type(embedding) is not nn.Embedding or not embedding.weight.requires_grad:
+        return None
+    ids = sorted({i for row in train_dataset for i in row["input_ids"]})
+    if len(ids) > 0.9 * embedding.num_embeddings:
+        return None  # nothing to save
+    compact = TrainedRowsEmbedding(embedding, torch.tensor(ids))
+    model.set_input_embeddings(compact)
+    return compact
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. prepare / restore
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """What `prepare` changed, so that `restore` can put the stock modules back."""
+
+    model: nn.Module
+    undo: list = field(default_factory=list)  # callables, run last-in first-out by restore()
+    notes: list = field(default_factory=list)
+
+    def restore(self) -> None:
+        while self.undo:
+            self.undo.pop()()
+
+
+def prepare(model: nn.Module, config, train_dataset, use_cpu: bool = True) -> Prepared:
+    """Apply the speed features to `model` (in place) for a run of `config` (a FinetuneConfig) on
+    `train_dataset`; see the module docstring. They are CPU features: with ``config.cpu_speedups`` false or
+    `use_cpu` false nothing changes."""
+    prepared = Prepared(model)
+    if not config.cpu_speedups or not use_cpu:
+        return prepared
+    if tune_cpu_allocator():
+        prepared.notes.append("allocator")
+    why_not = compact_embeddings_applicable(config)
+    compact = None if why_not else install_trained_rows_embedding(model, train_dataset)
+    if compact is not None:
+        prepared.undo.append(lambda: model.set_input_embeddings(compact.restore()))
+        prepared.notes.append(f"trained-rows embedding ({len(compact.ids)} of {compact.frozen.shape[0]} rows)")
+    elif why_not:
+        prepared.notes.append(f"dense embedding ({why_not})")
+    logger.info("speed features: %s", ", ".join(prepared.notes) or "none")
+    return prepared
