@@ -136,10 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         default = LOCAL_RECIPE.get(name, (param.default,))[0]
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         kind = param.annotation if param.annotation in (int, float, str) else json.loads
+        text = (f"{descriptions.get(name, '')} (default: {default!r}"
+                f"{'; local recipe' if name in LOCAL_RECIPE else ''})".lstrip()
+                if default != "" else descriptions.get(name, ""))
         params.add_argument(*flags, dest=name, type=kind, default=default, metavar=param.annotation.__name__.upper(),
-                            help=f"{descriptions.get(name, '')} (default: {default!r}"
-                                 f"{'; local recipe' if name in LOCAL_RECIPE else ''})".lstrip()
-                            if default != "" else descriptions.get(name))
+                            help=text.replace("%", "%%"))  # argparse formats help with %
     return p
 
 
