@@ -7,7 +7,6 @@ Nothing here touches a hub. The real model and data (MiniLM, WNUT-17) are reache
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -20,10 +19,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-# The default sampler (group_by_length=true) resumes bit-identically from mid-epoch only when it draws its order
-# from a generator seeded per epoch (trainer/sampling.py, issue 13); the HF LengthGroupedSampler of transformers
-# 5.24 draws from the global RNG, which a resume restores only after the epoch's order was drawn.
-SEEDED_SAMPLER = importlib.util.find_spec("trainer.sampling") is not None
 SHARED = REPO.parent / "shared"
 
 PERSONS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar"]

@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SEEDED_SAMPLER, figures, weights_digest
+from conftest import figures, weights_digest
 from transformers import TrainerCallback
 
 from trainer.checkpoints import MANIFEST, choose_resume_checkpoint, list_checkpoints
 from trainer.finetune import finetune
 
-DEFAULT_SAMPLER = pytest.param(True, id="default-length-grouped", marks=pytest.mark.xfail(
-    not SEEDED_SAMPLER, strict=True, reason="needs the seeded length-grouped sampler (trainer/sampling.py)"))
+DEFAULT_SAMPLER = pytest.param(True, id="default-length-grouped")  # seeded per epoch: trainer/sampling.py
 
 
 class Crash(TrainerCallback):
@@ -83,7 +82,7 @@ def _torchrun(pre, model, out: Path, *extra: str) -> list[str]:
             "--preprocess_output", str(pre), "--model_selector_output", str(model),
             "--pytorch_model_folder", str(out / "pytorch"), "--mlflow_model_folder", str(out / "mlflow"),
             "--per_device_train_batch_size", "8", "--num_train_epochs", "2", "--learning_rate", "2e-3",
-            "--evaluation_strategy", "steps", "--eval_steps", "4", "--group_by_length", str(SEEDED_SAMPLER).lower(),
+            "--evaluation_strategy", "steps", "--eval_steps", "4", "--group_by_length", "true",
             "--progress_seconds", "0", *extra]
 
 
