@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -204,3 +205,21 @@ def tiny_finetuned(tmp_path_factory, tiny_preprocess_output, tiny_model_selector
         onnx_model_folder=str(folders["onnx"]), per_device_train_batch_size=16, per_device_eval_batch_size=32,
         learning_rate=5e-3, num_train_epochs=8, metric_for_best_model="f1"))
     return {**folders, "result": result}
+
+
+class Crash(TrainerCallback):
+    """Raises at the end of optimizer step `at_step`: a node failure in the middle of training."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise RuntimeError("simulated node failure")
+
+
+class StartStep(TrainerCallback):
+    """Records the step a run (or a resume) starts from."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step

@@ -10,24 +10,11 @@ import pickle
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
+from conftest import Crash, StartStep
 
 from trainer.checkpoints import MANIFEST, choose_resume_checkpoint, is_complete, list_checkpoints, problem
 from trainer.finetune import finetune
 
-
-class _StartStep(TrainerCallback):
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.step = state.global_step
-
-
-class _Crash(TrainerCallback):
-    def __init__(self, at_step: int):
-        self.at_step = at_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.at_step:
-            raise RuntimeError("simulated node failure")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +28,7 @@ def crashed(tmp_path_factory, tiny_preprocess_output, tiny_model_selector):
                             per_device_train_batch_size=16, learning_rate=2e-3, num_train_epochs=4,
                             metric_for_best_model="loss")
     with pytest.raises(RuntimeError, match="simulated node failure"):
-        finetune(config, callbacks=[_Crash(35)])
+        finetune(config, callbacks=[Crash(35)])
     return config
 
 
@@ -79,7 +66,7 @@ def test_resume_skips_a_damaged_checkpoint_says_why_and_starts_from_the_one_befo
     latest = Path(copy_of.pytorch_model_folder) / "checkpoint-30"
     damage(latest)
     assert not is_complete(latest)
-    start = _StartStep()
+    start = StartStep()
     with caplog.at_level(logging.WARNING, logger="trainer.checkpoints"):
         result = finetune(copy_of, callbacks=[start])
     assert start.step == 20  # resumed from checkpoint-20, not from scratch and not from the damaged one
@@ -116,7 +103,7 @@ def test_a_planted_pickle_is_never_run_on_resume(copy_of, tmp_path):
     checkpoint = Path(copy_of.pytorch_model_folder) / "checkpoint-30"
     torch.save({"state": {}, "param_groups": [], "x": _Planted(str(marker))}, checkpoint / "optimizer.pt")
     write_manifest(checkpoint)  # whoever can write the PVC can write a matching manifest too
-    start = _StartStep()
+    start = StartStep()
     finetune(copy_of, callbacks=[start])
     assert start.step == 20 and not marker.exists()
 
@@ -173,7 +160,7 @@ def test_save_total_limit_deletes_a_checkpoint_only_once_the_next_is_complete(ma
     root = Path(config.pytorch_model_folder)
     assert choose_resume_checkpoint(root).name == "checkpoint-10"
     monkeypatch.undo()
-    start = _StartStep()
+    start = StartStep()
     result = finetune(dataclasses.replace(config, resume_from_checkpoint=True), callbacks=[start])
     assert start.step == 10
     kept = [str(c) for c in list_checkpoints(root)]

@@ -8,13 +8,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import figures, weights_digest
-from transformers import TrainerCallback
+from conftest import Crash, StartStep, figures, weights_digest
 
 from trainer.checkpoints import MANIFEST, choose_resume_checkpoint, list_checkpoints
 from trainer.finetune import finetune
@@ -22,18 +20,6 @@ from trainer.finetune import finetune
 DEFAULT_SAMPLER = pytest.param(True, id="default-length-grouped")  # seeded per epoch: trainer/sampling.py
 
 
-class Crash(TrainerCallback):
-    def __init__(self, at_step: int):
-        self.at_step = at_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.at_step:
-            raise RuntimeError("simulated node failure")
-
-
-class StartStep(TrainerCallback):
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.step = state.global_step
 
 
 @pytest.mark.parametrize("group_by_length", [pytest.param(False, id="random-sampler"), DEFAULT_SAMPLER])

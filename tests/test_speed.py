@@ -7,11 +7,11 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import Crash
 from transformers import TrainerCallback
 
 from trainer.checkpoints import list_checkpoints
@@ -79,14 +79,6 @@ def test_dataloader_batches_are_the_sampler_batches():
 # ------------------------------------------------------------------------------------------------------------
 # Bit-identical resume from the middle of epoch 2 with the default (length-grouped) sampler
 # ------------------------------------------------------------------------------------------------------------
-class _Crash(TrainerCallback):
-    def __init__(self, at_step: int):
-        self.at_step = at_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.at_step:
-            raise RuntimeError("simulated node failure")
-
 
 class _Start(TrainerCallback):
     def __init__(self):
@@ -122,7 +114,7 @@ def test_resume_mid_epoch_two_is_bit_identical_with_the_default_sampler(make_con
 
     crashed = make_config("crashed", **settings)
     with pytest.raises(RuntimeError, match="simulated node failure"):
-        finetune(crashed, callbacks=[_Crash(at_step=18)])
+        finetune(crashed, callbacks=[Crash(at_step=18)])
     assert [c.name for c in list_checkpoints(crashed.pytorch_model_folder)] == ["checkpoint-15"]
 
     start = _Start()
