@@ -144,6 +144,8 @@ def longer(r, n=70):
            "labels": r["labels"] + [-100] * extra}
     if "token_type_ids" in r:
         out["token_type_ids"] = r["token_type_ids"] + [0] * extra
+    if "word_ids" in r:
+        out["word_ids"] = r["word_ids"] + [None] * extra
     return out
 
 
@@ -534,17 +536,16 @@ CASES = {
     "seed-negative": Case(flags("--seed", "-1"), ["seed must be >= 0"]),
     # --- preprocess -------------------------------------------------------------------------------------------------
     "preprocess-train-missing": Case(remove("conll", "train.conll"), ["train_data not found"], "preprocess"),
-    "preprocess-train-empty": Case(write("conll", "train.conll", ""), ["train file is empty"], "preprocess"),
+    "preprocess-train-empty": Case(write("conll", "train.conll", ""), ["train.conll is empty"], "preprocess"),
     "preprocess-conll-line-without-tag": Case(write("conll", "train.conll", "alice\tB-person\nparis\n"),
-                                              ["train.conll: sentence 1 (line 2): token and tag counts differ"],
+                                              ["train.conll line 2 (sentence 1): expected a word and its tag"],
                                               "preprocess"),
-    "preprocess-jsonl-missing-column": Case(jsonl_train([{"tokens": ["a"], "tags": ["O"]}]),
-                                            ["is missing column(s) ['ner_tags']"], "preprocess"),
+    "preprocess-jsonl-missing-column": Case(jsonl_train([{"tokens": ["a"], "entity": ["O"]}]),
+                                            ["train.jsonl: no tag column among", "tag_column"], "preprocess"),
     "preprocess-jsonl-count-mismatch": Case(jsonl_train([{"tokens": ["a", "b"], "ner_tags": ["O"]}]),
-                                            ["token and tag counts differ (2 tokens, 1 tags)"], "preprocess"),
-    "preprocess-single-class": Case(single_class_conll, ["has 1 class(es)", "at least two"], "preprocess"),
-    "preprocess-unseen-validation-label": Case(write("conll", "validation.conll", "alice\tB-planet\n"),
-                                               ["label(s) ['B-planet'] not seen in the training data"], "preprocess"),
+                                            ["token and tag counts differ (2 tokens in 'tokens', 1 tags in "
+                                             "'ner_tags')"], "preprocess"),
+    "preprocess-single-class": Case(single_class_conll, ["has 1 distinct tag(s)", "at least two"], "preprocess"),
     "preprocess-ratios-sum-to-one": Case(flags("--validation_ratio", "0.6", "--test_ratio", "0.5"),
                                          ["validation_ratio + test_ratio must be < 1"], "preprocess"),
     "preprocess-max-seq-length-one": Case(flags("--max_seq_length", "1"), ["max_seq_length must be >= 2"],
@@ -566,7 +567,7 @@ CASES = {
     "import-no-source": Case(flags("--model_path", ""), ["give exactly one model source"], "model-import"),
     "import-two-sources": Case(lambda c: ["--mlflow_model_path", c["ms"]], ["give exactly one model source"],
                                "model-import"),
-    "import-source-missing": Case(path_flag("--model_path", lambda c: c["tmp"] / "nowhere"), ["model folder not found"],
+    "import-source-missing": Case(path_flag("--model_path", lambda c: c["tmp"] / "nowhere"), ["nowhere not found in this container"],
                                   "model-import"),
     "import-source-without-config": Case(lambda c: remove("ms", "config.json", "model_selector_args.json")(c),
                                          ["no model found in"], "model-import"),

@@ -143,7 +143,7 @@ def test_save_total_limit_deletes_a_checkpoint_only_once_the_next_is_complete(ma
     resume from (the HF Trainer's own rotation deletes it before the manifest exists)."""
     import dataclasses
 
-    from trainer import checkpoints
+    from trainer import checkpoints, hf_trainer
 
     real = checkpoints.write_manifest
 
@@ -152,7 +152,7 @@ def test_save_total_limit_deletes_a_checkpoint_only_once_the_next_is_complete(ma
             raise RuntimeError("killed while writing the manifest")
         return real(checkpoint)
 
-    monkeypatch.setattr(checkpoints, "write_manifest", killed)
+    monkeypatch.setattr(hf_trainer, "write_manifest", killed)  # what the manifest callback calls
     config = make_config("limited", num_train_epochs=3, save_total_limit=1, learning_rate=2e-3,
                          metric_for_best_model="loss")
     with pytest.raises(RuntimeError, match="killed while writing the manifest"):

@@ -24,7 +24,7 @@ def _run_component(tmp_path, preprocess_output, model_selector, **values):
     from components.finetune.component import finetune
 
     outputs = {name: _Artifact(path=str(tmp_path / name), metadata={})
-               for name in ("pytorch_model_folder", "mlflow_model_folder", "metrics", "report")}
+               for name in ("pytorch_model_folder", "mlflow_model_folder", "onnx_model_folder", "metrics", "report")}
     kwargs = {name: p.default for name, p in inspect.signature(finetune.python_func).parameters.items()
               if p.default is not inspect.Parameter.empty}
     kwargs.update(preprocess_output=_Artifact(path=str(preprocess_output), metadata={}),
@@ -43,6 +43,7 @@ def test_two_gpus_run_two_processes_and_fill_the_outputs(tmp_path, tiny_preproce
     # 160 training rows, 8 per process: 10 optimizer steps with 2 processes (20 in one process)
     assert [p.name for p in model.glob("checkpoint-*")] == ["checkpoint-10"]
     assert (Path(outputs["mlflow_model_folder"].path) / "MLmodel").exists()
+    assert (Path(outputs["onnx_model_folder"].path) / "model.onnx").exists()  # rank 0 exports it
     # Metrics and the report come from rank 0's metrics.json, as in the in-process run
     assert isinstance(outputs["metrics"].metadata["test_f1"], float)
     assert "Per entity" in Path(outputs["report"].path).read_text()

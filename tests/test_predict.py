@@ -93,7 +93,9 @@ def test_bad_data_is_exit_2_before_the_model_loads(tmp_path, capsys, name, conte
     data = tmp_path / name
     data.write_text(content, encoding="latin-1" if "UTF-8" in message else "utf-8")
     out = tmp_path / "predictions.jsonl"
-    # the model folder does not even exist: the data is checked first
+    # the model folder holds no model (it would fail to load): the data is checked first
+    (tmp_path / "no-model").mkdir()
+    (tmp_path / "no-model" / "notes.txt").write_text("x")
     rc, _, err = _run(capsys, "--model", str(tmp_path / "no-model"), "--data", str(data), "--predictions", str(out),
                       *flags)
     assert rc == 2 and message in err, err
@@ -104,8 +106,8 @@ def test_bad_paths_are_exit_2(tiny_finetuned, tmp_path, capsys):
     data = tmp_path / "data.txt"
     data.write_text("alice\n", encoding="utf-8")
     cases = [
-        (["--data", str(tmp_path / "missing.txt")], "data file not found"),
-        (["--data", str(data), "--predictions", str(data)], "is the data file"),
+        (["--data", str(tmp_path / "missing.txt")], "data not found"),
+        (["--data", str(data), "--predictions", str(data)], "is the same as the input data"),
         (["--data", str(tmp_path / "two")], "must hold exactly one data file"),
         (["--data", str(data), "--model", str(tmp_path / "m")], "no model found"),
     ]

@@ -4,6 +4,7 @@ resume that silently restarted from step 0 would reach the same weights (same se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import Crash, StartStep, figures, weights_digest
 
@@ -92,8 +94,14 @@ def test_resume_under_torchrun_is_bit_identical(tmp_path, tiny_preprocess_output
     while not (crashed / "pytorch" / "checkpoint-12" / MANIFEST).exists():  # 10 steps per epoch: epoch 2, step 2
         assert run.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.005)
+    # SIGKILL the agent and every worker at once (torchrun's workers may sit in sessions of their own)
+    workers = psutil.Process(run.pid).children(recursive=True)
     os.killpg(run.pid, signal.SIGKILL)
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
     run.wait()
+    psutil.wait_procs(workers, timeout=30)
     latest = choose_resume_checkpoint(crashed / "pytorch")
     step = int(latest.name.split("-")[1])
     assert step > 10 and step % 10, f"not a mid-epoch checkpoint of epoch 2: {latest}"
@@ -102,5 +110,6 @@ def test_resume_under_torchrun_is_bit_identical(tmp_path, tiny_preprocess_output
                                     "true"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     steps = [int(s) for s in re.findall(r"step (\d+)/20 ", done.stderr)]
-    assert steps and steps[0] == step + 1, f"resumed run logged steps {steps[:3]}, expected {step + 1} first"
+    assert steps and steps[0] == step + 1, (f"resumed run logged steps {steps[:3]}, expected {step + 1} first",
+                                            done.stderr[-3000:])
     assert weights_digest(crashed / "pytorch") == weights_digest(straight / "pytorch")

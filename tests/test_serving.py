@@ -196,7 +196,7 @@ def test_onnx_export_matches_pytorch(tiny_finetuned):
 def test_failed_onnx_export_keeps_the_run_and_says_why(make_config, monkeypatch, tmp_path):
     import trainer.onnx_export
 
-    def broken(model_dir, target):
+    def broken(model_dir, target, published_from=None):
         raise RuntimeError("exporter exploded")
 
     monkeypatch.setattr(trainer.onnx_export, "export_onnx", broken)

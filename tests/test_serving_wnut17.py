@@ -37,7 +37,7 @@ def _head(src: Path, dst: Path, sentences: int) -> Path:
 def wnut(tmp_path_factory, minilm_dir, wnut17_dir) -> dict:
     """MiniLM imported; WNUT-17 preprocessed (1,000 training tweets: every label; 100 validation; 50 test for the
     fine-tune's own scoring); the whole test set (1,287 tweets) as texts for the comparisons."""
-    from trainer.preprocess import read_conll
+    from trainer.readers import read_conll
 
     root = tmp_path_factory.mktemp("wnut17_serving")
     run_model_import(model_selector_output=str(root / "model"), model_path=str(minilm_dir))

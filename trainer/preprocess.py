@@ -301,9 +301,6 @@ def _read_splits(config: PreprocessConfig) -> tuple[dict[str, Corpus], dict[str,
             raise InputError(f"preprocess_output {config.preprocess_output} would replace the {name} input {path}: "
                              f"choose another folder")
     corpora = {role: read(source, role, options) for role, source in sources.items()}
-    for role, corpus in corpora.items():
-        logger.info("%s data: %d sentences from %s (%s, columns %s)", role, len(corpus.sentences), sources[role],
-                    corpus.format, corpus.columns)
     return corpora, {role: str(source) for role, source in sources.items()}
 
 
@@ -323,6 +320,9 @@ def preprocess(config: PreprocessConfig) -> dict:
 
     Returns a summary: split sizes, class names, tag scheme, model name, windows.
     """
+    # The tokenizer first: a model folder without one fails before any data is read.
+    tokenizer, tok_folder, prefix = load_tokenizer(config.model_selector_output,
+                                                   parse_auto_bool(config.add_prefix_space, "add_prefix_space"))
     corpora, files = _read_splits(config)
     declared = _declared_names(config, corpora)
     splits: dict[str, list[Sentence]] = {
@@ -340,6 +340,9 @@ def preprocess(config: PreprocessConfig) -> dict:
         logger.warning("label(s) %s occur in the validation/test data but never in the training data: the model "
                        "cannot learn them (every occurrence counts as a miss)", preview(unseen))
     scheme = schemes.resolve(config.tag_scheme, [tags for sentences in splits.values() for _, tags in sentences])
+    for role, corpus in corpora.items():  # logged once the data passed its checks: bad input prints one line
+        logger.info("%s data: %d sentences from %s (%s, columns %s)", role, len(corpus.sentences), files[role],
+                    corpus.format, corpus.columns)
     logger.info("tag scheme: %s (%s); %d labels %s", schemes.NAMES[scheme],
                 "detected" if config.tag_scheme == "auto" else "given", len(class_names), preview(class_names, 8))
 
@@ -355,8 +358,6 @@ def preprocess(config: PreprocessConfig) -> dict:
         splits.update(carve_splits(splits["train"], fractions, config.split_seed))
         splits.setdefault("test", [])
 
-    tokenizer, tok_folder, prefix = load_tokenizer(config.model_selector_output,
-                                                   parse_auto_bool(config.add_prefix_space, "add_prefix_space"))
     model_max = getattr(tokenizer, "model_max_length", None) or 0
     effective_len = config.max_seq_length
     if 0 < model_max < effective_len:

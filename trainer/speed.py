@@ -54,8 +54,18 @@ class SpeedTrainerMixin:
             if lengths is not None:
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
                 # One sampler batch = one DataLoader batch (the loader cuts our index list every _train_batch_size).
-                return SeededLengthGroupedSampler(lengths, self._train_batch_size, seed)
+                self._seeded_sampler = SeededLengthGroupedSampler(lengths, self._train_batch_size, seed)
+                return self._seeded_sampler
         return super()._get_train_sampler(train_dataset)
+
+    def _run_epoch(self, *args, **kwargs):
+        # Resuming mid-epoch under DDP, transformers 5.24 wraps the loader in accelerate 1.15's SkipBatchSampler
+        # before set_epoch, and neither forwards set_epoch through SkipBatchSampler -> BatchSamplerShard to the
+        # sampler: it would replay epoch 0's order. The epoch is set here, before the epoch's loader is built.
+        sampler = getattr(self, "_seeded_sampler", None)
+        if sampler is not None and "epoch" in kwargs:
+            sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
 
     # --- loss normalisation for length-grouped batches ---------------------------------------------------
     label_tokens_per_step: Optional[float] = None  # set by enable_token_normalized_loss()
@@ -206,6 +216,8 @@ def compact_embeddings_applicable(config) -> Optional[str]:
         return "LoRA (the embeddings are frozen anyway)"
     if config.apply_deepspeed:
         return "DeepSpeed"
+    if config.apply_ort:
+        return "apply_ort (ORTModule exports the stock modules)"
     if config.weight_decay != 0.0:
         return "weight decay (AdamW would decay the rows no data reaches)"
     if not config.hf_optim.startswith("adamw"):

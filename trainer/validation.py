@@ -225,6 +225,9 @@ def meta_model(model_config, folder: Path):
     from transformers import AutoModelForTokenClassification
 
     try:
+        # The model's module is imported first, outside the meta context: with torch 2.6 (the apply_ort stack),
+        # transformers 5.24 fails to import modeling modules while the default device is meta.
+        AutoModelForTokenClassification._model_mapping[type(model_config)]
         with torch.device("meta"):
             return AutoModelForTokenClassification.from_config(model_config)
     except Exception as err:  # noqa: BLE001 - any failure to build is a config.json that cannot work

@@ -60,15 +60,19 @@ def test_compiled_pipeline_runs_in_containers(docker_url, trainer_image, tmp_pat
     write_conll(data / "validation.conll", make_sentences(16, seed=2))
     write_conll(data / "test.conll", make_sentences(16, seed=3))
     model = readable_copy(tiny_model_selector, tmp_path / "model")
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    (unlabelled / "texts.txt").write_text("alice lives in paris\n\nbob smith works for acme\n", encoding="utf-8")
 
     pipeline = components.load_component_from_file(str(PIPELINE_YAML))
     inputs = pipeline.component_spec.inputs
-    essential = {"data_uri", "model_path", "max_steps"}
+    essential = {"data_uri", "model_path", "max_steps", "predict_data_uri"}
     assert essential <= set(inputs), f"the compiled pipeline has no {sorted(essential - set(inputs))}: update this test"
 
     root = tmp_path / "kfp_root"
-    with container_session(root, inputs={"data": data, "model": model}) as paths:
-        wanted = dict(data_uri=paths["data"], model_path=paths["model"], max_seq_length=32, max_steps=4,
+    with container_session(root, inputs={"data": data, "model": model, "predict": unlabelled}) as paths:
+        wanted = dict(data_uri=paths["data"], model_path=paths["model"], predict_data_uri=paths["predict"],
+                      max_seq_length=32, max_steps=4,
                       per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=5e-3,
                       evaluation_strategy="steps", eval_steps=4, logging_strategy="steps", logging_steps=2,
                       run_evaluation=True)
@@ -77,11 +81,12 @@ def test_compiled_pipeline_runs_in_containers(docker_url, trainer_image, tmp_pat
         assert not required, f"the compiled pipeline requires {required}: update this test"
         run = pipeline(**args)
 
-    # Every container step of the YAML (model import, preprocess, finetune, evaluate) ran and wrote its output,
+    # Every container step of the YAML (data and model import, preprocess, finetune, evaluate, predict data import,
+    # predict) ran and wrote its output,
     # inside the container: as root here, the files belong to the image's uid 1000.
     run_dir = next(root.iterdir())
     expected = container_tasks(pipeline.pipeline_spec)
-    assert {"model-import", "preprocess", "finetune", "evaluate"} <= expected
+    assert {"data-import", "model-import", "preprocess", "finetune", "evaluate", "predict"} <= expected
     written = {d.name for d in run_dir.iterdir() if (d / "executor_output.json").exists()}
     assert written == expected
     if os.geteuid() == 0:
@@ -97,7 +102,10 @@ def test_compiled_pipeline_runs_in_containers(docker_url, trainer_image, tmp_pat
     for key in ("eval_loss", "test_loss", "test_f1"):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     predictions = (run_dir / "evaluate" / "predictions").read_text().splitlines()
-    assert len(predictions) == 16 and set(json.loads(predictions[0])) == {"tokens", "tags", "predicted_tags"}
+    assert len(predictions) == 16 and {"tokens", "tags", "predicted_tags"} <= set(json.loads(predictions[0]))
+    labelled = [json.loads(line) for line in (run_dir / "predict" / "predictions").read_text().splitlines()]
+    assert [row["words"] for row in labelled] == [["alice", "lives", "in", "paris"], [], ["bob", "smith", "works",
+                                                                                      "for", "acme"]]
 
 
 def test_failing_component_fails_with_its_logs_and_leaves_no_container(docker_client, trainer_image, tmp_path,
