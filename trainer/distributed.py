@@ -20,6 +20,14 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def pin_deepspeed_accelerator() -> None:
+    """Name DeepSpeed's accelerator on a machine without CUDA, as the CPU image does: accelerate 1.15 imports
+    DeepSpeed whenever it is installed (even for a run without it), and DeepSpeed's auto-detection then warns that
+    it "was unable to detect" a GPU."""
+    if "DS_ACCELERATOR" not in os.environ and not has_cuda():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def ensure_process_group_env() -> None:
     """DeepSpeed without a launcher (one process, e.g. a single-pod KFP step) needs the env a launcher sets."""
     if "WORLD_SIZE" in os.environ:

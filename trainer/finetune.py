@@ -63,10 +63,11 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     """Fine-tune per `config`; returns the best model's metrics. Raises ConfigError/InputError on bad input."""
     import contextlib
 
-    from trainer.distributed import is_main_process
+    from trainer.distributed import is_main_process, pin_deepspeed_accelerator
     from trainer.lock import FolderLock
     from trainer.outputs import validate_outputs
 
+    pin_deepspeed_accelerator()
     data, model_dir, deepspeed_config = prepare(config)
     # One run per output folder: the main process holds its lock until the outputs are published.
     with FolderLock(config.pytorch_model_folder) if is_main_process() else contextlib.nullcontext():

@@ -383,9 +383,14 @@ def preprocess(config: PreprocessConfig) -> dict:
         if any(split_count.values()):
             logger.info("sentences longer than %d sub-tokens split into windows (stride %d): %s", effective_len,
                         min(config.stride, budget // 4), split_count)
-        for key in ("empty_words", "clipped_words"):
-            if any(windowed[role][key] for role in SPLITS):
-                logger.warning("%s: %s", key, {role: windowed[role][key] for role in SPLITS})
+        if any(windowed[role]["empty_words"] for role in SPLITS):
+            logger.info("words the tokenizer turns into no sub-token (a lone U+FE0F, say), encoded as %s so they "
+                        "are still trained on and scored: %s", tokenizer.unk_token or "_",
+                        {role: windowed[role]["empty_words"] for role in SPLITS})
+        if any(windowed[role]["clipped_words"] for role in SPLITS):
+            logger.warning("words longer than max_seq_length %d sub-tokens on their own, cut to fit (only their "
+                           "first sub-token is scored): %s", effective_len,
+                           {role: windowed[role]["clipped_words"] for role in SPLITS})
         (stage / CLASS_NAMES_FILE).write_text(json.dumps({"class_names": class_names}, indent=2))
         tokenizer.save_pretrained(str(stage))
         record = config.to_dict()
