@@ -23,8 +23,9 @@ COMPONENTS = [
                 "fine-tune output or MLflow model)."),
     ComponentDef(
         name="data_import", configs=(DataImportConfig,), runtime="components.data_import.runtime",
-        summary="Import labelled token-classification data (CoNLL / JSON Lines files) from a PVC, an object store "
-                "or the Hugging Face hub."),
+        summary="Import labelled token-classification data (any format preprocess reads: CoNLL, CoNLL-U, JSON "
+                "Lines / JSON, CSV / TSV, Parquet, Hugging Face datasets) from a PVC, an object store or the Hugging "
+                "Face hub."),
     ComponentDef(
         name="preprocess", configs=(PreprocessConfig,), runtime="components.preprocess.runtime",
         summary="Read labelled token-classification data, split it, tokenize it and align word labels to "
@@ -44,14 +45,17 @@ COMPONENTS = [
     ComponentDef(
         name="evaluate", configs=(EvaluateConfig,), runtime="components.evaluate.runtime",
         summary="Evaluate a fine-tuned model on a split of the preprocess output with the served inference code: "
-                "entity-level (seqeval) and token figures, predictions.",
+                "the tag scheme's figures (seqeval entities for span tags, per tag for plain tags), word accuracy, "
+                "predictions.",
         outputs={"metrics": ("Metrics", "<split>_f1, <split>_precision, <split>_recall, <split>_accuracy, "
                                         "<split>_loss and per-entity F1 (metadata: source = finetune when the "
                                         "fine-tune's own figures for this split are reported)."),
-                 "report": ("Markdown", "Markdown report with the overall figures and the per-entity table.")},
-        returns=[("f1", "float", "Entity-level micro F1."), ("precision", "float", "Entity-level micro precision."),
-                 ("recall", "float", "Entity-level micro recall."),
-                 ("accuracy", "float", "Token accuracy (over first sub-tokens).")]),
+                 "report": ("Markdown", "Markdown report with the overall figures and the per-entity (per-tag) "
+                                        "table.")},
+        returns=[("f1", "float", "Micro F1 of the tag scheme (entities for span tags, tags other than O for plain "
+                                 "tags)."),
+                 ("precision", "float", "Micro precision, as f1."), ("recall", "float", "Micro recall, as f1."),
+                 ("accuracy", "float", "Word accuracy (a word's label is its first sub-token's).")]),
     ComponentDef(
         name="predict", configs=(PredictConfig,), runtime="components.predict.runtime",
         summary="Label unlabelled text (text lines, JSON Lines, CoNLL without tags, CSV) with a fine-tuned model "

@@ -2,7 +2,8 @@
 # To change a parameter, edit its field there and run: python scripts/compile_components.py
 
 """KFP component `evaluate`: evaluate a fine-tuned model on a split of the preprocess output with the served
-inference code: entity-level (seqeval) and token figures, predictions."""
+inference code: the tag scheme's figures (seqeval entities for span tags, per tag for plain tags), word accuracy,
+predictions."""
 
 from typing import NamedTuple, Optional
 
@@ -23,7 +24,7 @@ def evaluate(
     batch_size: int = 16,
     rescore: str = 'false',
 ) -> NamedTuple("EvaluateOutputs", [("f1", float), ("precision", float), ("recall", float), ("accuracy", float)]):
-    """Evaluate a fine-tuned model on a split of the preprocess output with the served inference code: entity-level (seqeval) and token figures, predictions.
+    """Evaluate a fine-tuned model on a split of the preprocess output with the served inference code: the tag scheme's figures (seqeval entities for span tags, per tag for plain tags), word accuracy, predictions.
 
     Args:
         model: A fine-tuned model: the finetune component's pytorch_model_folder (merged or unmerged LoRA), its
@@ -34,7 +35,7 @@ def evaluate(
             is its label's probability; null for a word without sub-tokens).
         metrics: <split>_f1, <split>_precision, <split>_recall, <split>_accuracy, <split>_loss and per-entity F1
             (metadata: source = finetune when the fine-tune's own figures for this split are reported).
-        report: Markdown report with the overall figures and the per-entity table.
+        report: Markdown report with the overall figures and the per-entity (per-tag) table.
         split: Which split to evaluate. One of test, validation, train.
         batch_size: Inference batch size (windows are sorted by length first). Must be >= 1.
         rescore: Score again even when the model's fine-tune already scored this very split (same file content): by
@@ -42,10 +43,10 @@ def evaluate(
             One of true, false.
 
     Returns:
-        f1: Entity-level micro F1.
-        precision: Entity-level micro precision.
-        recall: Entity-level micro recall.
-        accuracy: Token accuracy (over first sub-tokens).
+        f1: Micro F1 of the tag scheme (entities for span tags, tags other than O for plain tags).
+        precision: Micro precision, as f1.
+        recall: Micro recall, as f1.
+        accuracy: Word accuracy (a word's label is its first sub-token's).
     """
     from components.evaluate.runtime import run
 
