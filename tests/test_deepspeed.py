@@ -1,6 +1,8 @@
-"""DeepSpeed on CPU (gloo): one process, and `torchrun --nproc_per_node 2` with ZeRO-2 and ZeRO-3.
+"""DeepSpeed on CPU (gloo): one process, `torchrun --nproc_per_node 2` with ZeRO-2 and ZeRO-3, and a resume after a
+crash.
 
-Runs the same entry point the PyTorchJob pods use (`python -m trainer.cli`), each in fresh processes.
+Runs the same entry point the PyTorchJob pods use (`python -m trainer.cli`), each in fresh processes; the resume runs
+`trainer.finetune.finetune` in fresh processes too (a crash callback cannot be passed on a command line).
 """
 
 from __future__ import annotations
@@ -14,18 +16,36 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForTokenClassification
 
-from trainer.checkpoints import list_checkpoints
+from conftest import figures, weights_digest
+from trainer.checkpoints import choose_resume_checkpoint, list_checkpoints
 
 pytestmark = pytest.mark.slow
+TESTS = Path(__file__).resolve().parent
 
 
-def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def _env() -> dict:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return env
+
+
+def _run(cmd: list[str], tmp_path: Path, returncode: int = 0) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == returncode, done.stdout[-3000:] + done.stderr[-5000:]
     return done
+
+
+def _zero_stage(optim_states: Path) -> int:
+    """The ZeRO stage a rank's optimizer shard records, read as the trainer's resume reads it: DeepSpeed's checkpoint
+    engine made weights-only by trainer.safe_loading."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from trainer import safe_loading
+
+    safe_loading.install()
+    return TorchCheckpointEngine().load(str(optim_states), map_location="cpu")["optimizer_state_dict"]["zero_stage"]
 
 
 def _trainer_flags(pre, model, out: Path, *extra: str) -> list[str]:
@@ -74,3 +94,65 @@ def test_torchrun_two_processes(tmp_path, tiny_preprocess_output, tiny_model_sel
     assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= shards, shards
     partitioned = {f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)}
     assert (partitioned <= shards) if preset == "zero3" else ("mp_rank_00_model_states.pt" in shards), shards
+    # ZeRO-1 writes the same file names as ZeRO-2: the stage the optimizer recorded tells them apart
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    shard = tmp_path / "pytorch" / "checkpoint-10" / "global_step10" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    assert _zero_stage(shard) == (ZeroStageEnum.weights if preset == "zero3" else ZeroStageEnum.gradients)
+
+
+# A fine-tune in a fresh process: argv[1] its FinetuneConfig as JSON, argv[2] the step to crash at (0: none). It prints
+# the step training started from and every torch.load it saw (file name, weights_only) as the last line.
+DRIVER = """
+import json, sys
+from pathlib import Path
+import torch
+from conftest import Crash, StartStep
+from trainer.config import FinetuneConfig
+from trainer.finetune import finetune
+
+loads, real_load = [], torch.load
+def load(f, *args, **kwargs):
+    loads.append([Path(str(f)).name, kwargs.get("weights_only", "default")])
+    return real_load(f, *args, **kwargs)
+torch.load = load
+start, crash = StartStep(), int(sys.argv[2])
+try:
+    finetune(FinetuneConfig.from_dict(json.loads(sys.argv[1])), callbacks=[start] + ([Crash(crash)] if crash else []))
+finally:
+    print(json.dumps({"start": start.step, "loads": loads}))
+"""
+
+
+def _finetune_process(config, crash_at: int = 0) -> dict:
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", DRIVER, config.to_json(), str(crash_at)], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=TESTS.parent)
+    assert (done.returncode != 0) == bool(crash_at), done.stdout[-3000:] + done.stderr[-5000:]
+    if crash_at:
+        assert "simulated node failure" in done.stderr, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_deepspeed_resume_after_a_crash(make_config):
+    """ZeRO-2 in one process, crashed mid-epoch after a checkpoint, resumed from it through DeepSpeed's checkpoint
+    engine (weights-only, trainer.safe_loading): it starts from that step and ends with the uninterrupted run's
+    weights and figures."""
+    # 160 rows / batch 16 = 10 optimizer steps per epoch; a checkpoint every 4 steps: 4, 8, 12, 16, 20
+    settings = dict(apply_deepspeed=True, num_train_epochs=2, learning_rate=2e-3, metric_for_best_model="loss",
+                    evaluation_strategy="steps", eval_steps=4, progress_seconds=0.0)
+    straight = make_config("straight", **settings)
+    assert _finetune_process(straight)["start"] == 0
+
+    crashed = make_config("crashed", **settings)
+    _finetune_process(crashed, crash_at=14)  # in epoch 2, two steps after checkpoint-12
+    root = Path(crashed.pytorch_model_folder)
+    assert choose_resume_checkpoint(root).name == "checkpoint-12" and not (root / "model.safetensors").exists()
+
+    resumed = _finetune_process(make_config("crashed", resume_from_checkpoint=True, **settings))
+    assert resumed["start"] == 12
+    deepspeed_files = {name: weights_only for name, weights_only in resumed["loads"] if name.endswith("_states.pt")}
+    assert deepspeed_files == {"mp_rank_00_model_states.pt": True, "zero_pp_rank_0_mp_rank_00_optim_states.pt": True}
+    assert weights_digest(root) == weights_digest(straight.pytorch_model_folder)
+    metrics = [json.loads((Path(c.pytorch_model_folder) / "metrics.json").read_text()) for c in (crashed, straight)]
+    assert figures(metrics[0]["test_metrics"]) == figures(metrics[1]["test_metrics"])
