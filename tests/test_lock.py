@@ -1,4 +1,5 @@
-"""One run per output folder: a second run gets exit 2 naming the holder; a dead holder's lock is taken over."""
+"""One run per output folder: a second run gets exit 2 naming the holder; a dead holder's lock is taken over (a
+reused pid is a dead holder too)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from trainer.errors import InputError
-from trainer.lock import LOCK_FILE, FolderLock
+from trainer.lock import LOCK_FILE, FolderLock, _start_time
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,10 +28,10 @@ def test_a_held_folder_refuses_a_second_holder_and_names_the_first(tmp_path):
     assert not (tmp_path / "out" / LOCK_FILE).exists()
 
 
-def _write_lock(folder: Path, host: str, pid: int, age_s: float = 0.0) -> Path:
+def _write_lock(folder: Path, host: str, pid: int, age_s: float = 0.0, token: str = "old", **extra) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    path.write_text(json.dumps({"host": host, "pid": pid, "token": "old", "since": "then"}))
+    path.write_text(json.dumps({"host": host, "pid": pid, "token": token, "since": "then", **extra}))
     if age_s:
         old = time.time() - age_s
         os.utime(path, (old, old))
@@ -42,6 +43,52 @@ def test_the_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
     _write_lock(tmp_path, socket.gethostname(), int(dead.stdout))
     with FolderLock(tmp_path) as lock:
         assert json.loads((tmp_path / LOCK_FILE).read_text())["token"] == lock.token
+
+
+@pytest.fixture
+def live_process():
+    """Another live process on this host (its pid)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_a_live_pid_holds_the_lock_only_while_it_is_the_process_that_took_it(tmp_path, live_process):
+    start = _start_time(live_process)
+    assert isinstance(start, int) and start != _start_time(os.getpid())  # /proc/<pid>/stat field 22
+    _write_lock(tmp_path, socket.gethostname(), live_process, start=start)
+    with pytest.raises(InputError, match=f"pid {live_process}"):
+        FolderLock(tmp_path).acquire()
+    # the same pid, now another process (started at another time): the holder is gone, its lock stale
+    _write_lock(tmp_path, socket.gethostname(), live_process, start=start - 1)
+    with FolderLock(tmp_path) as lock:
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["token"] == lock.token
+
+
+def test_a_lock_with_this_process_pid_that_it_does_not_hold_is_stale(tmp_path):
+    """A restarted container runs with the pid of the one that died (pid 1, say): its lock is not this process's."""
+    _write_lock(tmp_path, socket.gethostname(), os.getpid(), start=_start_time(os.getpid()))
+    with FolderLock(tmp_path) as lock:
+        record = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert record["token"] == lock.token and record["start"] == _start_time(os.getpid())
+
+
+def test_a_stale_lock_taken_over_meanwhile_by_another_run_is_left_to_it(tmp_path, live_process, monkeypatch):
+    """Between judging a lock stale and renaming it aside, another contender took it over: its lock is kept."""
+    _write_lock(tmp_path, "other-node", 1, age_s=3600)
+    judge = FolderLock._stale
+
+    def judged_then_taken_over(self, holder):
+        stale = judge(self, holder)
+        if holder.get("token") == "old":
+            _write_lock(tmp_path, socket.gethostname(), live_process, token="winner", start=_start_time(live_process))
+        return stale
+
+    monkeypatch.setattr(FolderLock, "_stale", judged_then_taken_over)
+    with pytest.raises(InputError, match=f"pid {live_process}"):
+        FolderLock(tmp_path).acquire()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["token"] == "winner"
 
 
 def test_another_hosts_lock_is_honoured_until_its_heartbeat_is_stale(tmp_path):

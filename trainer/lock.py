@@ -24,6 +24,19 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = ".tokcls.lock"
 
 
+_HELD: set[str] = set()  # tokens of the locks this process holds now
+
+
+def _start_time(pid: int) -> Optional[int]:
+    """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat field 22); None without /proc.
+    Exact, unlike psutil's create_time (seconds derived from the boot time, which clock adjustments move)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # fields from 3 on follow the command name's ")"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -59,14 +72,19 @@ class FolderLock:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return True
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-            return not _alive(holder["pid"]) or age > self.stale_after_s
-        return age > self.stale_after_s
+        pid = holder.get("pid")
+        if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+            return age > self.stale_after_s
+        if pid == os.getpid():  # this process, or an earlier one with its pid (a restarted container)
+            return holder.get("token") not in _HELD
+        recorded, now = holder.get("start"), _start_time(pid)
+        reused = isinstance(recorded, int) and now is not None and now != recorded
+        return not _alive(pid) or reused or age > self.stale_after_s
 
     # --- acquire / release ----------------------------------------------------------------------
     def _create(self) -> bool:
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid()),
+                  "token": self.token, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -79,6 +97,7 @@ class FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             if self._create():
+                _HELD.add(self.token)
                 self._start_heartbeat()
                 return self
             holder = self._holder()
@@ -89,6 +108,9 @@ class FolderLock:
                     f"{self.folder} is in use by another run (host {holder.get('host', '?')}, pid "
                     f"{holder.get('pid', '?')}, since {holder.get('since', '?')}); give another folder, wait for "
                     f"it to end, or delete {self.path} if that run is dead")
+            current = self._holder()  # still the holder judged stale? (another contender may have taken it over)
+            if current is None or current.get("token") != holder.get("token"):
+                continue
             # Take a stale lock over by renaming it aside (only one contender's rename succeeds).
             aside = self.path.with_name(f"{LOCK_FILE}.stale-{self.token}")
             try:
@@ -117,6 +139,7 @@ class FolderLock:
         holder = self._holder()
         if holder and holder.get("token") == self.token:
             self.path.unlink(missing_ok=True)
+        _HELD.discard(self.token)
 
     def __enter__(self) -> "FolderLock":
         return self.acquire()
