@@ -1,16 +1,21 @@
-"""The inference core (trainer.inference): words, the first-sub-token rule, scheme-aware spans, long inputs in
-windows, empty and unusual inputs, big batches. On the tiny BERT fine-tuned on the synthetic task."""
+"""The inference core (trainer.inference): words, the first-sub-token rule, spans read as the metrics read them
+in the recorded tag scheme, long inputs in windows, empty and unusual inputs, big batches. On the tiny BERT
+fine-tuned on the synthetic task."""
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import make_sentences
-from trainer.inference import assign_words, entity_spans, load_classifier, plan_windows, split_words
+from trainer import schemes
+from trainer.errors import InputError
+from trainer.inference import TokenClassifier, assign_words, load_classifier, plan_windows, split_words
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +35,114 @@ def test_split_words_conll_style_with_offsets():
     assert split_words("") == [] and split_words(" \t\n ") == []
 
 
-@pytest.mark.parametrize("labels,spans", [
-    (["B-PER", "I-PER", "O", "B-LOC"], [(0, 2, "PER"), (3, 4, "LOC")]),  # IOB2
-    (["I-PER", "I-PER", "B-PER", "O", "I-LOC"], [(0, 2, "PER"), (2, 3, "PER"), (4, 5, "LOC")]),  # IOB1
-    (["B-PER", "E-PER", "S-PER", "S-LOC", "B-ORG", "I-ORG", "E-ORG"],
-     [(0, 2, "PER"), (2, 3, "PER"), (3, 4, "LOC"), (4, 7, "ORG")]),  # BIOES
-    (["B-PER", "L-PER", "U-PER", "O"], [(0, 2, "PER"), (2, 3, "PER")]),  # BILOU
-    (["PER", "PER", "O", "LOC", "ORG"], [(0, 2, "PER"), (3, 4, "LOC"), (4, 5, "ORG")]),  # plain tags
-    (["B-PER", "I-LOC", "I-LOC"], [(0, 1, "PER"), (1, 3, "LOC")]),  # a type change starts an entity
-    (["O", "O"], []),
-    ([], []),
-])
-def test_entity_spans_follow_the_tag_scheme(labels, spans):
-    assert entity_spans(labels) == spans
+# Tricky sequences per scheme: (tags, the spans seqeval's strict mode reads, as the metrics count them).
+TRICKY = {
+    "iob2": [(["O", "I-PER", "I-PER", "O"], []),  # I- after O begins nothing in strict IOB2
+             (["B-PER", "I-LOC", "B-LOC"], [(0, 1, "PER"), (2, 3, "LOC")]),  # a type change inside is no span
+             (["B-PER", "I-PER", "B-PER", "O", "B-LOC", "I-LOC"], [(0, 2, "PER"), (2, 3, "PER"), (4, 6, "LOC")])],
+    "iob1": [(["I-PER", "I-PER", "B-PER", "O", "I-LOC"], [(0, 2, "PER"), (2, 3, "PER"), (4, 5, "LOC")]),
+             (["I-PER", "I-LOC", "B-LOC"], [(0, 1, "PER"), (1, 2, "LOC"), (2, 3, "LOC")]),
+             (["B-PER", "O"], [(0, 1, "PER")])],
+    "bioes": [(["B-PER", "I-PER", "O"], []),  # a B- that no E- closes is no span
+              (["I-PER", "E-PER", "S-PER", "E-PER"], [(2, 3, "PER")]),
+              (["B-PER", "E-LOC", "B-ORG", "I-ORG", "E-ORG", "S-LOC"], [(2, 5, "ORG"), (5, 6, "LOC")])],
+    "bilou": [(["B-PER", "I-PER", "O", "U-LOC"], [(3, 4, "LOC")]),
+              (["B-PER", "L-PER", "L-PER", "U-PER"], [(0, 2, "PER"), (3, 4, "PER")])],
+    "plain": [(["PER", "PER", "O", "LOC"], [(0, 1, "PER"), (1, 2, "PER"), (3, 4, "LOC")]),  # each word on its own
+              (["B_PER", "I_PER"], [(0, 1, "B_PER"), (1, 2, "I_PER")])],  # "_" is no span separator
+}
+
+
+def _render(spans, length: int, scheme: str) -> list[str]:
+    """Well-formed tags of `scheme` holding exactly `spans` (IOB2 for iob1 too: its conversion keeps them)."""
+    tags = ["O"] * length
+    first, inside, last, single = {"bioes": "BIES", "bilou": "BILU"}.get(scheme, "BIIB")
+    for a, b, kind in spans:
+        if scheme == "plain":
+            tags[a] = kind
+            continue
+        tags[a:b] = [f"{first}-{kind}"] + [f"{inside}-{kind}"] * (b - a - 2) + [f"{last}-{kind}"] * (b - a > 1)
+        if b - a == 1:
+            tags[a] = f"{single}-{kind}"
+    return tags
+
+
+@pytest.mark.parametrize("scheme,tags,expected", [(s, t, e) for s, cases in TRICKY.items() for t, e in cases])
+def test_served_spans_are_the_entities_the_metrics_count(scheme, tags, expected):
+    from trainer.metrics import scores
+
+    spans = schemes.spans(tags, scheme)
+    assert spans == expected
+    # the metrics, scoring the gold tags against tags that hold exactly the served spans, find every span and no other
+    overall, per_label = scores([tags], [_render(spans, len(tags), scheme)], scheme)
+    assert sum(v["number"] for v in per_label.values()) == len(spans)
+    if spans:
+        assert overall["precision"] == overall["recall"] == 1.0
+
+
+def test_the_label_set_implies_a_scheme_when_none_is_recorded():
+    assert schemes.of_labels(["O", "B-PER", "I-PER"]) == "iob2"
+    assert schemes.of_labels(["O", "B-PER", "E-PER", "S-PER"]) == "bioes"
+    assert schemes.of_labels(["O", "U-PER", "L-PER", "B-PER"]) == "bilou"
+    assert schemes.of_labels(["O", "B_PER", "I_PER"]) == schemes.of_labels(["NOUN", "B-X"]) == "plain"
+
+
+class _FixedLabels:
+    """A backend whose prediction for every sub-token is the label `labels` gives its token id."""
+
+    input_names = ("input_ids",)
+
+    def __init__(self, labels: dict[int, int], classes: int):
+        self.labels, self.classes = labels, classes
+
+    def __call__(self, batch):
+        ids = batch["input_ids"]
+        logits = np.zeros(ids.shape + (self.classes,), dtype=np.float32)
+        for index, label in np.ndenumerate(np.vectorize(lambda i: self.labels.get(int(i), 0))(ids)):
+            logits[index + (label,)] = 10.0
+        return logits
+
+
+def test_the_classifier_reads_entities_in_its_tag_scheme(classifier):
+    classes = ["O", "B-person", "I-person"]
+    tokenizer = classifier.tokenizer
+    predicted = {tokenizer.convert_tokens_to_ids(w): k for w, k in (("alice", 2), ("smith", 2), ("bob", 1))}
+    words = ["the", "alice", "smith", "met", "bob"]
+    entities = {}
+    for scheme in ("iob2", "iob1", None):
+        model = TokenClassifier(_FixedLabels(predicted, 3), tokenizer, dict(enumerate(classes)), tag_scheme=scheme)
+        [prediction] = model.predict([words])
+        assert prediction.labels == ["O", "I-person", "I-person", "O", "B-person"]
+        entities[scheme] = [e["text"] for e in prediction.entities]
+    assert entities == {"iob2": ["bob"], "iob1": ["alice smith", "bob"], None: ["bob"]}  # None: IOB2, the labels'
+    with pytest.raises(InputError, match="the model's tag scheme does not fit its labels: tag_scheme=iob2 but the "
+                                         "labels use the prefix"):
+        TokenClassifier(_FixedLabels({}, 2), tokenizer, {0: "O", 1: "S-person"}, tag_scheme="iob2")
+
+
+def test_every_output_carries_the_recorded_tag_scheme(tiny_finetuned, tmp_path):
+    import mlflow.models
+
+    from trainer.mlflow_model import save_mlflow_model
+
+    recorded = json.loads((tiny_finetuned["pytorch"] / "metrics.json").read_text())["tag_scheme"]
+    assert recorded == "iob2"
+    assert load_classifier(tiny_finetuned["pytorch"]).tag_scheme == load_classifier(tiny_finetuned["mlflow"]).tag_scheme
+    # the MLflow model was written before metrics.json: the scheme came from the data finetune_args.json names
+    served = tiny_finetuned["mlflow"] / "artifacts" / "model"
+    assert json.loads((served / "tag_scheme.json").read_text()) == {"tag_scheme": recorded}
+    assert mlflow.models.Model.load(str(tiny_finetuned["mlflow"])).metadata["tag_scheme"] == recorded
+    # an IOB1 run (metrics.json says so): its folder and the MLflow model made from it read IOB1
+    folder = tmp_path / "iob1"
+    shutil.copytree(tiny_finetuned["pytorch"], folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "tag_scheme": "iob1"}))
+    assert load_classifier(folder).tag_scheme == "iob1"
+    save_mlflow_model(folder, tmp_path / "mlflow")
+    assert load_classifier(tmp_path / "mlflow").tag_scheme == "iob1"
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "tag_scheme": "iob3"}))
+    with pytest.raises(InputError, match=r"metrics\.json: tag_scheme='iob3' is not one of"):
+        load_classifier(folder)
 
 
 def test_windows_respect_capacity_cover_every_word_and_give_each_word_context():

@@ -11,7 +11,9 @@ One core serves every consumer (the MLflow model, the predict program, evaluate,
   the window in which it has the most context on both sides. No word is dropped.
 - The windows of all inputs are sorted by length and run in batches (`batch_size`) under `torch.inference_mode`
   (or onnxruntime); an input without words gives an empty result, never an exception.
-- Entity spans follow the tag scheme: IOB1, IOB2, BIOES/BILOU and plain tags (see `entity_spans`).
+- Entity spans are read as the metrics read them, in the model's tag scheme (`trainer.schemes.spans`: seqeval
+  strict mode, IOB1 converted to IOB2; each tagged word for plain tags). The scheme is the one preprocess recorded,
+  carried by the model folder (`recorded_tag_scheme`), else the one its labels imply (`schemes.of_labels`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from trainer import schemes
 from trainer.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_STRIDE = 128  # sub-tokens repeated between neighbouring windows of a long input (capped at half a window)
 ONNX_FILE = "model.onnx"
 EXPORT_INFO = "onnx_export.json"
+TAG_SCHEME_FILE = "tag_scheme.json"  # {"tag_scheme": ...} beside a served model that has no run records
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 # --------------------------------------------------------------------------------------------------
@@ -87,50 +91,6 @@ def _split_cjk(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Entity spans
-# --------------------------------------------------------------------------------------------------
-OUTSIDE = "O"
-BEGIN, INSIDE, END, SINGLE = "B", "I", "E", "S"
-_PREFIX_ROLE = {"B": BEGIN, "I": INSIDE, "E": END, "S": SINGLE, "L": END, "U": SINGLE}  # BILOU as BIOES
-
-
-def parse_tag(label: str) -> Optional[tuple[Optional[str], str]]:
-    """(role, entity type) of a tag; None for "O". "B-PER" -> ("B", "PER"), "U-PER" -> ("S", "PER"), a plain tag
-    "PER" -> (None, "PER")."""
-    if label == OUTSIDE or not label:
-        return None
-    if len(label) > 2 and label[1] in "-_" and label[0] in _PREFIX_ROLE:
-        return _PREFIX_ROLE[label[0]], label[2:]
-    return None, label
-
-
-def entity_spans(labels: Sequence[str]) -> list[tuple[int, int, str]]:
-    """Entities as word ranges (first, last + 1, type), for IOB1, IOB2, BIOES/BILOU and plain tags alike.
-
-    An entity starts at B-/S-/U-, at a type change, or at I-/E-/L- after "O" (lenient, as conlleval reads IOB1
-    and broken IOB2); it ends before "O", a type change or a new B-, and after E-/S-/L-/U-. A run of one plain tag
-    is one entity. (seqeval's get_entities reads neither plain tags nor BILOU; transformers' pipeline aggregation
-    reads B-/I- only.)
-    """
-    spans: list[tuple[int, int, str]] = []
-    current: Optional[list] = None  # [first, last + 1, type]
-    for i, label in enumerate(labels):
-        tag = parse_tag(label)
-        if tag is None:
-            current = None
-            continue
-        role, kind = tag
-        if current is None or current[2] != kind or role in (BEGIN, SINGLE) or current[1] != i:
-            current = [i, i + 1, kind]
-            spans.append(current)  # type: ignore[arg-type]
-        else:
-            current[1] = i + 1
-        if role in (END, SINGLE):
-            current = None
-    return [tuple(s) for s in spans]  # type: ignore[misc]
-
-
-# --------------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------------
 @dataclass
@@ -153,9 +113,10 @@ class Prediction:
                 "offsets": [list(o) for o in self.offsets], "entities": self.entities}
 
 
-def _entities(text: str, offsets: list[tuple[int, int]], labels: list[str], scores: list[Optional[float]]) -> list:
+def _entities(text: str, offsets: list[tuple[int, int]], labels: list[str], scores: list[Optional[float]],
+              scheme: str) -> list:
     out = []
-    for first, last, kind in entity_spans(labels):
+    for first, last, kind in schemes.spans(labels, scheme):
         start, end = offsets[first][0], offsets[last - 1][1]
         word_scores = [s for s in scores[first:last] if s is not None]
         out.append({"text": text[start:end], "label": kind, "start": start, "end": end,
@@ -223,16 +184,26 @@ class _Window:
 
 
 class TokenClassifier:
-    """Word-level token classification with any backend; `predict` takes a batch of texts or word lists."""
+    """Word-level token classification with any backend; `predict` takes a batch of texts or word lists. Entities
+    follow `tag_scheme` (default: the scheme the labels imply)."""
 
     def __init__(self, backend, tokenizer, id2label: dict[int, str], *, max_length: Optional[int] = None,
-                 stride: int = DEFAULT_STRIDE, batch_size: int = DEFAULT_BATCH_SIZE, model_max_length: int = 512):
+                 stride: int = DEFAULT_STRIDE, batch_size: int = DEFAULT_BATCH_SIZE, model_max_length: int = 512,
+                 tag_scheme: Optional[str] = None):
         if not getattr(tokenizer, "is_fast", False):
             raise InputError(f"the tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer: word alignment "
                              "needs word_ids(); save a tokenizer.json with the model")
         self.backend = backend
         self.tokenizer = tokenizer
         self.class_names = [id2label[i] for i in sorted(int(k) for k in id2label)]
+        if tag_scheme is not None:
+            if tag_scheme not in schemes.SCHEMES:
+                raise InputError(f"unknown tag scheme {tag_scheme!r}: one of {', '.join(schemes.SCHEMES)}")
+            try:
+                schemes.check(tag_scheme, self.class_names)
+            except InputError as err:
+                raise InputError(f"the model's tag scheme does not fit its labels: {err}") from None
+        self.tag_scheme = tag_scheme or schemes.of_labels(self.class_names)
         limit = getattr(tokenizer, "model_max_length", None) or model_max_length
         limit = min(int(limit), model_max_length) if limit < 10**6 else model_max_length
         self.max_length = min(max_length, limit) if max_length else limit
@@ -267,10 +238,10 @@ class TokenClassifier:
         for text, item_words, item_offsets, probs in zip(texts, words, offsets, probabilities):
             scored = ~np.isnan(probs[:, 0]) if len(item_words) else np.zeros(0, dtype=bool)
             ids = np.where(scored, np.nan_to_num(probs).argmax(-1), -1) if len(item_words) else []
-            labels = [self.class_names[i] if i >= 0 else OUTSIDE for i in ids]
+            labels = [self.class_names[i] if i >= 0 else schemes.OUTSIDE for i in ids]
             scores = [float(probs[k, i]) if i >= 0 else None for k, i in enumerate(ids)]
             results.append(Prediction(text, item_words, item_offsets, labels, scores,
-                                      _entities(text, item_offsets, labels, scores), probs))
+                                      _entities(text, item_offsets, labels, scores, self.tag_scheme), probs))
         return results
 
     # --- windows --------------------------------------------------------------------------------------
@@ -401,7 +372,7 @@ def model_format(path: str | Path) -> str:
 def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
                     max_length: Optional[int] = None, stride: int = DEFAULT_STRIDE) -> TokenClassifier:
     """A TokenClassifier for a pytorch_model_folder (merged, or unmerged LoRA), an MLflow model folder of ours or an
-    onnx_model_folder; each carries its tokenizer and label map."""
+    onnx_model_folder; each carries its tokenizer and label map, and its tag scheme where recorded."""
     path = Path(path)
     kind = model_format(path)
     if kind == "mlflow":
@@ -425,7 +396,29 @@ def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int =
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
         limit -= 2  # positions start after the padding index
     return TokenClassifier(backend, tokenizer, config.id2label, max_length=max_length, stride=stride,
-                           batch_size=batch_size, model_max_length=limit)
+                           batch_size=batch_size, model_max_length=limit,
+                           tag_scheme=recorded_tag_scheme(path))
+
+
+def recorded_tag_scheme(folder: Path) -> Optional[str]:
+    """The tag scheme a model folder records: its tag_scheme.json (our MLflow model's served folder), else its
+    metrics.json (a finished pytorch_model_folder), else the preprocess_args.json of the data its finetune_args.json
+    names (a pytorch_model_folder being published: metrics.json comes last); None when none does."""
+    from trainer.constants import FINETUNE_ARGS, METRICS_FILE, PREPROCESS_ARGS_FILE
+    from trainer.jsonio import read_json
+
+    def recorded(file: Path) -> Optional[str]:
+        data = read_json(file) if file.is_file() else {}
+        scheme = data.get("tag_scheme") if isinstance(data, dict) else None
+        if scheme is not None and scheme not in schemes.SCHEMES:
+            raise InputError(f"{file}: tag_scheme={scheme!r} is not one of {list(schemes.SCHEMES)}")
+        return scheme
+
+    scheme = recorded(folder / TAG_SCHEME_FILE) or recorded(folder / METRICS_FILE)
+    if scheme is None and (folder / FINETUNE_ARGS).is_file():
+        data = read_json(folder / FINETUNE_ARGS).get("preprocess_output")
+        scheme = recorded(Path(data) / PREPROCESS_ARGS_FILE) if data else None
+    return scheme
 
 
 def load_serving_tokenizer(model_dir: Path):

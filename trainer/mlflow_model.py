@@ -1,7 +1,8 @@
 """The MLflow model: a pyfunc on the inference core (trainer.inference), self-contained and served offline.
 
 Layout (written by `save_mlflow_model`): `MLmodel` with a signature and an input example, `artifacts/model/` (the
-best model, merged, with its tokenizer and label map: a plain Hugging Face folder), this file as the model's code
+best model, merged, with its tokenizer and label map: a plain Hugging Face folder, plus tag_scheme.json: the
+scheme its entities follow), this file as the model's code
 (MLflow "models from code": no pickle), `code/trainer/` (this package: the loader and the core travel with the
 model) and explicit pip requirements.
 
@@ -77,8 +78,11 @@ class TokenClassificationModel(mlflow.pyfunc.PythonModel):
 
 def serving_copy(model_dir: Path, target: Path) -> None:
     """The served model alone: the root model files of a fine-tune output (no checkpoints, no run records), an
-    unmerged LoRA output merged into a plain model, always with the tokenizer."""
-    from trainer.inference import load_serving_tokenizer
+    unmerged LoRA output merged into a plain model, always with the tokenizer, and the tag scheme the output records
+    (its run records stay behind) in tag_scheme.json."""
+    import json
+
+    from trainer.inference import TAG_SCHEME_FILE, load_serving_tokenizer, recorded_tag_scheme
 
     tokenizer = load_serving_tokenizer(model_dir)
     target.mkdir(parents=True, exist_ok=True)
@@ -87,10 +91,13 @@ def serving_copy(model_dir: Path, target: Path) -> None:
 
         load_token_classification_model(model_dir).save_pretrained(target)
         tokenizer.save_pretrained(target)
-        return
-    for item in model_dir.iterdir():
-        if item.is_file() and not item.name.startswith(NOT_SERVED):
-            shutil.copy2(item, target / item.name)
+    else:
+        for item in model_dir.iterdir():
+            if item.is_file() and not item.name.startswith(NOT_SERVED):
+                shutil.copy2(item, target / item.name)
+    scheme = recorded_tag_scheme(model_dir)
+    if scheme:
+        (target / TAG_SCHEME_FILE).write_text(json.dumps({"tag_scheme": scheme}) + "\n")
 
 
 def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
@@ -113,7 +120,7 @@ def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
             code_paths=[str(code)], pip_requirements=pip_requirements(), input_example=INPUT_EXAMPLE,
             signature=ModelSignature(inputs=None, outputs=infer_signature(INPUT_EXAMPLE, example_output).outputs),
             metadata={"source": "kfp-token-classification", "class_names": classifier.class_names,
-                      "max_length": classifier.max_length})
+                      "max_length": classifier.max_length, "tag_scheme": classifier.tag_scheme})
 
 
 if __name__.startswith("code_model_"):  # MLflow executes this file as the model's code (models from code)

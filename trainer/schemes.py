@@ -8,8 +8,9 @@
 - `bilou`: the same with L- (last) and U- (unit). seqeval, strict BILOU.
 - `plain`: tags without span prefixes (POS tags, any tag set): each word's tag is scored on its own.
 
-"O" is the outside tag. `resolve()` detects the scheme from the tag sequences (IOB1 and IOB2 share a label set:
-where spans begin tells them apart) or checks an explicit choice against the labels.
+"O" is the outside tag; a span prefix is one of B I E S L U and a hyphen ("B_PER" is a plain tag). `resolve()`
+detects the scheme from the tag sequences (IOB1 and IOB2 share a label set: where spans begin tells them apart) or
+checks an explicit choice against the labels; `spans()` reads a tag sequence's spans as the metrics count them.
 """
 
 from __future__ import annotations
@@ -153,6 +154,28 @@ def continuation_ids(class_names: Sequence[str], scheme: str) -> list[int]:
         prefix, kind = split_tag(name) if is_span(scheme) else (None, name)
         out.append(index.get(f"I-{kind}", i) if prefix and prefix != "I" else i)
     return out
+
+
+def of_labels(labels: Iterable[str]) -> str:
+    """The scheme a label set implies on its own (a model that recorded none): BIOES or BILOU by their prefixes,
+    IOB2 for B-/I- (IOB1 has the same labels: only tag sequences tell them apart), plain when no label has a span
+    prefix or when the labels mix prefixed and plain tags."""
+    prefixes, _, plain = _label_prefixes(labels)
+    if not prefixes or plain or (prefixes & set("LU") and prefixes & set("ES")):
+        return "plain"
+    return "bioes" if prefixes & set("ES") else "bilou" if prefixes & set("LU") else "iob2"
+
+
+def spans(tags: Sequence[str], scheme: str) -> list[tuple[int, int, str]]:
+    """The spans (first, last + 1, type) of one tag sequence as the metrics count them: seqeval's strict entities of
+    the scheme for span tags (IOB1 converted to IOB2 first), so an I- after O in IOB2 or a B- that no E- closes in
+    BIOES is no span; for plain tags every word whose tag is not O, on its own."""
+    if not is_span(scheme):
+        return [(i, i + 1, tag) for i, tag in enumerate(tags) if tag != OUTSIDE]
+    from seqeval.scheme import Entities
+
+    tags = iob1_to_iob2(tags) if scheme == "iob1" else list(tags)
+    return [(e.start, e.end, e.tag) for e in Entities([tags], seqeval_scheme(scheme)).entities[0]]
 
 
 def seqeval_scheme(scheme: str):
