@@ -68,6 +68,24 @@ def test_mlflow_model_with_no_entity_found(pyfunc):
     assert len(results[1]["entities"]) == 2
 
 
+def test_the_declared_output_holds_unscored_words_and_empty_results(pyfunc, tiny_finetuned):
+    """A word the tokenizer drops (no score), a text without entities and an empty text validate against the output
+    signature; so does an entity without a score (all its words unscored): `scores` and `score` are optional."""
+    import mlflow.models
+    from mlflow.types import DataType
+
+    outputs = mlflow.models.Model.load(str(tiny_finetuned["mlflow"])).signature.outputs
+    results = pyfunc.predict(["alice \u200b lives in paris .", "the visited said that .", ""])
+    assert results[0]["scores"][1] is None and results[1]["entities"] == [] and results[2]["words"] == []
+    mlflow.models.validate_schema(pd.DataFrame(results), outputs)
+    unscored = {**results[0], "entities": [{**results[0]["entities"][0], "score": None}]}
+    mlflow.models.validate_schema(pd.DataFrame([unscored]), outputs)
+    columns = {spec.name: spec for spec in outputs.inputs}
+    assert not columns["scores"].required and columns["scores"].type.dtype == DataType.double
+    score = next(p for p in columns["entities"].type.dtype.properties if p.name == "score")
+    assert not score.required and all(columns[name].required for name in ("text", "words", "labels", "offsets"))
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

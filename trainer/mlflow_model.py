@@ -13,8 +13,9 @@ Empty or missing text gives empty lists, never an exception. `mlflow models serv
 with `{"predictions": [...]}` in the same shape.
 
 We do not use the `transformers` flavor: its token-classification output parsing raises IndexError on a sentence
-without entities (mlflow 3.17), and it returns sub-token labels joined by commas. The signature describes the
-output; the input is shown by the input example but not declared: mlflow 3.17 enforces a declared string column
+without entities (mlflow 3.17), and it returns sub-token labels joined by commas. The signature declares the output
+(`OUTPUT_SCHEMA`: `scores` and an entity's `score` optional, since a word the tokenizer turns into no sub-token has
+no score); the input is shown by the input example but not declared: mlflow 3.17 enforces a declared string column
 before the model runs and rejects `[]` and an empty DataFrame with an exception.
 """
 
@@ -29,12 +30,24 @@ from typing import Any, Optional
 import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.types import DataType
+from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
 SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas")
 MODEL_ARTIFACT = "model"
 INPUT_EXAMPLE = ["Alice lives in Paris .", "Nothing to see here"]
 # Files of a pytorch_model_folder that are not the served model.
 NOT_SERVED = ("checkpoint-", ".", "finetune_args.json", "metrics.json", "training_args.bin", "runs")
+# One prediction (Prediction.to_dict). mlflow cannot declare an array's items nullable: `scores` is optional, and its
+# None items (unscored words) pass mlflow's checks.
+OUTPUT_SCHEMA = Schema([
+    ColSpec(DataType.string, "text"), ColSpec(Array(DataType.string), "words"),
+    ColSpec(Array(DataType.string), "labels"), ColSpec(Array(DataType.double), "scores", required=False),
+    ColSpec(Array(Array(DataType.long)), "offsets"),
+    ColSpec(Array(Object([Property("text", DataType.string), Property("label", DataType.string),
+                          Property("start", DataType.long), Property("end", DataType.long),
+                          Property("score", DataType.double, required=False)])), "entities"),
+])
 
 
 def pip_requirements() -> list[str]:
@@ -102,7 +115,7 @@ def serving_copy(model_dir: Path, target: Path) -> None:
 
 def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
     """Write the MLflow model of a published fine-tune output into `path` (which must not exist yet)."""
-    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.models import ModelSignature
 
     import trainer
     from trainer.inference import load_classifier
@@ -114,11 +127,10 @@ def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
         code = Path(tmp) / "code" / "trainer"
         shutil.copytree(Path(trainer.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         classifier = load_classifier(served, device="cpu")
-        example_output = [p.to_dict() for p in classifier.predict(INPUT_EXAMPLE)]
         mlflow.pyfunc.save_model(
             path=str(path), python_model=__file__, artifacts={MODEL_ARTIFACT: str(served)},
             code_paths=[str(code)], pip_requirements=pip_requirements(), input_example=INPUT_EXAMPLE,
-            signature=ModelSignature(inputs=None, outputs=infer_signature(INPUT_EXAMPLE, example_output).outputs),
+            signature=ModelSignature(inputs=None, outputs=OUTPUT_SCHEMA),
             metadata={"source": "kfp-token-classification", "class_names": classifier.class_names,
                       "max_length": classifier.max_length, "tag_scheme": classifier.tag_scheme})
 
