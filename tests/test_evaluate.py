@@ -96,3 +96,36 @@ def test_bad_input_is_exit_2(tiny_finetuned, tiny_preprocess_output, tmp_path, c
     assert evaluate_main(["--model", str(tiny_finetuned["pytorch"]), "--preprocess_output", str(data),
                           "--predictions", str(out), "--split", "validation"]) == 2
     assert "predicts" in capsys.readouterr().err
+
+
+class _Artifact:
+    """What the evaluate component's body uses of a KFP artifact: its path, metadata and (Metrics) log_metric."""
+
+    def __init__(self, path: Path):
+        self.path, self.metadata = str(path), {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.metadata[name] = value
+
+
+def test_the_component_names_the_tag_scheme_in_its_report_and_metrics(tiny_finetuned, tiny_preprocess_output,
+                                                                       tmp_path):
+    from components.evaluate.runtime import run
+    from trainer.metrics import describe
+
+    outputs = {name: _Artifact(tmp_path / name) for name in ("predictions", "metrics", "report")}
+    figures = run(model=_Artifact(tiny_finetuned["pytorch"]), preprocess_output=_Artifact(tiny_preprocess_output),
+                  split="test", batch_size=16, rescore=False, **outputs)
+    report = (tmp_path / "report").read_text()
+    assert f"{describe('iob2')}." in report and "## Per entity" in report and "| location |" in report
+    assert outputs["metrics"].metadata["tag_scheme"] == "iob2" and outputs["metrics"].metadata["test_f1"] == figures.f1
+
+
+def test_the_evaluate_report_of_plain_tags_is_per_tag():
+    from trainer.report import evaluate_markdown
+
+    plain = evaluate_markdown("test", 3, {"f1": 0.5}, {"NOUN": {"f1": 0.7, "number": 3}}, "m", "plain")
+    assert "Tag scheme plain: precision, recall and f1 are micro averages over the tags other than O" in plain
+    assert "## Per tag" in plain and "| Tag | Precision |" in plain and "Per entity" not in plain
+    bioes = evaluate_markdown("test", 3, {"f1": 0.5}, {"PER": {"f1": 0.7, "number": 3}}, "m", "bioes")
+    assert "Tag scheme BIOES: precision, recall and f1 are entity-level" in bioes and "| Entity |" in bioes

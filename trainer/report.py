@@ -38,21 +38,32 @@ def _entity_table(per_entity: dict, title: str, kind: str = "Entity") -> list[st
     return lines
 
 
-def finetune_markdown(result: dict, metric_for_best_model: str) -> str:
+def _scheme_lines(scheme: Optional[str]) -> list[str]:
+    """What the figures mean in this tag scheme (trainer.metrics.describe), when it is known."""
     from trainer.metrics import describe
+
+    return [f"{describe(scheme)}.", ""] if scheme else []
+
+
+def _label_kind(scheme: Optional[str]) -> str:
+    """What per_label holds: entity types for span schemes, tags for plain tags."""
     from trainer.schemes import is_span
 
+    return "Entity" if is_span(scheme) or scheme is None else "Tag"
+
+
+def finetune_markdown(result: dict, metric_for_best_model: str) -> str:
     validation = result.get("validation_metrics") or {}
     test = result.get("test_metrics") or {}
     scheme = result.get("tag_scheme")
-    lines = ["# Token classification fine-tune", "", *([f"{describe(scheme)}.", ""] if scheme else []),
+    lines = ["# Token classification fine-tune", "", *_scheme_lines(scheme),
              f"Best checkpoint: `{result.get('best_checkpoint')}` ({metric_for_best_model} = "
              f"{_fmt(result.get('best_metric'))})", "", "| Metric | Validation | Test |", "| --- | --- | --- |"]
     keys = sorted({k[len("eval_"):] for k in validation if k.startswith("eval_")}
                   | {k[len("test_"):] for k in test if k.startswith("test_")})
     for key in keys:
         lines.append(f"| {key} | {_fmt(validation.get('eval_' + key))} | {_fmt(test.get('test_' + key))} |")
-    kind = "Entity" if is_span(scheme) or scheme is None else "Tag"
+    kind = _label_kind(scheme)
     lines += _entity_table(result.get("per_entity") or {}, f"Per {kind.lower()} ({'test' if test else 'validation'} "
                            f"split)", kind)
     return "\n".join(lines) + "\n"
@@ -65,10 +76,11 @@ def evaluate_figures(split: str, figures: dict, per_entity: dict) -> dict[str, f
 
 
 def evaluate_markdown(split: str, sentences: int, figures: dict, per_entity: dict,
-                      model_name: Optional[str] = None) -> str:
+                      model_name: Optional[str] = None, tag_scheme: Optional[str] = None) -> str:
     lines = [f"# Evaluation on the {split} split", "",
              f"Model: `{model_name}`, {sentences} sentences." if model_name else f"{sentences} sentences.", "",
-             "| Metric | Value |", "| --- | --- |"]
+             *_scheme_lines(tag_scheme), "| Metric | Value |", "| --- | --- |"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in figures.items()]
-    lines += _entity_table(per_entity, "Per entity")
+    kind = _label_kind(tag_scheme)
+    lines += _entity_table(per_entity, f"Per {kind.lower()}", kind)
     return "\n".join(lines) + "\n"

@@ -17,9 +17,9 @@ def run(**args):
     metrics = args["metrics"]
     log_metrics(metrics, evaluate_figures(result.split, result.figures, result.per_entity))
     metrics.metadata.update(split=result.split, sentences=result.sentences, source=result.source,
-                            seconds=round(result.seconds, 2))
+                            tag_scheme=str(result.tag_scheme), seconds=round(result.seconds, 2))
     write_text(args["report"], evaluate_markdown(result.split, result.sentences, result.figures, result.per_entity,
-                                                 Path(config.model).name))
+                                                 Path(config.model).name, result.tag_scheme))
     args["predictions"].metadata.update(split=result.split, rows=result.sentences, format="jsonl")
     outputs = namedtuple("EvaluateOutputs", ["f1", "precision", "recall", "accuracy"])
     return outputs(*(float(result.figures[k]) for k in ("f1", "precision", "recall", "accuracy")))
