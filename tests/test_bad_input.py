@@ -26,7 +26,7 @@ import pytest
 from trainer import cli
 
 PROGRAMS = {"finetune": cli.finetune_main, "preprocess": cli.preprocess_main, "model-import": cli.model_import_main,
-            "evaluate": cli.evaluate_main}
+            "data-import": cli.data_import_main, "evaluate": cli.evaluate_main, "predict": cli.predict_main}
 QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)  # hidden by default
 
 
@@ -62,11 +62,13 @@ def ctx(tmp_path, tiny_preprocess_output, tiny_model_selector, conll_dir, monkey
     shutil.copytree(tiny_preprocess_output, tmp_path / "preprocess_output")
     shutil.copytree(tiny_model_selector, tmp_path / "model_selector_output")
     shutil.copytree(conll_dir, tmp_path / "conll")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "texts.txt").write_text("alice lives in paris .\nbob works for acme corp .\n")
     out = tmp_path / "out"
     return {"tmp": tmp_path, "pre": tmp_path / "preprocess_output", "ms": tmp_path / "model_selector_output",
-            "conll": tmp_path / "conll", "out": out, "pt": out / "pytorch_model_folder",
+            "conll": tmp_path / "conll", "texts": tmp_path / "texts", "out": out, "pt": out / "pytorch_model_folder",
             "mlflow": out / "mlflow_model_folder", "import_out": out / "imported", "pre_out": out / "preprocessed",
-            "predictions": out / "predictions.jsonl"}
+            "data_out": out / "data", "predictions": out / "predictions.jsonl"}
 
 
 def argv_of(program: str, c: dict, extra: list[str]) -> list[str]:
@@ -78,6 +80,8 @@ def argv_of(program: str, c: dict, extra: list[str]) -> list[str]:
                        "--preprocess_output", c["pre_out"]],
         "model-import": ["--model_path", c["ms"], "--model_selector_output", c["import_out"]],
         "evaluate": ["--model", c["ms"], "--preprocess_output", c["pre"], "--predictions", c["predictions"]],
+        "data-import": ["--data_uri", c["conll"], "--data_output", c["data_out"]],
+        "predict": ["--model", c["ms"], "--data", c["texts"] / "texts.txt", "--predictions", c["predictions"]],
     }[program]
     flags = [str(x) for x in base]
     for i in range(0, len(extra), 2):  # a case's flag replaces the default one
@@ -194,6 +198,33 @@ def truncate(key: str, name: str, keep: float = 0.5):
         data = path.read_bytes()
         path.write_bytes(data[:int(len(data) * keep)])
         return []
+    return mutate
+
+
+def link(key: str, name: str, target, as_flag: str = ""):
+    """Make `name` in folder ctx[key] a symbolic link to target(ctx) (a file it replaces is moved there first);
+    as_flag: pass the folder as that flag."""
+    def mutate(c):
+        path, to = c[key] / name, target(c)
+        if path.is_file() and not to.exists():
+            to.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, to)
+        path.unlink(missing_ok=True)
+        path.symlink_to(to)
+        return [as_flag, c[key]] if as_flag else []
+    return mutate
+
+
+def predict_data(name: str, content, *more: str):
+    """Predict data: a file `name` (text or bytes) in a new folder of its own, with `more` empty files beside it."""
+    def mutate(c):
+        folder = c["tmp"] / "data"
+        folder.mkdir()
+        path = folder / name
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+        for other in more:
+            (folder / other).write_text("")
+        return ["--data", folder if more else path]
     return mutate
 
 
@@ -593,6 +624,74 @@ CASES = {
     "evaluate-split-missing": Case(remove("pre", "test.jsonl"), ["has no test split"], "evaluate"),
     "evaluate-unknown-split": Case(flags("--split", "dev"), ["--split", "invalid choice: 'dev'"], "evaluate"),
     "evaluate-batch-size-zero": Case(flags("--batch_size", "0"), ["batch_size must be >= 1"], "evaluate"),
+    "evaluate-model-link-loop": Case(link("ms", "loop", lambda c: c["ms"]), ["loop", "is a symbolic link loop"],
+                                     "evaluate"),
+    "evaluate-data-link-out-of-the-input": Case(link("pre", "test.jsonl", lambda c: c["tmp"] / "elsewhere" / "t.jsonl"),
+                                                ["preprocess_output/test.jsonl is a symbolic link to",
+                                                 "outside the input folder"], "evaluate"),
+    # --- symbolic links in the inputs ------------------------------------------------------------------------------
+    "data-link-out-of-the-input": Case(link("pre", "train.jsonl", lambda c: c["tmp"] / "elsewhere" / "train.jsonl"),
+                                       ["train.jsonl is a symbolic link to", "elsewhere/train.jsonl, outside the "
+                                        "input folder", "copy the file into the folder"]),
+    "model-link-out-of-the-input": Case(link("ms", "config.json", lambda c: c["tmp"] / "config.json"),
+                                        ["model_selector_output/config.json is a symbolic link to",
+                                         "outside the input folder"]),
+    "model-broken-link": Case(link("ms", "notes.txt", lambda c: c["tmp"] / "nowhere.txt"),
+                              ["notes.txt is a broken symbolic link"]),
+    "preprocess-data-folder-link-out": Case(link("conll", "train.conll", lambda c: c["tmp"] / "corpus" / "all.conll",
+                                                 as_flag="--train_data"),
+                                            ["conll/train.conll is a symbolic link to", "outside the input folder"],
+                                            "preprocess"),
+    "preprocess-tokenizer-link-out": Case(link("ms", "tokenizer.json", lambda c: c["tmp"] / "tokenizer.json"),
+                                          ["tokenizer.json is a symbolic link to", "outside the input folder"],
+                                          "preprocess"),
+    # --- data import -------------------------------------------------------------------------------------------------
+    "data-import-no-source": Case(flags("--data_uri", ""), ["data_uri is required"], "data-import"),
+    "data-import-source-missing": Case(path_flag("--data_uri", lambda c: c["tmp"] / "nowhere"),
+                                       ["nowhere not found in this container"], "data-import"),
+    "data-import-unknown-scheme": Case(flags("--data_uri", "ftp://host/data"),
+                                       ["data_uri='ftp://host/data': scheme ftp:// is not supported"], "data-import"),
+    "data-import-revision-of-a-path": Case(flags("--data_revision", "main"),
+                                           ["is a path: a revision applies to Hugging Face hub sources only"],
+                                           "data-import"),
+    "data-import-minio-without-endpoint": Case(flags("--data_uri", "minio://mlpipeline/data"),
+                                               ["minio:// names Kubeflow Pipelines' object store",
+                                                "s3_endpoint_url"], "data-import"),
+    "data-import-endpoint-not-http": Case(flags("--s3_endpoint_url", "minio:9000"),
+                                          ["s3_endpoint_url='minio:9000' must be an http(s):// URL"], "data-import"),
+    "data-import-hub-file-path": Case(flags("--data_uri", "hf://datasets/org/name/train.conll"),
+                                      ["give the repository", "not a path inside it"], "data-import"),
+    # --- predict -------------------------------------------------------------------------------------------------
+    "predict-data-missing": Case(path_flag("--data", lambda c: c["tmp"] / "nowhere.txt"), ["data not found"],
+                                 "predict"),
+    "predict-model-missing": Case(path_flag("--model", lambda c: c["tmp"] / "nowhere"), ["model not found"],
+                                  "predict"),
+    "predict-predictions-overwrite-the-data": Case(path_flag("--predictions", lambda c: c["texts"] / "texts.txt"),
+                                                   ["predictions", "is the same as the input data"], "predict"),
+    "predict-predictions-inside-the-model": Case(path_flag("--predictions", lambda c: c["ms"] / "p.jsonl"),
+                                                 ["is inside the input model"], "predict"),
+    "predict-data-folder-with-two-files": Case(predict_data("a.txt", "alice\n", "b.txt"),
+                                               ["must hold exactly one data file", "'a.txt', 'b.txt'"], "predict"),
+    "predict-unknown-suffix": Case(predict_data("texts.xyz", "alice\n"),
+                                   ["cannot tell the format of texts.xyz", "set data_format"], "predict"),
+    "predict-jsonl-row-without-text": Case(predict_data("rows.jsonl", '{"text": "alice"}\n{"words": "bob"}\n'),
+                                           ["rows.jsonl line 2: expected a string column 'text' or a list column "
+                                            "'tokens'"], "predict"),
+    "predict-jsonl-invalid-line": Case(predict_data("rows.jsonl", '{"text": "alice"}\n{"text": \n'),
+                                       ["rows.jsonl line 2: not valid JSON"], "predict"),
+    "predict-csv-without-text-column": Case(predict_data("rows.csv", "id,body\n1,alice\n"),
+                                            ["rows.csv: no column 'text' (text_column)"], "predict"),
+    "predict-data-not-utf8": Case(predict_data("texts.txt", b"alice \xff\n"), ["texts.txt is not UTF-8 text"],
+                                  "predict"),
+    "predict-onnx-folder-without-a-model": Case(write("ms", "onnx_export.json", {"error": "export failed"}),
+                                                ["holds no ONNX model: export failed"], "predict"),
+    "predict-batch-size-zero": Case(flags("--batch_size", "0"), ["batch_size must be >= 1"], "predict"),
+    "predict-unknown-format": Case(flags("--data_format", "xml"), ["--data_format", "invalid choice: 'xml'"],
+                                   "predict"),
+    "predict-data-folder-link-out": Case(link("texts", "texts.txt", lambda c: c["tmp"] / "corpus" / "texts.txt",
+                                              as_flag="--data"),
+                                         ["texts/texts.txt is a symbolic link to", "outside the input folder"],
+                                         "predict"),
 }
 
 
@@ -666,15 +765,32 @@ def test_ort_without_torch_ort(ctx, capsys, caplog):
     assert "apply_ort=true needs ONNX Runtime training (ORTModule" in err and "images/Dockerfile.ort" in err
 
 
+def test_a_link_inside_an_input_folder_is_read(ctx):
+    """A symbolic link that stays inside its input folder is allowed (read as its target); one out of it is not."""
+    from trainer.config import FinetuneConfig
+    from trainer.errors import InputError
+    from trainer.validation import check_io
+
+    link("pre", "train.jsonl", lambda c: c["pre"] / "splits" / "train.jsonl")(ctx)
+    config = FinetuneConfig(preprocess_output=str(ctx["pre"]), model_selector_output=str(ctx["ms"]),
+                            pytorch_model_folder=str(ctx["pt"]), mlflow_model_folder=str(ctx["mlflow"]))
+    check_io(config)
+    link("pre", "notes.txt", lambda c: c["texts"] / "texts.txt")(ctx)
+    with pytest.raises(InputError, match="outside the input folder"):
+        check_io(config)
+
+
 STANDALONE = [test_read_only_output_volume, test_output_volume_too_small, test_ort_without_torch_ort]
 
 
-@pytest.mark.parametrize("name", ["deepspeed-size-of-the-wrong-type", "evaluate-predictions-overwrite-a-split"])
+@pytest.mark.parametrize("name", ["deepspeed-size-of-the-wrong-type", "evaluate-predictions-overwrite-a-split",
+                                  "predict-jsonl-row-without-text", "data-import-unknown-scheme"])
 def test_one_line_in_a_real_process(name, ctx):
     """As a real process prints it: stderr is the one error line (no log line, no warning, no progress bar)."""
     case = CASES[name]
     extra = case.mutate(ctx)
-    module = {"finetune": "finetune_main", "preprocess": "preprocess_main", "evaluate": "evaluate_main"}[case.program]
+    module = {"finetune": "finetune_main", "preprocess": "preprocess_main", "evaluate": "evaluate_main",
+              "predict": "predict_main", "data-import": "data_import_main"}[case.program]
     before = listing(ctx["tmp"])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
     done = subprocess.run([sys.executable, "-c", f"import sys; from trainer.cli import {module}; "

@@ -4,7 +4,8 @@ A bad input ends a program with exit code 2 and one line naming the file (and li
 (`trainer.cli`). What is checked:
 
 - the folders of any program (`check_io`): outputs never equal, contain or sit inside an input or each other
-  (symlinks resolved), and each can be created where it is asked for;
+  (symlinks resolved), each can be created where it is asked for, and no symbolic link inside an input folder
+  leads out of it (`check_links`);
 - a fine-tune (`validate_finetune`), in this order: the preprocess output (every row's JSON types, its ids against
   the model's vocabulary, position and token-type tables, splits with labels to learn from and to score), the
   model folder (config.json, a token-classification head for its family, the head's label count, intact weight
@@ -106,6 +107,17 @@ def check_io(config) -> None:
         except OSError as err:
             raise InputError(f"{name} {path} cannot be written: {folder} is not writable ({err.strerror}); give a "
                              "folder on a writable volume") from None
+    check_links(config)
+
+
+def check_links(config) -> None:
+    """No symbolic link inside an input folder of `config` leads out of it, is broken or loops
+    (`trainer.input_tree`): the programs read those folders' files directly. A link inside the folder is allowed."""
+    from trainer.input_tree import iter_files
+
+    for _, path in _paths(config, output=False):
+        if path.is_dir():
+            list(iter_files(path))
 
 
 # --------------------------------------------------------------------------------------------------
