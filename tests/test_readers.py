@@ -84,6 +84,44 @@ def test_conll_any_column_count_by_index(tmp_path):
         read_conll(path, token_column="word")
 
 
+CONLL_NAMED = "# columns = word pos chunk ner\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\n"
+
+
+def test_conll_columns_by_name_from_a_header_line(tmp_path):
+    path = tmp_path / "named.txt"
+    path.write_text(CONLL_NAMED)
+    assert detect_format(path) == "conll"
+    assert _read(path) == [(["EU", "rejects"], ["B-ORG", "O"]), (["Peter"], ["B-PER"])]  # auto: first and last
+    assert _read(path, token_column="word", tag_column="pos") == [(["EU", "rejects"], ["NNP", "VBZ"]),
+                                                                   (["Peter"], ["NNP"])]
+    assert _read(path, token_column="Chunk", tag_column="-1")[0] == (["B-NP", "B-VP"], ["B-ORG", "O"])
+    plus = tmp_path / "plus.conll"  # CoNLL-U Plus columns without an ID column: CoNLL with named columns
+    plus.write_text("# global.columns = FORM UPOS NE\nAlice\tPROPN\tB-PER\nsmiled\tVERB\tO\n")
+    assert detect_format(plus) == "conll"
+    assert _read(plus, tag_column="upos") == [(["Alice", "smiled"], ["PROPN", "VERB"])]
+    assert _read(plus, tag_column="ne") == _read(plus) == [(["Alice", "smiled"], ["B-PER", "O"])]
+    with pytest.raises(InputError, match=r"tag_column='ner' is not a column of .*plus\.conll: one of form, upos, ne"):
+        _read(plus, tag_column="ner")
+    short = tmp_path / "short.txt"
+    short.write_text("# columns = word pos ner\nEU NNP\n")
+    with pytest.raises(InputError, match=r"short\.txt line 2 \(sentence 1\): expected the 3 columns of line 1 "
+                                         r"\(word pos ner\), got 2"):
+        _read(short, tag_column="ner")
+
+
+def test_conll_column_names_without_a_header_are_exit_2(tmp_path, tiny_model_selector, capsys):
+    from trainer.cli import preprocess_main
+
+    path = tmp_path / "train.conll"
+    path.write_text(CONLL_NAMED.split("\n", 1)[1])
+    argv = ["--train_data", str(path), "--model_selector_output", str(tiny_model_selector), "--preprocess_output",
+            str(tmp_path / "out"), "--tag_column", "ner"]
+    assert preprocess_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tag_column='ner': CoNLL columns are picked by index (0 = first, -1 = last); names " \
+        "need a first line that names the columns, e.g. '# columns = word pos chunk ner'" in err[0], err
+
+
 def test_wnut_tab_only_lines_separate_sentences(wnut17_dir):
     sentences = read_conll(wnut17_dir / "validation.conll")
     assert len(sentences) == 1009 and sentences[0][0][:3] == ["Stabilized", "approach", "or"]

@@ -1,7 +1,8 @@
 """Readers of labelled token-classification data: every format in, sentences of (words, tags) out.
 
 - `conll`: one word per line, columns split by tabs (else spaces), a blank line between sentences, `-DOCSTART-`
-  lines skipped; token and tag columns by index (auto: 0 and -1, the last).
+  lines skipped; token and tag columns by index (auto: 0 and -1, the last), or by name when the first line names
+  the columns (`# columns = word pos chunk ner`, or CoNLL-U Plus `# global.columns = ...` without an ID column).
 - `conllu`: CoNLL-U, and CoNLL-U Plus (`# global.columns = ...` names the columns); comments, multi-word token
   ranges (`1-2`) and empty nodes (`1.1`) are skipped: the syntactic words carry the tags, as the format intends.
   Columns by name (auto: FORM and UPOS; XPOS, DEPREL, a `global.columns` name...), by index, or `misc:KEY` (the
@@ -233,8 +234,9 @@ def detect_format(path: Path, options: ReadOptions = ReadOptions()) -> str:
         return _json_kind(path)
     if first.startswith("["):
         return "json"
-    if first.lower().startswith("# global.columns"):
-        return "conllu"
+    declared = declared_columns(first)
+    if declared is not None:
+        return "conllu" if "id" in declared else "conll"
     token_lines = [line for line in lines[:50] if not (line.startswith("#") and "\t" not in line)]
     if token_lines:
         fields = token_lines[0].split("\t")
@@ -251,20 +253,48 @@ def detect_format(path: Path, options: ReadOptions = ReadOptions()) -> str:
 # --------------------------------------------------------------------------------------------------
 # CoNLL and CoNLL-U
 # --------------------------------------------------------------------------------------------------
-def _index(value: str, default: int, name: str) -> int:
+_COLUMNS_HEADER = re.compile(r"#\s*(?:global\.)?columns\s*=(.*)", re.IGNORECASE)
+
+
+def declared_columns(line: str) -> Optional[list[str]]:
+    """The column names (lower case) a first line declares: CoNLL-U Plus `# global.columns = ID FORM ...` or
+    `# columns = word pos chunk ner`; None for any other line."""
+    match = _COLUMNS_HEADER.fullmatch(line.strip())
+    return [c.lower() for c in match.group(1).split()] if match else None
+
+
+def _conll_column(value: str, default: int, header: Optional[list[str]], name: str,
+                  path: Path) -> tuple[int, Optional[str]]:
+    """(column index, MISC key or None) of a CoNLL column: an index, or a name of the file's header line."""
     if value == AUTO:
-        return default
+        return default, None
+    if header is not None:
+        return _conllu_column(value, value, header, name, path)
     try:
-        return int(value)
+        return int(value), None
     except ValueError:
-        raise InputError(f"{name}={value!r}: CoNLL columns are picked by index (0 = first, -1 = last)") from None
+        raise InputError(f"{name}={value!r}: CoNLL columns are picked by index (0 = first, -1 = last); names need a "
+                         f"first line that names the columns, e.g. '# columns = word pos chunk ner'") from None
+
+
+def _misc_value(cell: str, key: Optional[str]) -> str:
+    """The cell itself, or the value of KEY=... in a MISC cell ("O" where absent)."""
+    if key is None:
+        return cell
+    return dict(item.split("=", 1) for item in cell.split("|") if "=" in item).get(key, "O")
 
 
 def read_conll(path: str | Path, token_column: str = AUTO, tag_column: str = AUTO) -> list[Sentence]:
     """Sentences of a CoNLL file: word columns split by tabs (or whitespace when a line has no tab), the token
-    column (default the first) and the tag column (default the last) picked by index."""
+    column (default the first) and the tag column (default the last) picked by index, or by name when the first line
+    names the columns (`declared_columns`; every word line then has that many columns)."""
     path = Path(path)
-    token_at, tag_at = _index(token_column, 0, "token_column"), _index(tag_column, -1, "tag_column")
+    with _open_text(path) as handle:
+        header = declared_columns(handle.readline())
+    if header == []:
+        raise InputError(f"{path} line 1 declares columns but names none: write e.g. '# columns = word pos chunk ner'")
+    (token_at, _), (tag_at, misc_key) = (_conll_column(token_column, 0, header, "token_column", path),
+                                         _conll_column(tag_column, -1, header, "tag_column", path))
     need = max(token_at + 1 if token_at >= 0 else -token_at, tag_at + 1 if tag_at >= 0 else -tag_at, 2)
     sentences: list[Sentence] = []
     tokens: list[str] = []
@@ -272,18 +302,23 @@ def read_conll(path: str | Path, token_column: str = AUTO, tag_column: str = AUT
     with _open_text(path) as handle:
         for line_no, raw in enumerate(handle, start=1):
             line = raw.rstrip("\r\n")
+            if line_no == 1 and header is not None:
+                continue
             if not line.strip() or line.lstrip().startswith("-DOCSTART-"):
                 if tokens:
                     sentences.append((tokens, tags))
                 tokens, tags = [], []
                 continue
             parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()
+            if header is not None and len(parts) != len(header):
+                raise InputError(f"{path} line {line_no} (sentence {len(sentences) + 1}): expected the {len(header)} "
+                                 f"columns of line 1 ({' '.join(header)}), got {len(parts)}: {line[:SHOWN]!r}")
             if len(parts) < need or not parts[token_at] or not parts[tag_at]:
                 raise InputError(f"{path} line {line_no} (sentence {len(sentences) + 1}): expected a word and its tag "
                                  f"in {need}+ columns separated by tabs or spaces (token column {token_at}, tag column "
                                  f"{tag_at}), got {line[:SHOWN]!r}")
             tokens.append(parts[token_at])
-            tags.append(parts[tag_at])
+            tags.append(_misc_value(parts[tag_at], misc_key))
     if tokens:
         sentences.append((tokens, tags))
     return sentences
@@ -318,8 +353,8 @@ def read_conllu(path: str | Path, token_column: str = AUTO, tag_column: str = AU
         for line_no, raw in enumerate(handle, start=1):
             line = raw.rstrip("\r\n")
             if line.startswith("#"):
-                if line_no == 1 and line.lower().startswith("# global.columns"):
-                    columns = [c.lower() for c in line.split("=", 1)[1].split()]
+                declared = declared_columns(line) if line_no == 1 else None
+                columns = declared or columns
                 continue
             if positions is None:
                 id_at = columns.index("id") if "id" in columns else 0
@@ -342,12 +377,8 @@ def read_conllu(path: str | Path, token_column: str = AUTO, tag_column: str = AU
             if not re.fullmatch(r"\d+", word_id):
                 raise InputError(f"{path} line {line_no}: the ID column must be a word index (1), a multi-word range "
                                  f"(1-2) or an empty node (1.1), got {word_id[:SHOWN]!r}")
-            tag = parts[tag_at]
-            if misc_key is not None:
-                pairs = dict(item.split("=", 1) for item in tag.split("|") if "=" in item)
-                tag = pairs.get(misc_key, "O")
             tokens.append(parts[token_at])
-            tags.append(tag)
+            tags.append(_misc_value(parts[tag_at], misc_key))
     if tokens:
         sentences.append((tokens, tags))
     return sentences
