@@ -1,6 +1,7 @@
 """The same data in every format gives the same encoded rows: WNUT-17 (IOB2 NER) and a synthetic POS set (plain
-tags), written as CoNLL, CoNLL-U, CoNLL-U Plus, JSON Lines, JSON, CSV, TSV, Parquet, a datasets folder and an Arrow
-file; integer tags with names; the local run's --quick data."""
+tags), written as CoNLL (columns by index, and by name after a header line), CoNLL-U, CoNLL-U Plus, JSON Lines,
+JSON, CSV, TSV, Parquet, a datasets folder and an Arrow file; integer tags with names; the local run's --quick
+data."""
 
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def write_formats(sentences: list, folder: Path, class_names: list[str]) -> dict
     path.write_text("# global.columns = ID FORM NER\n" + "".join(
         "".join(f"{i}\t{t}\t{g}\n" for i, (t, g) in enumerate(zip(*s), start=1)) + "\n" for s in sentences))
     out["conllu_plus"] = (path, {"tag_column": "ner"})
+    path = folder / "named.conll"  # CoNLL whose first line names the columns: picked by name
+    path.write_text("# columns = pos word ner chunk\n" + "\n".join(
+        "".join(f"X\t{t}\t{g}\tX\n" for t, g in zip(*s)) for s in sentences))
+    out["conll_named_columns"] = (path, {"token_column": "word", "tag_column": "ner"})
 
     path = folder / "data.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
