@@ -53,13 +53,24 @@ def local_processes() -> int:
 
 def run_under_torchrun(config, nproc: int) -> None:
     """Run this fine-tune as `torchrun --standalone --nproc_per_node nproc -m trainer.cli --config <its JSON>` (one
-    process per GPU of this pod, DDP or DeepSpeed); the processes' output goes to ours. RuntimeError if it fails."""
+    process per GPU of this pod, DDP or DeepSpeed); the processes' output goes to ours. RuntimeError if it fails.
+
+    Every input is checked here first, once, as the ranks will check it (`trainer.finetune.prepare` with their world
+    size): bad input is one ConfigError / InputError before any process starts, not an error per rank."""
     import subprocess
     import sys
     import tempfile
 
+    from trainer.finetune import prepare
+
     if "WORLD_SIZE" in os.environ:
         raise RuntimeError("already inside a distributed launch: not starting another torchrun")
+    pin_deepspeed_accelerator()
+    os.environ["WORLD_SIZE"] = str(nproc)
+    try:
+        prepare(config)
+    finally:
+        del os.environ["WORLD_SIZE"]
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="finetune-", delete=False) as handle:
         handle.write(config.to_json())
     try:

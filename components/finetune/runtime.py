@@ -1,8 +1,9 @@
 """Body of the `finetune` component: run the fine-tune, then fill the KFP outputs.
 
 With more than one GPU in the pod (the step's accelerator limit), the fine-tune runs under torchrun with one
-process per GPU (`trainer.distributed.run_under_torchrun`); its outputs are then read back from metrics.json, as
-the distributed launcher does. One GPU or none: in this process.
+process per GPU (`trainer.distributed.run_under_torchrun`, which checks every input once in this process first: bad
+input is one error, before any rank starts); its outputs are then read back from metrics.json, as the distributed
+launcher does. One GPU or none: in this process.
 """
 
 from __future__ import annotations
