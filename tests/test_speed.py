@@ -264,3 +264,52 @@ def test_length_grouped_training_follows_the_random_sampler_loss_curve(make_conf
     print(curves)
     for stock, ours in zip(curves["false"], curves["true"]):
         assert abs(stock - ours) <= 0.05 + 0.2 * stock, curves
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Length-sorted evaluation
+# ------------------------------------------------------------------------------------------------------------
+def test_length_sorted_evaluation_returns_the_dataset_order_figures(tiny_preprocess_output, tiny_model_selector,
+                                                                    tmp_path):
+    """Evaluation batches run longest row first (less padding), and the outputs, the figures and the per-row
+    predictions equal evaluation in dataset order."""
+    from torch.utils.data import SequentialSampler
+    from transformers import (AutoTokenizer, BertForTokenClassification, DataCollatorForTokenClassification,
+                              TrainingArguments)
+
+    from trainer.data import load_preprocess_output
+    from trainer.hf_trainer import TokenClassificationTrainer
+    from trainer.metrics import ids_and_losses, make_compute_metrics
+
+    data = load_preprocess_output(tiny_preprocess_output)
+    split = data.validation
+    lengths = [len(split[i]["input_ids"]) for i in range(len(split))]
+    assert len(set(lengths)) > 3 and lengths != sorted(lengths, reverse=True)  # an order to restore
+    torch.manual_seed(0)
+    model = BertForTokenClassification.from_pretrained(tiny_model_selector, num_labels=len(data.class_names),
+                                                       ignore_mismatched_sizes=True)
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+
+    def run(sequential: bool):
+        args = TrainingArguments(output_dir=str(tmp_path / str(sequential)), per_device_eval_batch_size=8,
+                                 use_cpu=True, report_to="none")
+        trainer = TokenClassificationTrainer(
+            model=model, args=args, data_collator=DataCollatorForTokenClassification(tokenizer),
+            compute_metrics=make_compute_metrics(data.class_names, data.tag_scheme),
+            preprocess_logits_for_metrics=ids_and_losses)
+        if sequential:
+            trainer._get_eval_sampler = lambda dataset: SequentialSampler(dataset)
+        else:
+            order = list(trainer._get_eval_sampler(split))
+            assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+        return trainer.predict(split, metric_key_prefix="eval")
+
+    sorted_run, dataset_order = run(False), run(True)
+    ids_sorted, ids_seq = sorted_run.predictions[0], dataset_order.predictions[0]
+    for row in range(len(split)):  # each row's predictions, whatever the padding width of the concatenation
+        n = lengths[row]
+        assert (ids_sorted[row, :n] == ids_seq[row, :n]).all(), row
+        assert (sorted_run.label_ids[row, :n] == dataset_order.label_ids[row, :n]).all(), row
+    for key in ("eval_f1", "eval_precision", "eval_recall", "eval_accuracy"):
+        assert sorted_run.metrics[key] == dataset_order.metrics[key], key
+    assert sorted_run.metrics["eval_loss"] == pytest.approx(dataset_order.metrics["eval_loss"], rel=1e-5)

@@ -166,18 +166,34 @@ def split_scores(predictions, label_ids, class_names: Sequence[str], scheme: Opt
     return overall, per_label
 
 
+def in_dataset_order(value, order: Sequence[int]):
+    """Rows evaluated in `order` (row k is dataset row order[k]) put back in dataset order; tuples (ids, losses)
+    element-wise."""
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        return type(value)(in_dataset_order(v, order) for v in value)
+    restore = np.empty(len(order), dtype=np.int64)
+    restore[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+    return np.asarray(value)[restore]
+
+
 class SplitMetrics:
-    """compute_metrics for the HF Trainer. `split` is the EncodedSplit being scored (the Trainer sets it before each
-    evaluation loop, see trainer.hf_trainer); the "loss" it returns replaces the Trainer's per-batch average."""
+    """compute_metrics for the HF Trainer. `split` is the EncodedSplit being scored and `order` the order its rows
+    were evaluated in (None: dataset order); the Trainer sets both before each evaluation loop (trainer.hf_trainer).
+    The "loss" it returns replaces the Trainer's per-batch average."""
 
     def __init__(self, class_names: Sequence[str], scheme: Optional[str] = None):
         self.class_names = list(class_names)
         self.scheme = scheme
         self.split = None
+        self.order: Optional[Sequence[int]] = None
 
     def __call__(self, eval_pred) -> dict:
-        return split_scores(eval_pred.predictions, eval_pred.label_ids, self.class_names, self.scheme,
-                            self.split)[0]
+        predictions, label_ids = eval_pred.predictions, eval_pred.label_ids
+        if self.order is not None:
+            predictions, label_ids = in_dataset_order(predictions, self.order), in_dataset_order(label_ids, self.order)
+        return split_scores(predictions, label_ids, self.class_names, self.scheme, self.split)[0]
 
 
 def make_compute_metrics(class_names: Sequence[str], scheme: Optional[str] = None) -> SplitMetrics:

@@ -6,8 +6,8 @@ measured in bench/README.md and pinned by tests/test_speed.py. Integration (trai
 1. ``trainer_class(Trainer)`` (or put ``SpeedTrainerMixin`` first in the bases of your own Trainer subclass):
    the seeded length-grouped training sampler (``trainer.sampling``) when
    ``train_sampling_strategy="group_by_length"``, and (``enable_token_normalized_loss``) a training loss that weighs
-   every labelled token the same in length-grouped batches. Evaluation keeps the dataset order
-   (``trainer.hf_trainer``: the windows of a sentence are joined by row order).
+   every labelled token the same in length-grouped batches. Evaluation batches are length-sorted, their outputs
+   put back in dataset order (``trainer.hf_trainer``: the windows of a sentence are joined by row order).
 2. ``prepare(model, config)`` after the model is built (and LoRA applied), before the Trainer: the CPU allocator
    setting and the fast dropout kernels. Returns a handle whose ``restore()`` puts the stock modules back;
    call it after ``trainer.train()`` (before saving/publishing), so published models are plain HF models.
