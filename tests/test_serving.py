@@ -194,6 +194,70 @@ def test_every_output_variant_is_self_contained_and_equals_its_mlflow_model(make
     assert f1 > 0.8, f1  # the right tokenizer: an empty or [UNK] tokenizer scores ~0
 
 
+@pytest.fixture(scope="module")
+def byte_level_model(tmp_path_factory, conll_dir) -> dict:
+    """A tiny RoBERTa with a byte-level BPE tokenizer trained here on the synthetic sentences (`tokenizers`), imported
+    and preprocessed like any model: {"model": model_selector_output, "data": preprocess_output}."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForTokenClassification, RobertaTokenizerFast
+
+    from conftest import run_preprocess
+
+    root = tmp_path_factory.mktemp("byte_level")
+    model = root / "model"
+    model.mkdir()
+    bpe = ByteLevelBPETokenizer(add_prefix_space=True)
+    bpe.train_from_iterator([" ".join(t) for t, _ in make_sentences(300, seed=9)], vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.save_model(str(model))
+    tokenizer = RobertaTokenizerFast(str(model / "vocab.json"), str(model / "merges.txt"), add_prefix_space=True,
+                                     model_max_length=64)
+    tokenizer.save_pretrained(model)
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, num_labels=2,
+                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
+    RobertaForTokenClassification(config).save_pretrained(model)
+    (model / "model_selector_args.json").write_text(json.dumps(
+        {"model_name": "tiny-roberta-bpe", "model_name_or_path": str(model), "model_family": "roberta"}))
+    run_preprocess(train_data=str(conll_dir / "train.conll"), validation_data=str(conll_dir / "validation.conll"),
+                   test_data=str(conll_dir / "test.conll"), model_selector_output=str(model),
+                   preprocess_output=str(root / "data"), max_seq_length=64)
+    return {"model": model, "data": root / "data"}
+
+
+def test_a_byte_level_bpe_model_with_merged_lora_serves_real_words(byte_level_model, make_config, tmp_path):
+    """The original failure: merged LoRA shipped an empty tokenizer. Both outputs of a byte-level BPE model carry the
+    tokenizer it was trained with (the words survive encoding, not <unk>), predict each word and agree word for word."""
+    import mlflow.pyfunc
+    from transformers import AutoTokenizer
+
+    from trainer.metrics import scores
+
+    config = make_config("bpe", preprocess_output=str(byte_level_model["data"]),
+                         model_selector_output=str(byte_level_model["model"]), apply_lora=True,
+                         merge_lora_weights=True, learning_rate=5e-2, lora_alpha=16, num_train_epochs=12)
+    finetune(config)
+    pytorch, mlflow_folder = Path(config.pytorch_model_folder), Path(config.mlflow_model_folder)
+    assert not (pytorch / "adapter_config.json").exists()  # merged
+    words = [tokens for tokens, _ in make_sentences(40, seed=3)]
+    for folder in (pytorch, mlflow_folder / "artifacts" / "model"):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        assert len(tokenizer) == len(AutoTokenizer.from_pretrained(byte_level_model["model"])) > 100
+        for sentence in words[:10]:
+            ids = tokenizer(sentence, is_split_into_words=True)["input_ids"]
+            assert tokenizer.unk_token_id not in ids
+            assert tokenizer.decode(ids, skip_special_tokens=True).split() == sentence
+    predictions = assert_self_contained_and_equal_to_mlflow(pytorch, mlflow_folder, TEST_TEXTS)
+    served = mlflow.pyfunc.load_model(str(mlflow_folder)).predict(TEST_TEXTS)
+    assert [p.words for p in predictions] == [s["words"] for s in served] == words
+    assert [p.entities for p in predictions] == [s["entities"] for s in served]
+    gold = [tags for _, tags in make_sentences(40, seed=3)]
+    assert scores(gold, [p.labels for p in predictions], "iob2")[0]["f1"] > 0.8  # an empty tokenizer scores ~0
+
+
 def test_onnx_export_matches_pytorch(tiny_finetuned):
     import onnx
 
