@@ -11,7 +11,9 @@ configs are the whole input: `LaunchConfig` (backend, pods, staging, scheduling,
 `FinetuneConfig` (its io paths are this process's input/output folders; its values become the trainer's flags).
 
 1. `plan`: everything is validated and the job manifest is built before the first side effect (no file copied,
-   no API call made); the staging storage is checked (mounted and writable / bucket reachable).
+   no API call made): the input folders as the trainer checks them (`trainer.validation.validate_inputs`; what
+   depends on the pods' GPUs and world size, such as the DeepSpeed JSON against them, is checked in the pods), and
+   the staging storage (mounted and writable / bucket reachable).
 2. The input artifacts are staged in the run's folder (`launcher.layout.RunLayout`) on the PVC or in the store.
 3. The job is created (`backend`: a PyTorchJob, or a Trainer v2 TrainJob) with an ownerReference to this step's
    pod, and followed (`launcher.watch`) until it ends or `timeout_seconds` pass; rank 0's log is streamed.
@@ -47,6 +49,7 @@ from launcher.watch import BACKENDS, Backend, JobFailed, Watcher, create_job, de
 from trainer.booleans import bool_text
 from trainer.config import FinetuneConfig
 from trainer.errors import ConfigError
+from trainer.validation import check_links, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,8 @@ def plan(config: LaunchConfig, finetune: FinetuneConfig, options: Optional[Launc
         path = getattr(finetune, name)
         if not path or not Path(path).is_dir():
             raise LaunchConfigError(f"{name} {path!r} is not a folder")
+    check_links(finetune)  # the input folders as the trainer checks them: bad data fails here, not in the pods
+    validate_inputs(finetune)
     deepspeed_json = None
     if finetune.deepspeed:  # the pods read it from the staged run
         from trainer.deepspeed_config import load_deepspeed_config

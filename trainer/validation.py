@@ -11,7 +11,8 @@ A bad input ends a program with exit code 2 and one line naming the file (and li
   model folder (config.json, a token-classification head for its family, the head's label count, intact weight
   files), the tokenizer, LoRA target modules (matched on a model built on the meta device from config.json: no
   weights loaded), the DeepSpeed JSON (its types, fp16 forced on a CPU, values that contradict ours, DeepSpeed's
-  own schema), ONNX Runtime, and the output folders (their contents, free space for what the run will write).
+  own schema), ONNX Runtime, and the output folders (their contents, free space for what the run will write);
+  its input folders alone (`validate_inputs`) are what the distributed launcher checks before staging them.
 """
 
 from __future__ import annotations
@@ -129,15 +130,33 @@ class Validated:
     model_dir: Path
     model_config: Any  # transformers.PretrainedConfig
     deepspeed_config: Optional[dict]
+    skeleton: Any = None  # the model on the meta device (meta_model)
 
 
 def validate_finetune(config) -> Validated:
     """Every check of a fine-tune that can fail, before anything is created or loaded (see the module docstring)."""
-    from trainer.data import load_preprocess_output
-    from trainer.model_io import resolve_model_dir
     from trainer.outputs import validate_outputs
 
     check_io(config)
+    checked = validate_inputs(config)
+    if config.apply_deepspeed:
+        checked.deepspeed_config = check_deepspeed(config, checked.model_config, len(checked.data.train))
+    if config.apply_ort:
+        from trainer.ort import check_ort_available
+
+        check_ort_available()
+    validate_outputs(config)
+    check_free_space(config, checked.skeleton, len(checked.data.train))
+    return checked
+
+
+def validate_inputs(config) -> Validated:
+    """The checks of a fine-tune's input folders alone, which need neither the machine nor the world size the run
+    trains on: the preprocess output, the model folder, the tokenizer, the LoRA target modules (a launcher checks
+    them where the folders are, before staging them for the pods). deepspeed_config is left None."""
+    from trainer.data import load_preprocess_output
+    from trainer.model_io import resolve_model_dir
+
     data = load_preprocess_output(config.preprocess_output)
     model_dir = resolve_model_dir(config.model_selector_output)
     adapter = (model_dir / "adapter_config.json").exists()
@@ -152,14 +171,7 @@ def validate_finetune(config) -> Validated:
     check_tokenizer(data.tokenizer_dir)
     if config.apply_lora:
         check_lora_targets(skeleton, model_config.model_type, config.target_modules)
-    deepspeed_config = check_deepspeed(config, model_config, len(data.train)) if config.apply_deepspeed else None
-    if config.apply_ort:
-        from trainer.ort import check_ort_available
-
-        check_ort_available()
-    validate_outputs(config)
-    check_free_space(config, skeleton, len(data.train))
-    return Validated(data, model_dir, model_config, deepspeed_config)
+    return Validated(data, model_dir, model_config, None, skeleton)
 
 
 # --- the model folder ---------------------------------------------------------------------------------------------

@@ -349,22 +349,26 @@ def make_clients(server: FakeApiServer):
 
 
 @pytest.fixture
-def artifacts(tmp_path):
-    """Input artifact folders, output artifact folders and a 'shared volume' folder."""
-    pre = tmp_path / "preprocess_output"
-    (pre / "train").mkdir(parents=True)
-    (pre / "train" / "data.arrow").write_bytes(b"rows")
-    (pre / "class_names.json").write_text('["O", "B-person", "I-person"]')
-    sel = tmp_path / "model_selector_output"
-    sel.mkdir()
-    (sel / "config.json").write_text('{"model_type": "bert"}')
-    (sel / "model_selector_args.json").write_text('{"model_name": "tiny"}')
+def artifacts(tmp_path, tiny_preprocess_output, tiny_model_selector):
+    """Input artifact folders (copies of the tiny preprocess output and model, which the launch checks as the trainer
+    does), output artifact folders and a 'shared volume' folder."""
+    import shutil
+
+    pre = shutil.copytree(tiny_preprocess_output, tmp_path / "preprocess_output")
+    sel = shutil.copytree(tiny_model_selector, tmp_path / "model_selector_output")
     shared = tmp_path / "shared"
     shared.mkdir()
     return {"preprocess_output": str(pre), "model_selector_output": str(sel),
             "pytorch_model_folder": str(tmp_path / "out" / "pytorch_model_folder"),
             "mlflow_model_folder": str(tmp_path / "out" / "mlflow_model_folder"),
             "shared": str(shared)}
+
+
+def staged_inputs(artifacts: dict) -> list[str]:
+    """The files a run stages from the input artifacts, as paths in the run folder (inputs/<artifact>/...)."""
+    return sorted(f"inputs/{name}/{p.relative_to(artifacts[name]).as_posix()}"
+                  for name in ("model_selector_output", "preprocess_output")
+                  for p in Path(artifacts[name]).rglob("*") if p.is_file())
 
 
 def make_configs(artifacts: dict, **values):

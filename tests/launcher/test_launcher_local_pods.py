@@ -147,11 +147,11 @@ def test_two_node_job_trains_and_outputs_are_collected(tmp_path, tiny_preprocess
 
 
 def test_a_failing_trainer_fails_the_launch_with_its_log(tmp_path, tiny_preprocess_output, tiny_model_selector):
-    # An input the trainer rejects at run time (the launcher only checks that the folder exists).
-    bad_selector = tmp_path / "bad_selector"
-    bad_selector.mkdir()
-    (bad_selector / "README").write_text("not a model")
+    # What only the pods can reject: a DeepSpeed JSON that forces fp16 on pods without a GPU (the launcher checks the
+    # input folders; checks against the pods' hardware run in the pods).
+    (tmp_path / "ds.json").write_text('{"fp16": {"enabled": true}}')
     with pytest.raises(JobFailed) as info:
-        _launch(tmp_path, tiny_preprocess_output, bad_selector, num_train_epochs=1, apply_deepspeed=False)
+        _launch(tmp_path, tiny_preprocess_output, tiny_model_selector, backend="pytorchjob", num_train_epochs=1,
+                apply_deepspeed=True, deepspeed=str(tmp_path / "ds.json"))
     assert info.value.reason == "PyTorchJobFailed"
-    assert "error" in info.value.log_tail.lower()
+    assert "forces fp16, which CPUs do not train in" in info.value.log_tail

@@ -19,7 +19,8 @@ from trainer.checkpoints import write_manifest
 
 from trainer.errors import ConfigError
 from s3_server import SECRET, s3, s3_endpoint  # noqa: F401 (fixtures)
-from kube_fake import FakeApiServer, FakeClock, artifacts, crd_errors, make_clients, run_launch  # noqa: F401
+from kube_fake import (FakeApiServer, FakeClock, artifacts, crd_errors, make_clients, run_launch,  # noqa: F401
+                       staged_inputs)
 from launcher import LaunchConfigError, PyTorchJobFailed
 from launcher import objstore
 from launcher.objstore import CheckpointSync, ObjectStoreError, S3Uri, parse_uri
@@ -305,8 +306,7 @@ def test_object_store_run_end_to_end(s3, artifacts, tmp_path):
     assert result.state == "Succeeded" and result.deleted
     assert result.run_dir == f"s3://{bucket}/pipelines/team-a/tokcls-runs/run-1"
     # inputs were in the bucket before the job was created
-    assert staged == [["inputs/model_selector_output/config.json", "inputs/model_selector_output/model_selector_args.json",
-                       "inputs/preprocess_output/class_names.json", "inputs/preprocess_output/train/data.arrow"]]
+    assert staged == [staged_inputs(artifacts)] and "inputs/model_selector_output/config.json" in staged[0]
     # the manifest: CRD-valid, pod model-valid, emptyDir instead of a PVC, credentials from the Secret
     (job,) = server.created
     assert crd_errors(job) == []
@@ -322,7 +322,8 @@ def test_object_store_run_end_to_end(s3, artifacts, tmp_path):
     # the pod ran: it saw the pulled inputs and an empty output folder, and exited 0
     (pod_run,) = server.pod_results
     assert pod_run.returncode == 0, pod_run.stderr
-    assert (tmp_path / "pod" / "rank0.inputs").read_text() == '["O", "B-person", "I-person"]'
+    staged_labels = (Path(artifacts["preprocess_output"]) / "class_names.json").read_bytes()
+    assert (tmp_path / "pod" / "rank0.inputs").read_bytes() == staged_labels
     # outputs collected from the store, run prefix removed after success
     out = Path(artifacts["pytorch_model_folder"])
     assert (out / "model.safetensors").read_bytes() == b"weights"

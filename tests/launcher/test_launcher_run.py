@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import threading
 from pathlib import Path
 
 import pytest
 
-from kube_fake import FakeApiServer, FakeClock, artifacts, make_clients, make_configs, run_launch  # noqa: F401
+from kube_fake import (FakeApiServer, FakeClock, artifacts, make_clients, make_configs, run_launch,  # noqa: F401
+                       staged_inputs)
 from launcher import Cancelled, JobFailed, JobTimeout, LaunchConfigError
 from launcher.staging import RUNS_SUBDIR
 from launcher.watch import PYTORCHJOB, TRAINJOB, JobState, Watcher, job_state, rank0_logs
@@ -117,10 +119,8 @@ def test_inputs_are_staged_before_the_job_is_created(artifacts):
             seen["staged"] = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
 
     launch(FakeApiServer(["running", "succeeded"], on_request=on_request), artifacts)
-    assert seen["staged"] == ["inputs/model_selector_output/config.json",
-                              "inputs/model_selector_output/model_selector_args.json",
-                              "inputs/preprocess_output/class_names.json",
-                              "inputs/preprocess_output/train/data.arrow"]
+    assert "inputs/preprocess_output/train.jsonl" in seen["staged"]
+    assert seen["staged"] == staged_inputs(artifacts)
 
 
 def test_failed_job_raises_with_reason_and_log_tail(artifacts):
@@ -277,6 +277,36 @@ def test_invalid_inputs_fail_before_any_side_effect(artifacts, overrides, messag
     with pytest.raises(ConfigError, match=message):
         launch(server, artifacts, **overrides)
     assert server.requests == []  # no API call
+    assert list(Path(artifacts["shared"]).iterdir()) == []  # nothing staged
+
+
+def _corrupt_row(folder: Path) -> None:
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    row["input_ids"][1] = 10_000
+    lines[2] = json.dumps(row)
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("corrupt,message", [
+    (lambda pre, sel: _corrupt_row(pre), "train.jsonl line 3: input id(s) [10000] outside the model's vocabulary"),
+    (lambda pre, sel: (pre / "class_names.json").unlink(), "no label map in"),
+    (lambda pre, sel: (sel / "model.safetensors").write_bytes(b"\xff" * 64), "model.safetensors is damaged"),
+    (lambda pre, sel: (sel / "config.json").write_text('{"model_type": "bert",'), "config.json is not valid JSON"),
+    (lambda pre, sel: (pre / "tokenizer.json").write_text('{"version": "1.0"}'), "cannot load the tokenizer"),
+    (lambda pre, sel: (pre / "extra.jsonl").symlink_to("/etc/hostname"), "outside the input folder"),
+], ids=["row-outside-the-vocabulary", "no-label-map", "damaged-weights", "config-not-json", "not-a-tokenizer",
+        "link-out-of-the-input"])
+def test_bad_data_fails_before_anything_is_staged_or_created(artifacts, corrupt, message):
+    """The input folders are checked as the trainer checks them (trainer.validation), in this step, before the job
+    exists: bad data is one error here, not a failed job."""
+    from trainer.errors import InputError
+
+    corrupt(Path(artifacts["preprocess_output"]), Path(artifacts["model_selector_output"]))
+    server = FakeApiServer(["running", "succeeded"])
+    with pytest.raises(InputError, match=re.escape(message)):
+        launch(server, artifacts, backend="pytorchjob")
+    assert server.requests == [] and server.created == []  # no API call, no job
     assert list(Path(artifacts["shared"]).iterdir()) == []  # nothing staged
 
 
