@@ -458,14 +458,15 @@ except Cancelled as err:
 """
 
 
-def test_sigterm_deletes_the_job_through_the_real_api(kube_apiserver, artifacts, tmp_path):
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_sigterm_deletes_the_job_through_the_real_api(kube_apiserver, artifacts, tmp_path, backend):
     """A launcher process (as the pipeline's account) gets SIGTERM, as Argo sends it when a KFP run is terminated:
     it deletes its job and exits 143."""
     prefix = unique("term")
-    operator = Operator(kube_apiserver, prefix, ["created"] + ["running"] * 200, delay=0.2)
+    operator = Operator(kube_apiserver, prefix, ["created"] + ["running"] * 200, delay=0.2, backend=backend)
     operator.start()
-    values = dict(num_nodes=2, gpus_per_node=1, image="registry.local/trainer-cuda:test", namespace=NAMESPACE,
-                  shared_pvc_name="tokcls-shared", shared_mount_path=artifacts["shared"], timeout_seconds=120,
+    values = dict(backend=backend, num_nodes=2, gpus_per_node=1, image="registry.local/trainer-cuda:test",
+                  namespace=NAMESPACE, shared_pvc_name="tokcls-shared", shared_mount_path=artifacts["shared"], timeout_seconds=120,
                   poll_interval_seconds=1, cleanup_policy="never", job_name_prefix=prefix)
     script = LAUNCH_SCRIPT.format(tests=str(Path(__file__).parent), url=kube_apiserver.url, ca=kube_apiserver.ca_file,
                                   token=TOKENS["launcher"], artifacts=json.dumps(artifacts), values=json.dumps(values))
@@ -473,7 +474,8 @@ def test_sigterm_deletes_the_job_through_the_real_api(kube_apiserver, artifacts,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not (operator.job_name and admin_get(kube_apiserver, operator.job_name)) and time.monotonic() < deadline:
+        while not (operator.job_name and admin_get(kube_apiserver, operator.job_name, BACKENDS[backend])) and \
+                time.monotonic() < deadline:
             time.sleep(0.2)
         assert operator.job_name, proc.communicate(timeout=5)[0] if proc.poll() is not None else "no job"
         time.sleep(1.5)  # watching
@@ -482,8 +484,8 @@ def test_sigterm_deletes_the_job_through_the_real_api(kube_apiserver, artifacts,
     finally:
         proc.kill()
     assert proc.returncode == 143, out
-    assert "cancelled: deleted PyTorchJob" in out
-    assert gone_or_deleting(kube_apiserver, operator.job_name)  # even with cleanup_policy=never
+    assert f"cancelled: deleted {BACKENDS[backend].kind}" in out
+    assert gone_or_deleting(kube_apiserver, operator.job_name, BACKENDS[backend])  # even with cleanup_policy=never
 
 
 def real_error(call) -> dict:
