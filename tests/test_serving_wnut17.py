@@ -1,5 +1,6 @@
-"""The real MiniLM encoder on real WNUT-17: every output variant reloads on its own and predicts the whole test set
-exactly like its MLflow model, word for word; the ONNX export agrees with PyTorch (max |Δlogit| reported)."""
+"""The real MiniLM encoder on real WNUT-17: every output variant (ZeRO-3 on two processes too) reloads on its own and
+predicts the whole test set exactly like its MLflow model, word for word; the ONNX export agrees with PyTorch (max
+|Δlogit| reported)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import run_model_import, run_preprocess
-from test_serving import assert_self_contained_and_equal_to_mlflow
+from test_deepspeed import _run
+from test_serving import _free_port, assert_self_contained_and_equal_to_mlflow
 from trainer.config import FinetuneConfig
 from trainer.finetune import finetune
 from trainer.inference import OnnxBackend, TorchBackend, load_classifier
@@ -69,6 +71,28 @@ def test_every_variant_predicts_the_wnut17_test_set_like_its_mlflow_model(wnut, 
     if variant == "full":
         assert sum(len(p.entities) for p in predictions) > 1000  # "equal" is not "all O"
         wnut["full"] = folders
+
+
+def test_the_zero3_output_predicts_the_wnut17_test_set_like_its_mlflow_model(wnut, wnut17_dir):
+    """ZeRO-3 under `torchrun --nproc_per_node 2` (CPU, gloo): the model gathered from both ranks' shards is whole and
+    serves like its MLflow model. 48 tweets and 3 steps: what is tested is the output, not learning."""
+    root = wnut["root"] / "zero3"
+    root.mkdir()
+    run_preprocess(train_data=str(_head(wnut17_dir / "train.conll", root / "train.conll", 48)),
+                   validation_data=str(_head(wnut17_dir / "validation.conll", root / "validation.conll", 16)),
+                   test_data=str(_head(wnut17_dir / "test.conll", root / "test.conll", 16)),
+                   model_selector_output=str(wnut["root"] / "model"), preprocess_output=str(root / "data"),
+                   max_seq_length=128)
+    _run(["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "trainer.cli",
+          "--preprocess_output", str(root / "data"), "--model_selector_output", str(wnut["root"] / "model"),
+          "--pytorch_model_folder", str(root / "pytorch"), "--mlflow_model_folder", str(root / "mlflow"),
+          "--apply_deepspeed", "true", "--deepspeed_preset", "zero3", "--per_device_train_batch_size", "8",
+          "--per_device_eval_batch_size", "16", "--max_steps", "3", "--learning_rate", "1e-5",
+          "--evaluation_strategy", "steps", "--eval_steps", "3", "--metric_for_best_model", "f1"], root)
+    shards = {p.name for p in (root / "pytorch").glob("checkpoint-3/global_step3/*.pt")}
+    assert {f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)} <= shards, shards  # ZeRO-3 partitioned
+    predictions = assert_self_contained_and_equal_to_mlflow(root / "pytorch", root / "mlflow", wnut["texts"])
+    assert len(predictions) == 1287 and sum(len(p.entities) for p in predictions) > 100, "all O"
 
 
 def test_onnx_export_matches_pytorch_on_the_wnut17_test_set(wnut, capsys):
