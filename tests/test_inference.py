@@ -124,6 +124,7 @@ def test_every_output_carries_the_recorded_tag_scheme(tiny_finetuned, tmp_path):
     import mlflow.models
 
     from trainer.mlflow_model import save_mlflow_model
+    from trainer.onnx_export import export_onnx
 
     recorded = json.loads((tiny_finetuned["pytorch"] / "metrics.json").read_text())["tag_scheme"]
     assert recorded == "iob2"
@@ -140,6 +141,9 @@ def test_every_output_carries_the_recorded_tag_scheme(tiny_finetuned, tmp_path):
     assert load_classifier(folder).tag_scheme == "iob1"
     save_mlflow_model(folder, tmp_path / "mlflow")
     assert load_classifier(tmp_path / "mlflow").tag_scheme == "iob1"
+    assert json.loads((tiny_finetuned["onnx"] / "tag_scheme.json").read_text()) == {"tag_scheme": recorded}
+    export_onnx(folder, tmp_path / "onnx")  # the ONNX folder carries it too (its labels alone would say IOB2)
+    assert load_classifier(tmp_path / "onnx").tag_scheme == "iob1"
     (folder / "metrics.json").write_text(json.dumps({**metrics, "tag_scheme": "iob3"}))
     with pytest.raises(InputError, match=r"metrics\.json: tag_scheme='iob3' is not one of"):
         load_classifier(folder)

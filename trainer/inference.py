@@ -421,6 +421,17 @@ def recorded_tag_scheme(folder: Path) -> Optional[str]:
     return scheme
 
 
+def copy_tag_scheme(model_dir: Path, target: Path) -> Optional[str]:
+    """Write the tag scheme `model_dir` records into `target`/tag_scheme.json (a served copy without the run
+    records: the MLflow model's folder, the ONNX folder); returns it (None: nothing recorded, nothing written)."""
+    import json
+
+    scheme = recorded_tag_scheme(Path(model_dir))
+    if scheme:
+        (Path(target) / TAG_SCHEME_FILE).write_text(json.dumps({"tag_scheme": scheme}) + "\n")
+    return scheme
+
+
 def load_serving_tokenizer(model_dir: Path):
     """The fast tokenizer saved with a model (add_prefix_space on for byte-level BPE, as preprocess used it)."""
     from trainer.constants import TOKENIZER_FILES

@@ -93,9 +93,7 @@ def serving_copy(model_dir: Path, target: Path) -> None:
     """The served model alone: the root model files of a fine-tune output (no checkpoints, no run records), an
     unmerged LoRA output merged into a plain model, always with the tokenizer, and the tag scheme the output records
     (its run records stay behind) in tag_scheme.json."""
-    import json
-
-    from trainer.inference import TAG_SCHEME_FILE, load_serving_tokenizer, recorded_tag_scheme
+    from trainer.inference import copy_tag_scheme, load_serving_tokenizer
 
     tokenizer = load_serving_tokenizer(model_dir)
     target.mkdir(parents=True, exist_ok=True)
@@ -108,9 +106,7 @@ def serving_copy(model_dir: Path, target: Path) -> None:
         for item in model_dir.iterdir():
             if item.is_file() and not item.name.startswith(NOT_SERVED):
                 shutil.copy2(item, target / item.name)
-    scheme = recorded_tag_scheme(model_dir)
-    if scheme:
-        (target / TAG_SCHEME_FILE).write_text(json.dumps({"tag_scheme": scheme}) + "\n")
+    copy_tag_scheme(model_dir, target)
 
 
 def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
