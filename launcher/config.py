@@ -38,9 +38,10 @@ class LaunchConfig(Params):
     GROUPS = {"backend": "backend", "pods": "pods", "staging": "staging", "scheduling": "scheduling",
               "watch": "watch and cleanup"}
 
-    backend: str = param("pytorchjob", "Which Kubeflow training API runs the job: pytorchjob (Training Operator v1, "
-                         "kubeflow.org/v1 PyTorchJob) or trainjob (Kubeflow Trainer v2, trainer.kubeflow.org/v1alpha1 "
-                         "TrainJob).", choices=BACKENDS, group="backend")
+    backend: str = param("trainjob", "Which Kubeflow training API runs the job: trainjob (Kubeflow Trainer v2, "
+                         "trainer.kubeflow.org/v1alpha1 TrainJob: the current API, the only one of new Kubeflow "
+                         "installs) or pytorchjob (Training Operator v1, kubeflow.org/v1 PyTorchJob).",
+                         choices=BACKENDS, group="backend")
     trainjob_runtime: str = param("torch-distributed", "Training runtime of a TrainJob: Trainer's torch-distributed "
                                   "ClusterTrainingRuntime, or ours from manifests/trainer-runtime.yaml "
                                   "(tokcls-torch-distributed: no pod retries).", group="backend")

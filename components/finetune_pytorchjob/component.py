@@ -21,7 +21,7 @@ def finetune_pytorchjob(
     onnx_model_folder: Output[Model],
     metrics: Output[Metrics],
     report: Output[Markdown],
-    backend: str = 'pytorchjob',
+    backend: str = 'trainjob',
     trainjob_runtime: str = 'torch-distributed',
     trainjob_runtime_kind: str = 'ClusterTrainingRuntime',
     shared_pvc_name: str = '',
@@ -116,9 +116,9 @@ def finetune_pytorchjob(
         metrics: Every validation (eval_*) and test (test_*) figure, plus best_metric, train_runtime and
             entity_<name>_f1.
         report: Markdown report: overall figures and the per-entity precision/recall/F1 table.
-        backend: Which Kubeflow training API runs the job: pytorchjob (Training Operator v1, kubeflow.org/v1
-            PyTorchJob) or trainjob (Kubeflow Trainer v2, trainer.kubeflow.org/v1alpha1 TrainJob). One of
-            pytorchjob, trainjob.
+        backend: Which Kubeflow training API runs the job: trainjob (Kubeflow Trainer v2,
+            trainer.kubeflow.org/v1alpha1 TrainJob: the current API, the only one of new Kubeflow installs) or
+            pytorchjob (Training Operator v1, kubeflow.org/v1 PyTorchJob). One of pytorchjob, trainjob.
         trainjob_runtime: Training runtime of a TrainJob: Trainer's torch-distributed ClusterTrainingRuntime, or
             ours from manifests/trainer-runtime.yaml (tokcls-torch-distributed: no pod retries).
         trainjob_runtime_kind: Kind of trainjob_runtime (a namespaced TrainingRuntime must be in the job's

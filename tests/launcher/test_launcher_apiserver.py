@@ -179,10 +179,10 @@ def gone_or_deleting(server, name: str, backend=PYTORCHJOB, wait: float = 0) -> 
 
 def launch(server, artifacts, prefix: str, **overrides):
     custom, core = server.clients("launcher")
-    values = dict(num_train_epochs=2, apply_deepspeed=True, deepspeed_preset="zero3", precision="16",
-                  num_nodes=2, gpus_per_node=1, image="registry.local/trainer-cuda:test", namespace=NAMESPACE,
-                  shared_pvc_name="tokcls-shared", shared_mount_path=artifacts["shared"], timeout_seconds=60,
-                  poll_interval_seconds=1, cleanup_policy="on_success", job_name_prefix=prefix)
+    values = dict(backend="pytorchjob", num_train_epochs=2, apply_deepspeed=True, deepspeed_preset="zero3",
+                  precision="16", num_nodes=2, gpus_per_node=1, image="registry.local/trainer-cuda:test",
+                  namespace=NAMESPACE, shared_pvc_name="tokcls-shared", shared_mount_path=artifacts["shared"],
+                  timeout_seconds=60, poll_interval_seconds=1, cleanup_policy="on_success", job_name_prefix=prefix)
     values.update(overrides)
     return run_launch(custom, core, artifacts, **values)
 

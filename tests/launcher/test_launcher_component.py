@@ -69,7 +69,7 @@ def _run_component(artifacts, monkeypatch, server, **overrides):
     kwargs.update(preprocess_output=_artifact(artifacts["preprocess_output"]),
                   model_selector_output=_artifact(artifacts["model_selector_output"]), **outputs,
                   shared_pvc_name="tokcls-shared", shared_mount_path=artifacts["shared"], namespace="team-a",
-                  image="registry.local/trainer-cuda:test", poll_interval_seconds=1)
+                  image="registry.local/trainer-cuda:test", poll_interval_seconds=1, backend="pytorchjob")
     kwargs.update(overrides)
     finetune_pytorchjob.python_func(**kwargs)
     return outputs

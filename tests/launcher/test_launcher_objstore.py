@@ -283,7 +283,7 @@ def launch(server, artifacts, s3, tmp_path, **overrides):
     clock = FakeClock()
     custom, core = make_clients(server)
     values = dict(
-        num_train_epochs=1, apply_deepspeed=True, deepspeed_preset="zero2",
+        backend="pytorchjob", num_train_epochs=1, apply_deepspeed=True, deepspeed_preset="zero2",
         num_nodes=1, gpus_per_node=4, image="registry.local/trainer-cuda:test", namespace=NS,
         staging_uri=f"s3://{bucket}/pipelines/team-a", staging_endpoint_url=endpoint,
         staging_secret_name="mlpipeline-minio-artifact", staging_access_key_key="accesskey",

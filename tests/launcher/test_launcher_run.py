@@ -19,7 +19,9 @@ from launcher.staging import RUNS_SUBDIR
 from launcher.watch import PYTORCHJOB, TRAINJOB, JobState, Watcher, job_state, rank0_logs
 
 NS = "kubeflow-user-example-com"
-DEFAULTS = dict(num_train_epochs=2, learning_rate=3e-5, apply_deepspeed=True, deepspeed_preset="zero3",
+# The tests replay PyTorchJob responses unless they name backend="trainjob" (the default backend:
+# test_the_default_backend_is_kubeflow_trainer_v2).
+DEFAULTS = dict(backend="pytorchjob", num_train_epochs=2, learning_rate=3e-5, apply_deepspeed=True, deepspeed_preset="zero3",
                 precision="16", num_nodes=2, gpus_per_node=1, image="registry.local/trainer-cuda:test", namespace=NS,
                 shared_pvc_name="tokcls-shared", timeout_seconds=3600, poll_interval_seconds=30,
                 cleanup_policy="on_success", run_id="run-1")
@@ -35,6 +37,19 @@ def launch(server: FakeApiServer, artifacts: dict, clock: FakeClock | None = Non
 
 def master_command(job: dict) -> str:
     return FakeApiServer.container_command(job)
+
+
+def test_the_default_backend_is_kubeflow_trainer_v2(artifacts):
+    """A TrainJob (trainer.kubeflow.org/v1alpha1): the current API, the only one of new Kubeflow installs."""
+    server = FakeApiServer(["running", "succeeded"])
+    clock = FakeClock()
+    custom, core = make_clients(server)
+    values = {k: v for k, v in DEFAULTS.items() if k != "backend"}
+    result = run_launch(custom, core, artifacts, **values, shared_mount_path=artifacts["shared"], clock=clock,
+                        sleep=clock.sleep, out=io.StringIO())
+    (job,) = server.created
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    assert result.backend == "trainjob" and result.state == "Succeeded"
 
 
 def test_success_stages_creates_watches_collects_and_deletes(artifacts):
