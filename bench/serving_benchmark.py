@@ -116,6 +116,7 @@ def evaluate_before_module():
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("evaluate_before", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
