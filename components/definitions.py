@@ -65,13 +65,14 @@ COMPONENTS = [
     ComponentDef(
         name="finetune_pytorchjob", configs=(LaunchConfig, FinetuneConfig),
         runtime="components.finetune_pytorchjob.runtime",
-        summary="Fine-tune for token classification as a multi-node Kubeflow job (PyTorchJob or Trainer v2 "
-                "TrainJob; torchrun + DeepSpeed) and collect the outputs.",
-        description="A small launcher step (CPU image): it stages the input artifacts to a ReadWriteMany PVC or an "
-                    "object store, creates a kubeflow.org/v1 PyTorchJob (Master + num_nodes-1 Workers) or, with "
-                    "backend=trainjob, a trainer.kubeflow.org/v1alpha1 TrainJob, each pod running torchrun -m "
-                    "trainer.cli; it follows the job and rank 0's log, copies rank 0's outputs into its output "
-                    "artifacts and deletes the job per cleanup_policy. Terminating the run deletes the job (SIGTERM), "
+        summary="Fine-tune for token classification as a multi-node Kubeflow job (Trainer v2 TrainJob or "
+                "Training Operator PyTorchJob; torchrun + DeepSpeed) and collect the outputs.",
+        description="A small launcher step (CPU image): it checks the inputs as the trainer does, stages the input "
+                    "artifacts to a ReadWriteMany PVC or an object store, creates a trainer.kubeflow.org/v1alpha1 "
+                    "TrainJob (the default backend) or, with backend=pytorchjob, a kubeflow.org/v1 PyTorchJob "
+                    "(Master + num_nodes-1 Workers), each pod running torchrun -m trainer.cli; it follows the job "
+                    "and rank 0's log, copies rank 0's outputs into its output artifacts and deletes the job per "
+                    "cleanup_policy. Terminating the run deletes the job (SIGTERM), "
                     "and the job is owned by this step's pod (garbage-collected with it). Give exactly one of "
                     "shared_pvc_name and staging_uri. See docs/distributed.md.",
         outputs={"metrics": METRICS, "report": REPORT},

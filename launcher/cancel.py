@@ -41,23 +41,34 @@ class Cancelled(BaseException):
         return 128 + self.signum
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 @contextlib.contextmanager
-def cancel_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
-    """Within the block, the signals raise Cancelled in the main thread (elsewhere: no change, with a warning)."""
+def signal_handlers(handler, signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[bool]:
+    """Within the block, `handler` handles `signals`; the previous handlers come back after it. Python sets handlers
+    in the main thread only: elsewhere nothing changes (the block gets False)."""
     if threading.current_thread() is not threading.main_thread():
-        log.warning("not in the main thread: SIGTERM will not cancel the job (the ownerReference still applies)")
-        yield
+        yield False
         return
-
-    def handler(signum, _frame):
-        raise Cancelled(signum)
-
     previous = {s: signal.signal(s, handler) for s in signals}
     try:
-        yield
+        yield True
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def cancel_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Within the block, the signals raise Cancelled in the main thread (elsewhere: no change, with a warning)."""
+    def handler(signum, _frame):
+        raise Cancelled(signum)
+
+    with signal_handlers(handler, signals) as installed:
+        if not installed:
+            log.warning("not in the main thread: SIGTERM will not cancel the job (the ownerReference still applies)")
+        yield
 
 
 def own_namespace() -> str:

@@ -32,14 +32,13 @@ import contextlib
 import json
 import logging
 import re
-import signal
 import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TextIO
 
-from launcher.cancel import Cancelled, cancel_on_signals, own_namespace, owner_references
+from launcher.cancel import Cancelled, cancel_on_signals, own_namespace, owner_references, signal_handlers
 from launcher.config import LaunchConfig
 from launcher.manifest import JobSpec, ManifestError, build_pytorchjob
 from launcher.staging import (DEFAULT_WORK_DIR, ObjectStoreRun, RunStorage, SharedVolumeRun, StagingError,
@@ -222,19 +221,8 @@ class _Deferred:
         def remember(signum, _frame):
             self.signum = signum
 
-        previous = {s: signal.signal(s, remember) for s in (signal.SIGTERM, signal.SIGINT)} \
-            if _in_main_thread() else {}
-        try:
+        with signal_handlers(remember):
             yield
-        finally:
-            for s, old in previous.items():
-                signal.signal(s, old)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def launch(config: LaunchConfig, finetune: FinetuneConfig, *, custom_api: Any = None, core_api: Any = None,

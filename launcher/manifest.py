@@ -291,7 +291,7 @@ def object_store_script(spec: JobSpec, store: ObjectStoreSpec) -> str:
         f'rm -rf "$W/{mlflow}" && mkdir -p "$W/{mlflow}" || exit 1',
         'S=""',
         f'if [ "$R" = 0 ]; then {OBJSTORE_CLI} sync-checkpoints "$W/{pytorch}" "$U/{pytorch}" '
-        f'--interval {int(store.sync_interval_s)} & S=$!; fi',
+        f'--interval {int(store.sync_interval_s)} --parent-pid $$ & S=$!; fi',
         f"{torchrun_line(spec)} &",
         "T=$!",
         """trap 'kill -TERM "$T" 2>/dev/null' TERM INT""",

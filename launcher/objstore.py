@@ -86,9 +86,10 @@ class StopFlag:
 
 
 def sync_checkpoints(client: Any, folder: str | Path, uri: S3Uri, interval_s: float, stop: StopFlag,
-                     poll_s: float = 1.0) -> None:
-    """Upload new complete checkpoints every `interval_s` until `stop` is set or the parent exits; then a last pass."""
-    parent = os.getppid()
+                     poll_s: float = 1.0, parent: Optional[int] = None) -> None:
+    """Upload new complete checkpoints every `interval_s` until `stop` is set or the `parent` process (default: ours
+    now) exits; then a last pass. A parent named by pid that exited before we started is noticed at once."""
+    parent = os.getppid() if parent is None else parent
     sync = CheckpointSync(client, folder, uri)
     next_pass = time.monotonic()
     while not stop.set and os.getppid() == parent:
@@ -117,6 +118,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     sync.add_argument("uri")
     sync.add_argument("--interval", type=float, default=300.0, help="seconds between passes")
     sync.add_argument("--once", action="store_true", help="one pass, then exit")
+    sync.add_argument("--parent-pid", type=int, default=os.getppid(),
+                      help="exit (after a last pass) when this process is no longer our parent; pass the shell's $$ "
+                           "so that a parent gone before our imports finish is noticed too (default: the parent now)")
     args = parser.parse_args(argv)
     stop = StopFlag() if args.command == "sync-checkpoints" and not args.once else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s objstore: %(message)s")
@@ -138,7 +142,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if stop is None:
                 CheckpointSync(client, args.dir, uri).run_once()
             else:
-                sync_checkpoints(client, args.dir, uri, args.interval, stop)
+                sync_checkpoints(client, args.dir, uri, args.interval, stop, parent=args.parent_pid)
     except ObjectStoreError as err:
         log.error("%s", err)
         return 2

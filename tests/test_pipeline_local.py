@@ -136,3 +136,26 @@ def test_every_help_explains_each_option_once(capsys):
             assert flat.count("(default:") <= 1 and "(default: )" not in flat and "(default: '')" not in flat, flat
     tag_scheme = next(o for o in re.split(r"\n  (?=-)", texts[0]) if o.startswith("--tag_scheme"))
     assert "Tag scheme; auto detects it from the tags" in " ".join(tag_scheme.split())
+
+
+def test_a_component_checks_its_folders_as_the_cli_does(tmp_path, tiny_finetuned, tiny_preprocess_output):
+    """In KFP the programs run without their CLI: the component checks its folders the same way (a link out of an
+    input artifact is refused before the program runs)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from components.runtime import config_from_args
+    from trainer.config import EvaluateConfig
+    from trainer.errors import InputError
+
+    data = tmp_path / "preprocess_output"
+    shutil.copytree(tiny_preprocess_output, data)
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_text("not part of the artifact\n")
+    args = {"model": SimpleNamespace(path=str(tiny_finetuned["pytorch"])),
+            "preprocess_output": SimpleNamespace(path=str(data)),
+            "predictions": SimpleNamespace(path=str(tmp_path / "out" / "predictions"))}
+    assert config_from_args(EvaluateConfig, args).preprocess_output == str(data)
+    (data / "notes.txt").symlink_to(secret)
+    with pytest.raises(InputError, match="notes.txt"):
+        config_from_args(EvaluateConfig, args)

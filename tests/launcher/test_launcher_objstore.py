@@ -210,12 +210,15 @@ def test_sync_cli_runs_until_killed_then_makes_a_last_pass(s3, tmp_path):
     assert "checkpoint-2/checkpoint_manifest.json" in keys(client, bucket, "o")
 
 
-def test_sync_cli_exits_when_its_parent_exits(s3, tmp_path):
+@pytest.mark.parametrize("parent_lives_s", [1, 0])
+def test_sync_cli_exits_when_its_parent_exits(s3, tmp_path, parent_lives_s):
+    """As the pod script starts it (`--parent-pid $$`): it stops when the shell is gone, also when the shell is gone
+    before its imports finish (0 s: a slow start, as on a loaded node, once left it running for ever)."""
     _, bucket, endpoint = s3
     (tmp_path / "ckpts").mkdir()
     pid_file = tmp_path / "pid"
     script = (f"{sys.executable} -m launcher.objstore sync-checkpoints {tmp_path}/ckpts s3://{bucket}/o "
-              f"--interval 0.2 & echo $! > {pid_file}; sleep 1")
+              f"--interval 0.2 --parent-pid $$ & echo $! > {pid_file}; sleep {parent_lives_s}")
     subprocess.run(["/bin/sh", "-c", script], env=_cli_env(endpoint), check=True, timeout=30)
     pid = int(pid_file.read_text())
 
