@@ -41,13 +41,18 @@ def _run(callback, meter, clock, steps: int, seconds_per_step: float, tokens_per
     callback.on_train_end(args, state, None)
 
 
-def test_a_progress_line_every_interval_with_rate_and_eta(caplog):
+def _logged(caplog, interval_s: float, steps: int) -> list[str]:
+    """The lines a run of `steps` steps at a step a second (100 tokens each) logs at `interval_s`."""
     clock, meter = Clock(), ProgressMeter()
     log = logging.getLogger("test.progress")
     with caplog.at_level(logging.INFO, logger="test.progress"):
-        _run(ProgressCallback(meter, interval_s=10.0, clock=clock, log=log), meter, clock, steps=100,
+        _run(ProgressCallback(meter, interval_s=interval_s, clock=clock, log=log), meter, clock, steps=steps,
              seconds_per_step=1.0)
-    lines = [r.getMessage() for r in caplog.records]
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_a_progress_line_every_interval_with_rate_and_eta(caplog):
+    lines = _logged(caplog, interval_s=10.0, steps=100)
     progress = [LINE.search(line) for line in lines if line.startswith("step ")]
     assert all(progress)
     # the first step, then one line per 10 s (a step a second), and the last step
@@ -60,12 +65,8 @@ def test_a_progress_line_every_interval_with_rate_and_eta(caplog):
 
 
 def test_no_line_between_intervals(caplog):
-    clock, meter = Clock(), ProgressMeter()
-    log = logging.getLogger("test.progress")
-    with caplog.at_level(logging.INFO, logger="test.progress"):
-        _run(ProgressCallback(meter, interval_s=1000.0, clock=clock, log=log), meter, clock, steps=50,
-             seconds_per_step=1.0)
-    assert [int(m.group(1)) for m in map(LINE.search, (r.getMessage() for r in caplog.records)) if m] == [1, 50]
+    lines = _logged(caplog, interval_s=1000.0, steps=50)
+    assert [int(m.group(1)) for m in map(LINE.search, lines) if m] == [1, 50]
 
 
 def test_the_cli_log_shows_progress_and_no_warning(tmp_path, tiny_preprocess_output, tiny_model_selector):
