@@ -22,6 +22,8 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from trainer.training_args import cpu_has_native_bf16
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -36,6 +38,9 @@ LOCAL_RECIPE = {
                                     "tags); validation loss keeps earlier epochs"),
     "max_seq_length": (128, "WNUT-17 tweets are short: 2 of 5,690 need more than 128 sub-tokens (they are split "
                             "into windows, nothing is cut), and shorter rows train faster"),
+    "precision": ("16" if cpu_has_native_bf16() else "32",
+                  "16 (bf16) on a CPU with native bf16 (AVX512-BF16, AMX), 32 elsewhere: on such a CPU bf16 trains "
+                  "1.8x faster than fp32 at the same test F1 (bench/README.md)"),
 }
 QUICK = {"train": 200, "validation": 50, "test": 50}
 
