@@ -229,7 +229,11 @@ def test_sync_cli_exits_when_its_parent_exits(s3, tmp_path, parent_lives_s):
             return True
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
-    _wait_for(gone)
+    try:
+        _wait_for(gone)
+    finally:
+        if not gone():
+            os.kill(pid, signal.SIGKILL)  # a failing run leaves no process behind
 
 
 # ---- the pods' script ---------------------------------------------------------------------------------------------
