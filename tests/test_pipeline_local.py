@@ -159,3 +159,21 @@ def test_a_component_checks_its_folders_as_the_cli_does(tmp_path, tiny_finetuned
     (data / "notes.txt").symlink_to(secret)
     with pytest.raises(InputError, match="notes.txt"):
         config_from_args(EvaluateConfig, args)
+
+
+@pytest.mark.parametrize("flags, precision", [({"avx2", "avx512f"}, "32"), ({"avx2", "avx512f", "avx512_bf16"}, "16"),
+                                              ({"amx_tile", "amx_bf16"}, "16"), (set(), "32")])
+def test_local_run_trains_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, flags, precision):
+    """Emulated CPU bf16 is slower than fp32: the local recipe picks 16 only where the CPU has bf16 instructions."""
+    import importlib
+
+    import pipelines.local_run as local_run
+    from trainer import training_args
+
+    monkeypatch.setattr(training_args, "cpu_flags", lambda: flags)
+    try:
+        assert importlib.reload(local_run).LOCAL_RECIPE["precision"][0] == precision
+        assert local_run.build_parser().parse_args([]).precision == precision
+    finally:
+        monkeypatch.undo()
+        importlib.reload(local_run)
