@@ -189,15 +189,29 @@ def test_trained_rows_embedding_computes_what_the_dense_table_computes():
     assert restored is dense and torch.equal(restored.weight, reference.weight)
 
 
-def test_cpu_speedups_train_exactly_like_the_stock_path(make_config):
-    """Tiny BERT, same data order and dropout draws: the per-epoch loss curves and the trained weights with the
-    CPU speed-ups (allocator, trained-rows embedding) equal the stock modules' up to float rounding."""
+def _without_dropout(model_selector: Path, folder: Path) -> Path:
+    """A copy of a model-import folder whose model has no dropout."""
+    import shutil
+
+    shutil.copytree(model_selector, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_cpu_speedups_train_exactly_like_the_stock_path(make_config, tiny_model_selector, tmp_path):
+    """Tiny BERT without dropout (the speed-ups draw other dropout masks), same data order: the per-epoch loss
+    curves and the trained weights with the CPU speed-ups (allocator, trained-rows embedding, dropout and
+    attention modules swapped) equal the stock modules' up to float rounding."""
     from safetensors.torch import load_file
 
+    selector = _without_dropout(tiny_model_selector, tmp_path / "no_dropout")
     curves, weights = {}, {}
     for flag in ("false", "true"):
         losses = _Losses()
-        config = make_config(f"speedups-{flag}", cpu_speedups=flag, num_train_epochs=4)
+        config = make_config(f"speedups-{flag}", cpu_speedups=flag, num_train_epochs=4,
+                             model_selector_output=str(selector))
         result = finetune(config, callbacks=[losses])
         assert result.test_metrics["test_f1"] > 0.9
         curves[flag] = losses.losses
@@ -210,6 +224,114 @@ def test_cpu_speedups_train_exactly_like_the_stock_path(make_config):
     emb = "bert.embeddings.word_embeddings.weight"
     assert not torch.equal(weights["true"][emb], load_file(str(Path(make_config().model_selector_output)
                                                                / "model.safetensors"))[emb])  # it did train
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Dropout masks from 32-bit random words
+# ------------------------------------------------------------------------------------------------------------
+def test_keep_mask_keeps_each_element_with_probability_one_minus_p_under_torch_seeding():
+    from trainer.speed import keep_mask
+
+    for p in (0.1, 0.5, 0.9):
+        mask = keep_mask((1000, 1000), p)
+        assert mask.dtype == torch.bool and mask.shape == (1000, 1000)
+        n, kept = mask.numel(), int(mask.sum())
+        sd = (n * p * (1 - p)) ** 0.5
+        assert abs(kept - n * (1 - p)) < 6 * sd, (p, kept)  # a binomial(n, 1 - p) count
+        rows, cols = mask.float().mean(1), mask.float().mean(0)  # no structure along either axis
+        assert abs(float(rows.std()) - (p * (1 - p) / 1000) ** 0.5) < 0.005
+        assert abs(float(cols.std()) - (p * (1 - p) / 1000) ** 0.5) < 0.005
+    odd = keep_mask((3, 5, 7), 0.3)  # an odd element count (half of a 64-bit word unused)
+    assert odd.shape == (3, 5, 7)
+    torch.manual_seed(7)
+    first, second = keep_mask((64, 64), 0.5), keep_mask((64, 64), 0.5)
+    assert not torch.equal(first, second)  # each call draws afresh
+    torch.manual_seed(7)
+    assert torch.equal(keep_mask((64, 64), 0.5), first)  # torch's generator governs the masks (resume, seeds)
+    state = torch.get_rng_state()
+    again = keep_mask((64, 64), 0.5)
+    torch.set_rng_state(state)
+    assert torch.equal(keep_mask((64, 64), 0.5), again)
+
+
+def test_fast_dropout_zeroes_and_scales_like_dropout_and_backprops_through_the_same_mask():
+    from trainer.speed import fast_dropout
+
+    x = torch.randn(40, 50, requires_grad=True)
+    y = fast_dropout(x, 0.25)
+    kept = y != 0
+    assert 0.6 < float(kept.float().mean()) < 0.9
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.75)
+    assert fast_dropout(x, 0.25, training=False) is x and fast_dropout(x, 0.0) is x
+    xb = torch.randn(8, 16, dtype=torch.bfloat16)
+    assert fast_dropout(xb, 0.1).dtype == torch.bfloat16
+
+
+def test_attention_with_fast_dropout_computes_the_sdpa_math_kernel_with_that_mask(monkeypatch):
+    """Training with attention dropout: softmax(q k^T s + mask) * keep / (1 - p) @ v in fp32, as torch's math
+    kernel; without dropout (or in eval) the stock "sdpa" function itself."""
+    import trainer.speed as speed
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Attention(torch.nn.Module):
+        is_causal = False
+
+    module = Attention().train()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[1, :, :, 3:] = False  # the second row's last two tokens are padding
+    keep = torch.rand(2, 3, 5, 5) > 0.3
+    monkeypatch.setattr(speed, "keep_mask", lambda shape, p: keep.view(shape))
+    out, weights = speed.sdpa_with_fast_dropout(module, q, k, v, mask, dropout=0.3, scaling=0.5)
+    scores = (q @ k.transpose(-1, -2)) * 0.5 + torch.where(mask, 0.0, float("-inf"))
+    expected = ((torch.softmax(scores, -1) * keep / 0.7) @ v).transpose(1, 2)
+    assert weights is None and out.shape == (2, 5, 3, 4)
+    assert torch.allclose(out, expected, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 inputs: fp32 inside, bf16 out (as the math kernel)
+        out16, _ = speed.sdpa_with_fast_dropout(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), mask,
+                                                dropout=0.3, scaling=0.5)
+    assert out16.dtype == torch.bfloat16
+    assert torch.allclose(out16.float(), ((torch.softmax((q.bfloat16().float() @ k.bfloat16().float()
+                                          .transpose(-1, -2)) * 0.5 + torch.where(mask, 0.0, float("-inf")), -1)
+                                          * keep / 0.7) @ v.bfloat16().float()).transpose(1, 2), atol=1e-2)
+    for dropout, training in ((0.0, True), (0.3, False)):
+        module.train(training)
+        ours, _ = speed.sdpa_with_fast_dropout(module, q, k, v, mask, dropout=dropout if training else 0.0,
+                                               scaling=0.5)
+        stock, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.5)
+        assert torch.equal(ours, stock)
+
+
+def test_prepare_swaps_every_dropout_and_the_attention_and_restore_puts_the_stock_modules_back(
+        make_config, tiny_model_selector, tiny_preprocess_output):
+    from transformers import BertForTokenClassification
+
+    from trainer.data import load_preprocess_output
+    from trainer.speed import FAST_DROPOUT_ATTENTION, FastDropout, prepare
+
+    model = BertForTokenClassification.from_pretrained(tiny_model_selector)
+    stock = {name for name, m in model.named_modules() if type(m) is torch.nn.Dropout}
+    assert len(stock) == 3 * 2 + 2  # three per layer (the attention one only holds the p SDPA gets), embeddings, head
+    assert model.config._attn_implementation == "sdpa"
+    prepared = prepare(model, make_config(), load_preprocess_output(tiny_preprocess_output).train)
+    assert {name for name, m in model.named_modules() if isinstance(m, FastDropout)} == stock
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert model.config._attn_implementation == FAST_DROPOUT_ATTENTION
+    assert all(m.config._attn_implementation == FAST_DROPOUT_ATTENTION for m in model.modules()
+               if hasattr(m, "config") and hasattr(m.config, "_attn_implementation"))
+    model.train()
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 3, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}
+    assert model(**batch).logits.shape == (1, 5, 2)
+    prepared.restore()
+    assert {name for name, m in model.named_modules() if type(m) is torch.nn.Dropout} == stock
+    assert not any(isinstance(m, FastDropout) for m in model.modules())
+    assert model.config._attn_implementation == "sdpa"
+    no_speedups = BertForTokenClassification.from_pretrained(tiny_model_selector)
+    prepare(no_speedups, make_config(cpu_speedups="false"), [])
+    assert {name for name, m in no_speedups.named_modules() if type(m) is torch.nn.Dropout} == stock
 
 
 class _Losses(TrainerCallback):
