@@ -9,7 +9,8 @@ measured in bench/README.md and pinned by tests/test_speed.py. Integration (trai
    every labelled token the same in length-grouped batches. Evaluation batches are length-sorted, their outputs
    put back in dataset order (``trainer.hf_trainer``: the windows of a sentence are joined by row order).
 2. ``prepare(model, config)`` after the model is built (and LoRA applied), before the Trainer: the CPU allocator
-   setting and the fast dropout kernels. Returns a handle whose ``restore()`` puts the stock modules back;
+   setting, the trained-rows embedding, and dropout masks from a fast generator (every ``nn.Dropout`` and the
+   "sdpa" attention's dropout). Returns a handle whose ``restore()`` puts the stock modules back;
    call it after ``trainer.train()`` (before saving/publishing), so published models are plain HF models.
 """
 
