@@ -121,9 +121,10 @@ class FinetuneConfig(Params):
                                   group="training")
     progress_seconds: float = param(30.0, "Seconds between progress lines (step, loss, tokens/s, ETA) in the log; "
                                     "0 logs every optimizer step.", group="training", minimum=0)
-    cpu_speedups: bool = param(True, "CPU training speed-ups that leave the results unchanged: glibc allocator "
-                               "thresholds, an embedding that updates only the rows the training data uses (exact "
-                               "under AdamW without weight decay; trainer/speed.py).", group="training")
+    cpu_speedups: bool = param(True, "CPU training speed-ups: glibc allocator thresholds, an embedding that "
+                               "updates only the rows the training data uses (exact under AdamW without weight "
+                               "decay), and dropout masks from a fast generator seeded by torch's (the same "
+                               "Bernoulli distribution, other random draws; trainer/speed.py).", group="training")
 
     # --- Early stopping -----------------------------------------------------------------------------
     apply_early_stopping: bool = _spec(False, "If true, enables early stopping.", group="early_stopping")
