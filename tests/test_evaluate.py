@@ -62,6 +62,30 @@ def test_rescore_gives_the_finetunes_f1_and_the_token_mean_loss(tiny_finetuned, 
     assert result.figures["loss"] == pytest.approx(total / count, rel=1e-4)
 
 
+def test_the_finetunes_predictions_are_reused_without_loading_a_model(tiny_finetuned, tiny_preprocess_output,
+                                                                      tmp_path, monkeypatch):
+    model = tiny_finetuned["pytorch"]
+    rescored = evaluate(_config(model, tiny_preprocess_output, tmp_path / "rescored", rescore=True))
+    import trainer.inference
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(trainer.inference, "load_classifier", no_model)
+    reused = evaluate(_config(model, tiny_preprocess_output, tmp_path / "reused"))
+    assert reused.source == "finetune" and reused.sentences == rescored.sentences == 40
+    assert reused.figures == rescored.figures and reused.per_entity == rescored.per_entity  # the same scoring
+    written = (tmp_path / "reused" / "p.jsonl").read_bytes()
+    assert written == (model / "test_predictions.jsonl").read_bytes() == (tmp_path / "rescored" / "p.jsonl").read_bytes()
+    assert not list((tiny_finetuned["mlflow"] / "artifacts" / "model").glob("*predictions*"))  # not served
+    data = tmp_path / "data"  # the classes changed under the same test rows: predicted again, and refused
+    shutil.copytree(tiny_preprocess_output, data)
+    names = json.loads((data / "class_names.json").read_text())["class_names"]
+    (data / "class_names.json").write_text(json.dumps({"class_names": names + ["B-extra"]}))
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        evaluate(_config(model, data, tmp_path / "changed"))
+
+
 def test_a_different_split_is_scored_even_without_rescore(tiny_finetuned, tiny_preprocess_output, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_preprocess_output, data)

@@ -55,7 +55,8 @@ class FinetuneConfig(Params):
         artifact="Model")
     pytorch_model_folder: str = path(
         "Best model (by metric_for_best_model) at the root, one checkpoint per evaluation (weights, config, "
-        "tokenizer, optimizer, scheduler, RNG states), finetune_args.json and metrics.json.",
+        "tokenizer, optimizer, scheduler, RNG states), finetune_args.json, metrics.json and the served model's "
+        "predictions of the test split (test_predictions.jsonl; validation_predictions.jsonl without one).",
         output=True, artifact="Model")
     mlflow_model_folder: str = path("Best fine-tuned model in MLflow format.", output=True, artifact="Model")
     onnx_model_folder: Optional[str] = path(
@@ -374,9 +375,10 @@ class EvaluateConfig(Params):
                        group="evaluation")
     batch_size: int = param(16, "Inference batch size (windows are sorted by length first).", group="evaluation",
                             minimum=1)
-    rescore: bool = param(False, "Score again even when the model's fine-tune already scored this very split "
-                          "(same file content): by default its figures are reported, so a pipeline shows one test F1. "
-                          "Predictions are written either way.", group="evaluation")
+    rescore: bool = param(False, "Predict and score again even when the model's fine-tune already did so on this "
+                          "very split (same file content, same classes): by default its predictions and figures are "
+                          "reused without loading the model, so a pipeline shows one test F1 and predicts the split "
+                          "once.", group="evaluation")
 
 
 @surface

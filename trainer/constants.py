@@ -18,6 +18,7 @@ MODEL_MARKERS = ("config.json", "adapter_config.json")
 BASE_MODEL_SUBDIR = "base_model"  # beside the adapter in an unmerged LoRA fine-tune output
 FINETUNE_ARGS = "finetune_args.json"
 METRICS_FILE = "metrics.json"  # written last: its presence means the folder is complete
+PREDICTIONS_FILES = {split: f"{split}_predictions.jsonl" for split in SPLITS}  # the scored split, served-model words
 
 # object-store staging: written by the master pod after its last upload
 SUCCESS_MARKER = "_SUCCESS"

@@ -14,7 +14,6 @@ Contract (the file names the Azure ML preprocess component writes, and our own p
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,9 +22,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from trainer.constants import CLASS_NAMES_FILE, IGNORE_INDEX, PREPROCESS_ARGS_FILE, SPLIT_FILES, TOKENIZER_FILES
-from trainer.errors import InputError, preview
+from trainer.constants import IGNORE_INDEX, PREPROCESS_ARGS_FILE, SPLIT_FILES, TOKENIZER_FILES
+from trainer.errors import InputError
 from trainer.jsonio import int_lists, iter_jsonl, read_json
+from trainer.labels import load_class_names
 from trainer import schemes
 from trainer.schemes import SCHEMES
 
@@ -85,35 +85,6 @@ class PreprocessOutput:
             return schemes.detect(sequences)
         except InputError:
             return "plain"
-
-
-def load_class_names(folder: Path, preprocess_args: dict) -> list[str]:
-    """The label list, from class_names.json or an id2label mapping."""
-    path = folder / CLASS_NAMES_FILE
-    if path.exists():
-        data = read_json(path)
-        names = data.get("class_names") if isinstance(data, dict) else data
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise InputError(f'{path} must be {{"class_names": [label strings]}}')
-    else:
-        id2label = preprocess_args.get("id2label")
-        if id2label is None and (folder / "id2label.json").exists():
-            id2label = read_json(folder / "id2label.json")
-        if not isinstance(id2label, dict) or not id2label:
-            raise InputError(f"no label map in {folder}: expected class_names.json or an id2label mapping")
-        try:
-            ids = sorted(int(k) for k in id2label)
-        except ValueError:
-            raise InputError(f"id2label keys must be integers, got {list(id2label)[:5]}") from None
-        if ids != list(range(len(ids))):
-            raise InputError(f"id2label ids must be 0..{len(ids) - 1}, got {preview(ids)}")
-        names = [str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in ids]
-    if len(names) < 2:
-        raise InputError(f"the label map has {len(names)} class(es); token classification needs at least two")
-    if len(set(names)) != len(names):
-        repeated = sorted(name for name, count in Counter(names).items() if count > 1)
-        raise InputError(f"the label map repeats a label: {preview(repeated)}")
-    return names
 
 
 def _word_starts(raw: dict, where: str, n: int):

@@ -7,15 +7,19 @@ sub-token), in the tag scheme preprocess recorded: the same F1 definition the fi
 cross-entropy over those words. The windows preprocess cut from a long sentence are joined back into the sentence
 (the inference core windows it again as the served model does).
 
-The fine-tune already scored its test split (metrics.json). Evaluating that model on that same split (same file
-content, checked by its sha256) reports those figures instead of a second, possibly different, "test F1"; set
-`rescore=true` to score again. Predictions are written either way.
+The fine-tune scores its test split (else its validation split) the same way, through `predict_split` on the
+model it publishes, and publishes those predictions beside metrics.json. Evaluating that model on that same split
+(same file content, checked by its sha256, and the same classes) copies its predictions and reports its figures
+without loading the model: one test F1, and no second pass over the split. `rescore=true` predicts and scores again
+(the same code on the same model: the same figures).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +32,6 @@ from trainer.constants import METRICS_FILE, PREPROCESS_ARGS_FILE, SPLIT_FILES
 from trainer.errors import InputError
 
 logger = logging.getLogger(__name__)
-FIGURES = ("precision", "recall", "f1", "accuracy", "loss")
 
 
 @dataclass
@@ -37,9 +40,10 @@ class EvaluateResult:
     sentences: int
     figures: dict  # precision, recall, f1, accuracy, loss
     per_entity: dict = field(default_factory=dict)
-    source: str = "evaluate"  # "evaluate": scored here; "finetune": the fine-tune's figures for this split
+    source: str = "evaluate"  # "evaluate": predicted here; "finetune": the fine-tune's predictions and figures
     tag_scheme: Optional[str] = None  # what precision/recall/f1 mean: trainer.metrics.describe(tag_scheme)
     seconds: float = 0.0
+    predictions_file: Optional[str] = None  # source "finetune": the fine-tune's predictions of this split
 
 
 def split_digests(preprocess_output: str | Path, splits: list[str]) -> dict[str, str]:
@@ -77,59 +81,105 @@ def read_words(split_file: Path, class_names: list[str]) -> tuple[list[list[str]
     return words, tags
 
 
-def finetune_figures_for(model: Path, split: str, digest: str) -> Optional[tuple[dict, dict]]:
-    """(figures, per_entity) the fine-tune wrote for this very split, or None."""
-    from trainer.jsonio import read_json
-
-    path = model / METRICS_FILE
-    if not path.is_file():
-        return None
-    result = read_json(path)
-    test = result.get("test_metrics")
-    scored, prefix, metrics = (("test", "test_", test) if test
-                               else ("validation", "eval_", result.get("validation_metrics")))
-    if split != scored or (result.get("scored_splits") or {}).get(split) != digest or not metrics:
-        return None
-    figures = {name: metrics[prefix + name] for name in FIGURES if prefix + name in metrics}
-    return (figures, result.get("per_entity") or {}) if "f1" in figures else None
-
-
-def evaluate(config: EvaluateConfig) -> EvaluateResult:
-    """Predict `config.split` with `config.model`, write the predictions, and report the figures."""
+def predict_split(model: str | Path, preprocess_output: str | Path, split: str, batch_size: int,
+                  predictions: str | Path) -> EvaluateResult:
+    """Predict one split of a preprocess output with `model` on the inference core (the served code path), write the
+    predictions (atomically: a temporary sibling renamed into place) and score them. The fine-tune calls this on
+    the model it publishes, the evaluate program on any model."""
     from trainer import schemes
-    from trainer.data import load_class_names
     from trainer.inference import load_classifier
-    from trainer.jsonio import read_json, write_jsonl
+    from trainer.jsonio import read_json
+    from trainer.labels import load_class_names
 
     started = time.perf_counter()
-    data_dir = Path(config.preprocess_output)
-    split_file = data_dir / SPLIT_FILES[config.split]
-    if not split_file.exists():
-        raise InputError(f"preprocess output {data_dir} has no {config.split} split ({split_file.name}); "
-                         f"found {sorted(p.name for p in data_dir.iterdir())}")
+    data_dir = Path(preprocess_output)
+    split_file = _split_file(data_dir, split)
     args_file = data_dir / PREPROCESS_ARGS_FILE
     preprocess_args = read_json(args_file) if args_file.exists() else {}
     class_names = load_class_names(data_dir, preprocess_args)
     words, gold = read_words(split_file, class_names)
     scheme = preprocess_args.get("tag_scheme") or schemes.resolve("auto", gold)
-    classifier = load_classifier(config.model, batch_size=config.batch_size)
+    classifier = load_classifier(model, batch_size=batch_size)
     if sorted(classifier.class_names) != sorted(class_names):
-        raise InputError(f"the model in {config.model} predicts {classifier.class_names} but the preprocess output "
+        raise InputError(f"the model in {model} predicts {classifier.class_names} but the preprocess output "
                          f"has the classes {class_names}")
-    predictions = classifier.predict(words)
-    write_jsonl(config.predictions, ({"tokens": w, "tags": g, "predicted_tags": p.labels, "scores": p.scores}
-                                     for w, g, p in zip(words, gold, predictions)))
+    predicted = classifier.predict(words)
+    _write_atomic(Path(predictions), lambda path: write_predictions(path, words, gold, predicted))
+    figures, per_entity = score(gold, predicted, classifier.class_names, scheme)
+    return EvaluateResult(split=split, sentences=len(words), figures=figures, per_entity=per_entity,
+                          seconds=time.perf_counter() - started, tag_scheme=scheme)
 
-    reused = None if config.rescore else finetune_figures_for(
-        Path(config.model), config.split, split_digests(data_dir, [config.split])[config.split])
+
+def write_predictions(path: Path, words: list, gold: list, predicted: list) -> int:
+    from trainer.jsonio import write_jsonl
+
+    return write_jsonl(path, ({"tokens": w, "tags": g, "predicted_tags": p.labels, "scores": p.scores}
+                              for w, g, p in zip(words, gold, predicted)))
+
+
+def finetune_predictions_for(model: Path, preprocess_output: Path, split: str) -> Optional[EvaluateResult]:
+    """What the fine-tune that published `model` scored and predicted on this very split (same file content, same
+    classes), as an EvaluateResult whose `predictions_file` is its written predictions; None when it did not."""
+    from trainer.jsonio import read_json
+    from trainer.labels import load_class_names
+
+    path, config_file = model / METRICS_FILE, model / "config.json"
+    if not path.is_file() or not config_file.is_file():
+        return None
+    result = read_json(path)
+    scored = result.get("predictions") or {}
+    file = model / str(scored.get("file", ""))
+    if scored.get("split") != split or not scored.get("file") or not file.is_file() or "f1" not in (
+            scored.get("figures") or {}):
+        return None
+    if (result.get("scored_splits") or {}).get(split) != split_digests(preprocess_output, [split])[split]:
+        return None
+    args_file = preprocess_output / PREPROCESS_ARGS_FILE
+    preprocess_args = read_json(args_file) if args_file.exists() else {}
+    id2label = read_json(config_file).get("id2label") or {}
+    if sorted(map(str, id2label.values())) != sorted(load_class_names(preprocess_output, preprocess_args)):
+        return None  # the preprocess output's classes changed: predicting again reports the mismatch
+    return EvaluateResult(split=split, sentences=int(scored.get("sentences", 0)), figures=dict(scored["figures"]),
+                          per_entity=result.get("per_entity") or {}, source="finetune",
+                          tag_scheme=preprocess_args.get("tag_scheme") or result.get("tag_scheme"),
+                          predictions_file=str(file))
+
+
+def evaluate(config: EvaluateConfig) -> EvaluateResult:
+    """Write the predictions of `config.split` by `config.model` and report its figures: the fine-tune's own
+    predictions and figures when it scored this very split (no model is loaded then), else predicted here."""
+    started = time.perf_counter()
+    data_dir = Path(config.preprocess_output)
+    _split_file(data_dir, config.split)
+    reused = None if config.rescore else finetune_predictions_for(Path(config.model), data_dir, config.split)
     if reused is not None:
-        (figures, per_entity), source = reused, "finetune"
+        _write_atomic(Path(config.predictions), lambda path: shutil.copyfile(reused.predictions_file, path))
+        result = reused
     else:
-        (figures, per_entity), source = score(gold, predictions, classifier.class_names, scheme), "evaluate"
-    seconds = time.perf_counter() - started
-    logger.info("%s split, %d sentences (%s figures, %.1f s): %s", config.split, len(words), source, seconds, figures)
-    return EvaluateResult(split=config.split, sentences=len(words), figures=figures, per_entity=per_entity,
-                          source=source, seconds=seconds, tag_scheme=scheme)
+        result = predict_split(config.model, data_dir, config.split, config.batch_size, config.predictions)
+    result.seconds = time.perf_counter() - started
+    logger.info("%s split, %d sentences (%s figures and predictions, %.1f s): %s", config.split, result.sentences,
+                result.source, result.seconds, result.figures)
+    return result
+
+
+def _split_file(data_dir: Path, split: str) -> Path:
+    split_file = data_dir / SPLIT_FILES[split]
+    if not split_file.exists():
+        raise InputError(f"preprocess output {data_dir} has no {split} split ({split_file.name}); "
+                         f"found {sorted(p.name for p in data_dir.iterdir())}")
+    return split_file
+
+
+def _write_atomic(path: Path, write) -> None:
+    """`write(tmp)` into a temporary sibling of `path`, then rename it into place (nothing half-written is seen)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.incomplete")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def score(gold: list[list[str]], predictions: list, class_names: list[str],

@@ -36,6 +36,9 @@ class FinetuneResult:
     tag_scheme: Optional[str] = None  # what precision/recall/f1 mean: trainer.metrics.describe(tag_scheme)
     onnx_export: dict = field(default_factory=dict)  # filled when onnx_model_folder is given
     scored_splits: dict = field(default_factory=dict)  # split -> sha256 of the file scored above
+    # the split the published model was scored on through the inference core (test, else validation): its
+    # predictions file beside metrics.json, sentences, seconds and figures (trainer.evaluate.predict_split)
+    predictions: dict = field(default_factory=dict)
 
 
 def best_validation_metrics(trainer) -> Optional[dict]:
@@ -63,11 +66,12 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     """Fine-tune per `config`; returns the best model's metrics. Raises ConfigError/InputError on bad input."""
     import contextlib
 
-    from trainer.distributed import is_main_process, pin_deepspeed_accelerator
+    from trainer.distributed import defer_deepspeed_import, is_main_process, pin_deepspeed_accelerator
     from trainer.lock import FolderLock
     from trainer.outputs import validate_outputs
 
     pin_deepspeed_accelerator()
+    defer_deepspeed_import()
     data, model_dir, deepspeed_config = prepare(config)
     # One run per output folder: the main process holds its lock until the outputs are published.
     with FolderLock(config.pytorch_model_folder) if is_main_process() else contextlib.nullcontext():
@@ -100,7 +104,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     from trainer.evaluate import split_digests
     from trainer.hf_trainer import CheckpointManifestCallback, TokenClassificationTrainer
     from trainer.lora import apply_lora
-    from trainer.metrics import ids_and_losses, make_compute_metrics, split_scores
+    from trainer.metrics import ids_and_losses, make_compute_metrics
     from trainer.modeling import load_model
     from trainer.outputs import publish
     from trainer.progress import ProgressCallback, ProgressMeter
@@ -160,24 +164,21 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
 
     validation_metrics = best_validation_metrics(trainer) or trainer.evaluate(data.validation,
                                                                                metric_key_prefix="eval")
-    scored = data.test if data.test is not None else data.validation
-    prediction = trainer.predict(scored, metric_key_prefix="test" if data.test is not None else "eval")
-
     result = FinetuneResult(
         pytorch_model_folder=config.pytorch_model_folder,
         mlflow_model_folder=config.mlflow_model_folder,
         best_checkpoint=trainer.state.best_model_checkpoint,
         best_metric=trainer.state.best_metric,
         validation_metrics=validation_metrics,
-        test_metrics=prediction.metrics if data.test is not None else None,
-        per_entity=split_scores(prediction.predictions, prediction.label_ids, data.class_names, data.tag_scheme,
-                                scored)[1],
+        test_metrics=None,  # publishing scores the published model on the test split (trainer.outputs)
+        per_entity={},
         train_runtime=train_runtime,
         train_samples=len(data.train),
         train_tokens=data.train.num_tokens,
         train_metrics=train_output.metrics,
         tag_scheme=trainer.compute_metrics.scheme,
         scored_splits=split_digests(config.preprocess_output, ["validation"] + (["test"] if data.test else [])),
+        predictions={"split": "test" if data.test is not None else "validation"},
     )
     publish(trainer, config, model_dir, data.class_names, result)
     return result

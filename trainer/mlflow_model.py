@@ -33,11 +33,14 @@ import pandas as pd
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
+from trainer.constants import PREDICTIONS_FILES
+
 SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas")
 MODEL_ARTIFACT = "model"
 INPUT_EXAMPLE = ["Alice lives in Paris .", "Nothing to see here"]
 # Files of a pytorch_model_folder that are not the served model.
-NOT_SERVED = ("checkpoint-", ".", "finetune_args.json", "metrics.json", "training_args.bin", "runs")
+NOT_SERVED = ("checkpoint-", ".", "finetune_args.json", "metrics.json", "training_args.bin", "runs",
+              *PREDICTIONS_FILES.values())
 # One prediction (Prediction.to_dict). mlflow cannot declare an array's items nullable: `scores` is optional, and its
 # None items (unscored words) pass mlflow's checks.
 OUTPUT_SCHEMA = Schema([

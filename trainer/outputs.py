@@ -5,7 +5,8 @@ Order (nothing that looks whole before it is, no stale result beside a new one):
 every rank (ZeRO-3 gathers its shards), then the main process removes what an earlier publication left
 (`metrics.json` first), adds the tokenizer (every variant carries its own), moves the new model into
 `pytorch_model_folder` (weights last), stages the MLflow model and the ONNX export beside their targets and renames
-them into place (replacing the ones this folder published before, if a killed run left them), and finally writes
+them into place (replacing the ones this folder published before, if a killed run left them), scores the published
+model on the test split through the inference core (its predictions file beside the model), and finally writes
 `metrics.json`: a folder without it is not a finished run. Every output is self-contained: an unmerged LoRA
 output's adapter_config.json names its own `base_model/`.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from trainer.checkpoints import CHECKPOINT_RE, list_checkpoints
 from trainer.config import FinetuneConfig
-from trainer.constants import BASE_MODEL_SUBDIR, FINETUNE_ARGS, METRICS_FILE
+from trainer.constants import BASE_MODEL_SUBDIR, FINETUNE_ARGS, METRICS_FILE, PREDICTIONS_FILES
 from trainer.errors import InputError
 from trainer.jsonio import read_json
 from trainer.modeling import load_model, plain_loading
@@ -88,6 +89,7 @@ def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, m
     write_json_atomic(stage / FINETUNE_ARGS, config.to_dict())
     remove_published(root, METRICS_FILE, keep=_not_published)  # an earlier publication's results go first
     publish_into(stage, root)
+    score_published(root, config, result)
     mlflow_stage = staging_dir(config.mlflow_model_folder)
     shutil.rmtree(mlflow_stage)  # mlflow wants to create the folder itself
     save_mlflow_model(root, mlflow_stage)
@@ -97,6 +99,26 @@ def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, m
     write_json_atomic(root / METRICS_FILE, asdict(result))  # last: its presence means the folder is complete
     logger.info("best model: %s (%s=%s); outputs in %s and %s", result.best_checkpoint,
                 config.metric_for_best_model, result.best_metric, root, config.mlflow_model_folder)
+
+
+def score_published(root: Path, config: FinetuneConfig, result) -> None:
+    """Score the published model on `result.predictions["split"]` through the inference core, exactly as the
+    evaluate program does (trainer.evaluate.predict_split): its figures become the test figures and per-entity
+    table, its predictions are published beside metrics.json, so evaluating this model on this split reuses both."""
+    from trainer.evaluate import predict_split
+
+    split = result.predictions["split"]
+    name = PREDICTIONS_FILES[split]
+    scored = predict_split(root, config.preprocess_output, split, config.per_device_eval_batch_size, root / name)
+    result.per_entity = scored.per_entity
+    result.predictions.update(file=name, sentences=scored.sentences, seconds=round(scored.seconds, 3),
+                              figures=scored.figures)
+    if split == "test":
+        result.test_metrics = {**{f"test_{k}": v for k, v in scored.figures.items()},
+                               "test_runtime": round(scored.seconds, 4),
+                               "test_samples_per_second": round(scored.sentences / max(scored.seconds, 1e-9), 3)}
+    logger.info("%s split scored on the published model (inference core, %d sentences, %.1f s): f1 %.4f", split,
+                scored.sentences, scored.seconds, scored.figures["f1"])
 
 
 def _not_published(path: Path) -> bool:

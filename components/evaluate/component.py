@@ -38,9 +38,9 @@ def evaluate(
         report: Markdown report with the overall figures and the per-entity (per-tag) table.
         split: Which split to evaluate. One of test, validation, train.
         batch_size: Inference batch size (windows are sorted by length first). Must be >= 1.
-        rescore: Score again even when the model's fine-tune already scored this very split (same file content): by
-            default its figures are reported, so a pipeline shows one test F1. Predictions are written either way.
-            One of true, false.
+        rescore: Predict and score again even when the model's fine-tune already did so on this very split (same
+            file content, same classes): by default its predictions and figures are reused without loading the
+            model, so a pipeline shows one test F1 and predicts the split once. One of true, false.
 
     Returns:
         f1: Micro F1 of the tag scheme (entities for span tags, tags other than O for plain tags).

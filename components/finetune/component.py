@@ -78,7 +78,9 @@ def finetune(
         model_selector_output: Output folder of the model import component: model files and
             model_selector_args.json.
         pytorch_model_folder: Best model (by metric_for_best_model) at the root, one checkpoint per evaluation
-            (weights, config, tokenizer, optimizer, scheduler, RNG states), finetune_args.json and metrics.json.
+            (weights, config, tokenizer, optimizer, scheduler, RNG states), finetune_args.json, metrics.json and the
+            served model's predictions of the test split (test_predictions.jsonl; validation_predictions.jsonl
+            without one).
         mlflow_model_folder: Best fine-tuned model in MLflow format.
         onnx_model_folder: Best model exported to ONNX (model.onnx with dynamic batch and sequence axes, tokenizer,
             label map, onnx_export.json); written when given and export_onnx=true (in KFP it is always given).
