@@ -69,6 +69,19 @@ def _check_outputs(out: Path, expected_steps: list[int]) -> dict:
     return metrics
 
 
+def test_a_run_without_deepspeed_never_imports_it(tmp_path, tiny_preprocess_output, tiny_model_selector):
+    """accelerate 1.15 imports DeepSpeed in every Trainer.__init__ when it is installed (~3 s of each fine-tune);
+    trainer.distributed.defer_deepspeed_import keeps a run without it from paying that."""
+    flags = _trainer_flags(tiny_preprocess_output, tiny_model_selector, tmp_path, "--max_steps", "2")
+    flags.remove("--apply_deepspeed")
+    flags.remove("true")
+    code = ("import sys\nfrom trainer.cli import finetune_main\nstatus = finetune_main(sys.argv[1:])\n"
+            "print('deepspeed imported:', 'deepspeed' in sys.modules)\nsys.exit(status)")
+    done = _run([sys.executable, "-c", code, *flags[2:]], tmp_path)
+    assert "deepspeed imported: False" in done.stdout, done.stdout[-2000:]
+    assert (tmp_path / "pytorch" / "metrics.json").is_file()
+
+
 def test_deepspeed_single_process_default_config(tmp_path, tiny_preprocess_output, tiny_model_selector):
     _run([sys.executable, *_trainer_flags(tiny_preprocess_output, tiny_model_selector, tmp_path,
                                           "--per_device_train_batch_size", "16", "--num_train_epochs", "8")], tmp_path)
