@@ -4,10 +4,10 @@ metrics.json last.
 Order (nothing that looks whole before it is, no stale result beside a new one): the best model is staged on
 every rank (ZeRO-3 gathers its shards), then the main process removes what an earlier publication left
 (`metrics.json` first), adds the tokenizer (every variant carries its own), moves the new model into
-`pytorch_model_folder` (weights last), stages the MLflow model and the ONNX export beside their targets and renames
-them into place (replacing the ones this folder published before, if a killed run left them), scores the published
-model on the test split through the inference core (its predictions file beside the model), and finally writes
-`metrics.json`: a folder without it is not a finished run. Every output is self-contained: an unmerged LoRA
+`pytorch_model_folder` (weights last), scores that published model on the test split through the inference core
+(its predictions beside it: what the evaluate step reuses), stages the MLflow model and the ONNX export beside their
+targets and renames them into place (replacing the ones this folder published before, if a killed run left them),
+and finally writes `metrics.json`: a folder without it is not a finished run. Every output is self-contained: an unmerged LoRA
 output's adapter_config.json names its own `base_model/`.
 """
 
