@@ -73,8 +73,7 @@ def test_a_run_without_deepspeed_never_imports_it(tmp_path, tiny_preprocess_outp
     """accelerate 1.15 imports DeepSpeed in every Trainer.__init__ when it is installed (~3 s of each fine-tune);
     trainer.distributed.defer_deepspeed_import keeps a run without it from paying that."""
     flags = _trainer_flags(tiny_preprocess_output, tiny_model_selector, tmp_path, "--max_steps", "2")
-    flags.remove("--apply_deepspeed")
-    flags.remove("true")
+    flags[flags.index("--apply_deepspeed") + 1] = "false"
     code = ("import sys\nfrom trainer.cli import finetune_main\nstatus = finetune_main(sys.argv[1:])\n"
             "print('deepspeed imported:', 'deepspeed' in sys.modules)\nsys.exit(status)")
     done = _run([sys.executable, "-c", code, *flags[2:]], tmp_path)

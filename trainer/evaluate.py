@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 from trainer.config import EvaluateConfig
 from trainer.constants import METRICS_FILE, PREPROCESS_ARGS_FILE, SPLIT_FILES
 from trainer.errors import InputError
+from trainer.publish import write_file_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +88,12 @@ def predict_split(model: str | Path, preprocess_output: str | Path, split: str, 
     the model it publishes, the evaluate program on any model."""
     from trainer import schemes
     from trainer.inference import load_classifier
-    from trainer.jsonio import read_json
     from trainer.labels import load_class_names
 
     started = time.perf_counter()
     data_dir = Path(preprocess_output)
     split_file = _split_file(data_dir, split)
-    args_file = data_dir / PREPROCESS_ARGS_FILE
-    preprocess_args = read_json(args_file) if args_file.exists() else {}
+    preprocess_args = _preprocess_args(data_dir)
     class_names = load_class_names(data_dir, preprocess_args)
     words, gold = read_words(split_file, class_names)
     scheme = preprocess_args.get("tag_scheme") or schemes.resolve("auto", gold)
@@ -104,7 +102,7 @@ def predict_split(model: str | Path, preprocess_output: str | Path, split: str, 
         raise InputError(f"the model in {model} predicts {classifier.class_names} but the preprocess output "
                          f"has the classes {class_names}")
     predicted = classifier.predict(words)
-    _write_atomic(Path(predictions), lambda path: write_predictions(path, words, gold, predicted))
+    write_file_atomic(predictions, lambda path: write_predictions(path, words, gold, predicted))
     figures, per_entity = score(gold, predicted, classifier.class_names, scheme)
     return EvaluateResult(split=split, sentences=len(words), figures=figures, per_entity=per_entity,
                           seconds=time.perf_counter() - started, tag_scheme=scheme)
@@ -128,14 +126,14 @@ def finetune_predictions_for(model: Path, preprocess_output: Path, split: str) -
         return None
     result = read_json(path)
     scored = result.get("predictions") or {}
-    file = model / str(scored.get("file", ""))
-    if scored.get("split") != split or not scored.get("file") or not file.is_file() or "f1" not in (
-            scored.get("figures") or {}):
+    if scored.get("split") != split or not scored.get("file") or "f1" not in (scored.get("figures") or {}):
+        return None
+    file = model / scored["file"]
+    if not file.is_file():
         return None
     if (result.get("scored_splits") or {}).get(split) != split_digests(preprocess_output, [split])[split]:
         return None
-    args_file = preprocess_output / PREPROCESS_ARGS_FILE
-    preprocess_args = read_json(args_file) if args_file.exists() else {}
+    preprocess_args = _preprocess_args(preprocess_output)
     id2label = read_json(config_file).get("id2label") or {}
     if sorted(map(str, id2label.values())) != sorted(load_class_names(preprocess_output, preprocess_args)):
         return None  # the preprocess output's classes changed: predicting again reports the mismatch
@@ -153,7 +151,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     _split_file(data_dir, config.split)
     reused = None if config.rescore else finetune_predictions_for(Path(config.model), data_dir, config.split)
     if reused is not None:
-        _write_atomic(Path(config.predictions), lambda path: shutil.copyfile(reused.predictions_file, path))
+        write_file_atomic(config.predictions, lambda path: shutil.copyfile(reused.predictions_file, path))
         result = reused
     else:
         result = predict_split(config.model, data_dir, config.split, config.batch_size, config.predictions)
@@ -163,23 +161,19 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     return result
 
 
+def _preprocess_args(data_dir: Path) -> dict:
+    from trainer.jsonio import read_json
+
+    args_file = data_dir / PREPROCESS_ARGS_FILE
+    return read_json(args_file) if args_file.exists() else {}
+
+
 def _split_file(data_dir: Path, split: str) -> Path:
     split_file = data_dir / SPLIT_FILES[split]
     if not split_file.exists():
         raise InputError(f"preprocess output {data_dir} has no {split} split ({split_file.name}); "
                          f"found {sorted(p.name for p in data_dir.iterdir())}")
     return split_file
-
-
-def _write_atomic(path: Path, write) -> None:
-    """`write(tmp)` into a temporary sibling of `path`, then rename it into place (nothing half-written is seen)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.incomplete")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def score(gold: list[list[str]], predictions: list, class_names: list[str],

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from trainer.errors import InputError
 
@@ -19,23 +20,32 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 PUBLISHED_RECORD = ".published.json"  # in a model folder: the outputs it published beside itself (publish_output)
 
 
-def write_json_atomic(path: str | Path, data: object) -> None:
-    """Write JSON to a temporary sibling, then rename it over `path` (readable by all, like any other output);
-    a failed write (e.g. a full disk) leaves no temporary file behind."""
+def write_file_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` fills a temporary sibling of `path`, which is then synced, made readable by all (like any other
+    output) and renamed over `path`; a failed write (e.g. a full disk) leaves no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                     encoding="utf-8") as handle:
-        tmp = handle.name
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
         try:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.fchmod(handle.fileno(), 0o644)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    os.replace(tmp, path)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: object) -> None:
+    """Write JSON atomically (`write_file_atomic`)."""
+    write_file_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str),
+                                                      encoding="utf-8"))
 
 
 def staging_dir(target: str | Path) -> Path:
