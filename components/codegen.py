@@ -126,8 +126,10 @@ def render_component(defn: ComponentDef) -> str:
         f"def {defn.name}(\n{signature},\n){returns}:",
         *doc,
         f"    from {defn.runtime} import run",
+        "    from trainer.process_exit import exits_after",
         "",
-        "    return run(**locals())",
+        "    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen",
+        "        return run(**locals())",
     ]
     for name, expr in defn.default_exprs.items():
         lines += ["", "", f"# The compiled default of `{name}` (a function default cannot name it: KFP runs the "

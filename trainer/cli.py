@@ -70,6 +70,10 @@ def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]]
     shown = show(result)
     if shown is not None:
         print(json.dumps(asdict(shown) if is_dataclass(shown) else shown, indent=2, default=str))
+    if argv is None:  # the process's own command line (a console script, python -m trainer): it exits next
+        from trainer.process_exit import freeze_for_exit
+
+        freeze_for_exit()
     return 0
 
 

@@ -38,5 +38,7 @@ def data_import(
             AWS_ENDPOINT_URL, else AWS.
     """
     from components.data_import.runtime import run
+    from trainer.process_exit import exits_after
 
-    return run(**locals())
+    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+        return run(**locals())

@@ -150,5 +150,7 @@ def finetune(
             Default: deepspeed_preset.
     """
     from components.finetune.runtime import run
+    from trainer.process_exit import exits_after
 
-    return run(**locals())
+    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+        return run(**locals())

@@ -231,8 +231,10 @@ def finetune_pytorchjob(
             Default: deepspeed_preset.
     """
     from components.finetune_pytorchjob.runtime import run
+    from trainer.process_exit import exits_after
 
-    return run(**locals())
+    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+        return run(**locals())
 
 
 # The compiled default of `image` (a function default cannot name it: KFP runs the function's source alone).

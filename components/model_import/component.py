@@ -45,5 +45,7 @@ def model_import(
             an MLflow transformers model folder; alternative to model_path / mlflow_model_path.
     """
     from components.model_import.runtime import run
+    from trainer.process_exit import exits_after
 
-    return run(**locals())
+    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+        return run(**locals())

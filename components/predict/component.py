@@ -50,5 +50,7 @@ def predict(
         entities: Number of entities found.
     """
     from components.predict.runtime import run
+    from trainer.process_exit import exits_after
 
-    return run(**locals())
+    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+        return run(**locals())

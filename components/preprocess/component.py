@@ -87,5 +87,7 @@ def preprocess(
             precision/recall/f1 mean.
     """
     from components.preprocess.runtime import run
+    from trainer.process_exit import exits_after
 
-    return run(**locals())
+    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+        return run(**locals())

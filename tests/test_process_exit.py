@@ -1,0 +1,79 @@
+"""trainer.process_exit: a step's process collects its garbage, then freezes the survivors before it exits; every
+generated component body and every program's own command line does it. Each check runs in a fresh process (a frozen
+collector would outlive the test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from components.definitions import COMPONENTS
+
+
+def run_python(code: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_garbage_is_collected_before_the_survivors_are_frozen(tmp_path):
+    flag = tmp_path / "finalized"
+    out = run_python(f"""
+        import gc, json
+        from trainer.process_exit import exits_after
+
+        class Node:
+            def __del__(self):
+                open({str(flag)!r}, "w").close()  # a finalizer that must still run, e.g. a file being closed
+
+        gc.disable()  # no automatic collection: only exits_after's can find the cycle
+        node = Node(); node.me = node; del node
+        with exits_after():
+            pass
+        print(json.dumps({{"frozen": gc.get_freeze_count()}}))
+    """)
+    assert flag.exists()
+    assert out["frozen"] > 1000  # the interpreter's own objects, now out of the collector's reach
+
+
+def test_every_component_body_freezes_the_collector_when_it_returns():
+    names = [defn.name for defn in COMPONENTS]
+    out = run_python(f"""
+        import gc, importlib, inspect, json
+        frozen = {{}}
+        for name in {names!r}:
+            runtime = importlib.import_module(f"components.{{name}}.runtime")
+            runtime.run = lambda **args: None  # the body without its work
+            component = getattr(importlib.import_module(f"components.{{name}}.component"), name)
+            func = component.python_func
+            gc.unfreeze()
+            func(**{{p: None for p in inspect.signature(func).parameters}})
+            frozen[name] = gc.get_freeze_count()
+        print(json.dumps(frozen))
+    """)
+    assert set(out) == set(names)
+    assert all(count > 1000 for count in out.values()), out
+
+
+def test_a_programs_own_command_line_freezes_the_collector(tmp_path):
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "train.conll").write_text("Paris B-LOC\nis O\n\n", encoding="utf-8")
+    out = run_python(f"""
+        import gc, json, sys
+        from trainer import cli
+
+        sys.argv = ["token-classification-data-import", "--data_uri", {str(source)!r},
+                    "--data_output", {str(tmp_path / "out")!r}]
+        frozen_before = gc.get_freeze_count()
+        rc = cli.data_import_main()  # argv None: the process's own command line
+        frozen_after = gc.get_freeze_count()
+        gc.unfreeze()
+        rc_call = cli.data_import_main(["--data_uri", {str(source)!r}, "--data_output", {str(tmp_path / "out2")!r}])
+        print(json.dumps({{"rc": rc, "before": frozen_before, "after": frozen_after, "rc_call": rc_call,
+                          "after_call": gc.get_freeze_count()}}))
+    """)
+    assert out["rc"] == 0 and out["before"] == 0 and out["after"] > 1000
+    assert out["rc_call"] == 0 and out["after_call"] == 0  # called as a function (argv given): nothing frozen
