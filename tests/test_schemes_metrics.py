@@ -52,6 +52,44 @@ def test_same_spans_score_the_same_in_every_span_scheme(scheme):
     assert overall["accuracy"] == pytest.approx(sum(t == p for t, p in flat) / len(flat))
 
 
+@pytest.mark.parametrize("scheme", ["iob2", "bioes", "bilou"])
+def test_span_scores_are_seqevals_strict_micro_scores(scheme):
+    """Random tag lists (invalid sequences, sentences without spans, all-O predictions included): the overall
+    figures equal seqeval's own precision_score / recall_score / f1_score in strict mode."""
+    from seqeval import metrics as seqeval_metrics
+
+    from trainer.schemes import seqeval_scheme
+
+    rng = np.random.default_rng(7)
+    prefixes = {"iob2": "BI", "bioes": "BIES", "bilou": "BILU"}[scheme]
+    tags = ["O"] + [f"{p}-{t}" for p in prefixes for t in ("PER", "LOC")]
+    kwargs = {"mode": "strict", "scheme": seqeval_scheme(scheme), "zero_division": 0}
+    for trial in range(30):
+        true = [list(rng.choice(tags, size=rng.integers(1, 9))) for _ in range(rng.integers(1, 6))]
+        pred = [["O"] * len(t) for t in true] if trial % 5 == 0 else [list(rng.choice(tags, size=len(t))) for t in true]
+        overall, _ = scores(true, pred, scheme)
+        assert overall["precision"] == seqeval_metrics.precision_score(true, pred, **kwargs)
+        assert overall["recall"] == seqeval_metrics.recall_score(true, pred, **kwargs)
+        assert overall["f1"] == seqeval_metrics.f1_score(true, pred, **kwargs)
+
+
+def test_span_scores_read_each_tag_list_once(monkeypatch):
+    """Scoring a split reads the spans of the gold and of the predicted tags once each (not once per figure)."""
+    import seqeval.metrics.v1 as seqeval_v1
+
+    made = []
+    real = seqeval_v1.Entities
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seqeval_v1, "Entities", counting)
+    overall, per_label = scores(render(GOLD, "iob2"), render(PRED, "iob2"), "iob2")
+    assert overall["f1"] == pytest.approx(0.5) and per_label["PER"]["f1"] == pytest.approx(0.8)
+    assert len(made) == 2
+
+
 def test_iob1_is_converted_not_read_as_iob2():
     true = render(GOLD, "iob1")
     assert true[0][:3] == ["I-PER", "I-PER", "B-PER"]

@@ -35,11 +35,12 @@ def _span_scores(true: list[list[str]], pred: list[list[str]], scheme: str) -> t
 
     if scheme == "iob1":
         true, pred = [schemes.iob1_to_iob2(t) for t in true], [schemes.iob1_to_iob2(p) for p in pred]
-    kwargs = {"mode": "strict", "scheme": schemes.seqeval_scheme(scheme), "zero_division": 0}
-    overall = {"precision": seqeval_metrics.precision_score(true, pred, **kwargs),
-               "recall": seqeval_metrics.recall_score(true, pred, **kwargs),
-               "f1": seqeval_metrics.f1_score(true, pred, **kwargs)}
-    report = seqeval_metrics.classification_report(true, pred, output_dict=True, **kwargs)
+    # One report: seqeval 1.2.2 reads the spans of both tag lists once for it, and its "micro avg" row is what
+    # precision_score / recall_score / f1_score return (each of which would read all the spans again).
+    report = seqeval_metrics.classification_report(true, pred, output_dict=True, mode="strict",
+                                                   scheme=schemes.seqeval_scheme(scheme), zero_division=0)
+    micro = report["micro avg"]
+    overall = {"precision": micro["precision"], "recall": micro["recall"], "f1": micro["f1-score"]}
     per_label = {name: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
                         "number": int(v["support"])} for name, v in report.items() if not name.endswith(" avg")}
     return overall, per_label
