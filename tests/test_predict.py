@@ -122,3 +122,39 @@ def test_bad_paths_are_exit_2(tiny_finetuned, tmp_path, capsys):
         rc, _, err = _run(capsys, *[x for pair in values.items() for x in pair])
         assert rc == 2 and message in err, (argv, err)
     assert data.read_text() == "alice\n" and not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_prediction_that_fails_half_way_leaves_no_output_and_no_temporary(tiny_finetuned, tmp_path, capsys,
+                                                                           monkeypatch):
+    """The predictions appear whole or not at all: a model failing on its second chunk of inputs leaves neither the
+    target nor a temporary file beside it, and an earlier complete file stays as it was."""
+    import trainer.inference
+    import trainer.predict
+
+    data = tmp_path / "data.txt"
+    data.write_text("alice lives in paris .\nbob works in rome .\ncarol .\n", encoding="utf-8")
+    out = tmp_path / "out" / "predictions.jsonl"
+    argv = ("--model", str(tiny_finetuned["pytorch"]), "--data", str(data), "--predictions", str(out))
+    assert _run(capsys, *argv)[0] == 0
+    before = out.read_bytes()
+    real = trainer.inference.load_classifier
+
+    def failing_on_the_second_chunk(*args, **kwargs):
+        classifier, calls = real(*args, **kwargs), []
+        predict = classifier.predict
+
+        def flaky(items):
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device")
+            return predict(items)
+
+        classifier.predict = flaky
+        return classifier
+
+    monkeypatch.setattr(trainer.inference, "load_classifier", failing_on_the_second_chunk)
+    monkeypatch.setattr(trainer.predict, "CHUNK", 2)  # three inputs: two chunks
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 1 and "No space left on device" in err, err
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["predictions.jsonl"]

@@ -244,6 +244,31 @@ def test_data_in_an_object_store_is_imported(tmp_path, s3, layout):
     assert (out / "train.conll").read_bytes() == (local / "train.conll").read_bytes()
 
 
+def test_a_downloaded_object_appears_whole_and_readable_or_not_at_all(tmp_path):
+    """objstore.download_file: the object lands complete, readable by all (0644, like every other output, whatever
+    user the next step runs as); a download failing half-way leaves neither the file nor a temporary beside it."""
+    from trainer import objstore
+
+    class Client:
+        def __init__(self, fail: bool):
+            self.fail = fail
+
+        def download_file(self, bucket, key, filename):
+            with open(filename, "w", encoding="utf-8") as handle:
+                handle.write("half" if self.fail else f"{bucket}/{key}")
+            if self.fail:
+                raise ConnectionError("connection reset")
+
+    uri = objstore.parse_uri("s3://bucket/data/train.conll", "data_uri")
+    target = tmp_path / "in" / "train.conll"
+    objstore.download_file(Client(fail=False), uri, target)
+    assert target.read_text(encoding="utf-8") == "bucket/data/train.conll"
+    assert target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ConnectionError):
+        objstore.download_file(Client(fail=True), uri, tmp_path / "in" / "test.conll")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["train.conll"]
+
+
 def test_data_on_a_pvc_path_is_copied_and_an_empty_folder_is_refused(tmp_path):
     from trainer.config import DataImportConfig
     from trainer.data_import import data_import

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Optional
 
 from trainer.errors import InputError
 from trainer.input_tree import iter_files
+from trainer.publish import write_file_atomic
 
 SCHEME = "s3://"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -195,17 +196,8 @@ def upload_tree(client: Any, local_dir: str | Path, uri: S3Uri, *, last: tuple[s
 
 
 def download_file(client: Any, uri: S3Uri, path: str | Path) -> None:
-    """Download the single object `uri` to `path` (through a temporary sibling and a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        client.download_file(uri.bucket, uri.prefix, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Download the single object `uri` to `path` (`write_file_atomic`: a temporary sibling, synced, renamed)."""
+    write_file_atomic(path, lambda tmp: client.download_file(uri.bucket, uri.prefix, str(tmp)))
 
 
 def download_tree(client: Any, uri: S3Uri, local_dir: str | Path, *, exclude: tuple[str, ...] = ()) -> int:

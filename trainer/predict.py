@@ -16,13 +16,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Iterator
 
 from trainer.config import PredictConfig
 from trainer.errors import InputError
+from trainer.publish import write_file_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +122,18 @@ def predict(config: PredictConfig) -> dict:
     started = time.perf_counter()
     classifier = load_classifier(config.model, device=config.device, batch_size=config.batch_size,
                                  max_length=config.max_length or None, stride=config.stride)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.incomplete")
     words = entities = 0
-    with partial.open("w", encoding="utf-8") as handle:
-        for chunk in _chunks(read_inputs(config), CHUNK):
-            for (row_id, _), prediction in zip(chunk, classifier.predict([item for _, item in chunk])):
-                words += len(prediction.words)
-                entities += len(prediction.entities)
-                handle.write(json.dumps({"id": row_id, **prediction.to_dict()}, ensure_ascii=False) + "\n")
-    os.replace(partial, target)
+
+    def write(path: Path) -> None:
+        nonlocal words, entities
+        with path.open("w", encoding="utf-8") as handle:
+            for chunk in _chunks(read_inputs(config), CHUNK):
+                for (row_id, _), prediction in zip(chunk, classifier.predict([item for _, item in chunk])):
+                    words += len(prediction.words)
+                    entities += len(prediction.entities)
+                    handle.write(json.dumps({"id": row_id, **prediction.to_dict()}, ensure_ascii=False) + "\n")
+
+    write_file_atomic(target, write)  # a failure half-way leaves neither the output nor a temporary file
     seconds = time.perf_counter() - started
     summary = {"rows": rows, "words": words, "entities": entities, "model_format": kind,
                "seconds": round(seconds, 2), "predictions": str(target)}
