@@ -14,12 +14,11 @@ logger = logging.getLogger("components")
 
 
 def config_from_args(config_cls, args: dict[str, Any]):
-    """The typed config of a component call: artifacts become their local paths, absent ones None. Its folders are
-    checked as the programs' CLIs check them (`trainer.validation.check_io`: links out of an input, outputs inside
-    inputs, writability) before the program runs."""
+    """The typed config of a component call: artifacts become their local paths, absent ones None. The program it
+    is handed to checks its folders first (`trainer.validation.check_io`: links out of an input, outputs inside
+    inputs, writability), as it does under its CLI or from Python."""
     from trainer.cli import configure_logging
     from trainer.params import is_path
-    from trainer.validation import check_io
 
     configure_logging()
     values = {}
@@ -28,7 +27,6 @@ def config_from_args(config_cls, args: dict[str, Any]):
         values[f.name] = getattr(value, "path", value) if is_path(f) and value is not None else value
     config = config_cls(**values)
     logger.info("%s:\n%s", config_cls.__name__, config.to_json())
-    check_io(config)
     return config
 
 

@@ -48,7 +48,7 @@ from launcher.watch import BACKENDS, Backend, JobFailed, Watcher, create_job, de
 from trainer.booleans import bool_text
 from trainer.config import FinetuneConfig
 from trainer.errors import ConfigError
-from trainer.validation import check_links, validate_inputs
+from trainer.validation import check_io, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,8 @@ def plan(config: LaunchConfig, finetune: FinetuneConfig, options: Optional[Launc
         path = getattr(finetune, name)
         if not path or not Path(path).is_dir():
             raise LaunchConfigError(f"{name} {path!r} is not a folder")
-    check_links(finetune)  # the input folders as the trainer checks them: bad data fails here, not in the pods
-    validate_inputs(finetune)
+    check_io(finetune)  # the folders as the trainer checks them (links out of an input, where the outputs go)
+    validate_inputs(finetune)  # and their content: bad data fails here, not in the pods
     deepspeed_json = None
     if finetune.deepspeed:  # the pods read it from the staged run
         from trainer.deepspeed_config import load_deepspeed_config

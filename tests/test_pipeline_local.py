@@ -139,26 +139,64 @@ def test_every_help_explains_each_option_once(capsys):
 
 
 def test_a_component_checks_its_folders_as_the_cli_does(tmp_path, tiny_finetuned, tiny_preprocess_output):
-    """In KFP the programs run without their CLI: the component checks its folders the same way (a link out of an
-    input artifact is refused before the program runs)."""
+    """In KFP the programs run without their CLI: the component's body hands its config to the program, which checks
+    its folders first as it does under its CLI (a link out of an input artifact is refused before anything is
+    loaded or written)."""
     import shutil
     from types import SimpleNamespace
 
-    from components.runtime import config_from_args
-    from trainer.config import EvaluateConfig
+    from components.evaluate.runtime import run
     from trainer.errors import InputError
 
     data = tmp_path / "preprocess_output"
     shutil.copytree(tiny_preprocess_output, data)
     secret = tmp_path / "elsewhere.txt"
     secret.write_text("not part of the artifact\n")
-    args = {"model": SimpleNamespace(path=str(tiny_finetuned["pytorch"])),
-            "preprocess_output": SimpleNamespace(path=str(data)),
-            "predictions": SimpleNamespace(path=str(tmp_path / "out" / "predictions"))}
-    assert config_from_args(EvaluateConfig, args).preprocess_output == str(data)
     (data / "notes.txt").symlink_to(secret)
+    outputs = {name: SimpleNamespace(path=str(tmp_path / "out" / name), metadata={})
+               for name in ("predictions", "metrics", "report")}
     with pytest.raises(InputError, match="notes.txt"):
-        config_from_args(EvaluateConfig, args)
+        run(model=SimpleNamespace(path=str(tiny_finetuned["pytorch"])),
+            preprocess_output=SimpleNamespace(path=str(data)), split="test", rescore=True, batch_size=8, **outputs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_program_checks_its_folders_when_called_from_python(tmp_path, tiny_preprocess_output,
+                                                                   tiny_model_selector):
+    """The Python API is checked as the CLIs and the components are (each program calls check_io first): an output
+    inside an input folder, or under a file, is refused before anything is read or written, for every program."""
+    from trainer.config import (DataImportConfig, EvaluateConfig, ModelImportConfig, PredictConfig,
+                                PreprocessConfig)
+    from trainer.data_import import data_import
+    from trainer.errors import ConfigError, InputError
+    from trainer.evaluate import evaluate
+    from trainer.model_import import model_import
+    from trainer.predict import predict
+    from trainer.preprocess import preprocess
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.conll").write_text("Paris B-LOC\n\n", encoding="utf-8")
+    pre, model = Path(tiny_preprocess_output), Path(tiny_model_selector)
+    inside = "outputs never overwrite inputs"
+    calls = [
+        (preprocess, PreprocessConfig(train_data=str(data), model_selector_output=str(model),
+                                      preprocess_output=str(data / "out")), ConfigError, inside, data / "out"),
+        (model_import, ModelImportConfig(model=str(model), model_selector_output=str(model / "imported")),
+         ConfigError, inside, model / "imported"),
+        (evaluate, EvaluateConfig(model=str(model), preprocess_output=str(pre), predictions=str(pre / "p.jsonl")),
+         ConfigError, inside, pre / "p.jsonl"),
+        (predict, PredictConfig(model=str(model), data=str(data / "train.conll"), predictions=str(model / "p.jsonl")),
+         ConfigError, inside, model / "p.jsonl"),
+        (data_import, DataImportConfig(data_uri=str(data), data_output=str(data / "train.conll" / "copy")),
+         InputError, "is a file, not a folder", data / "train.conll" / "copy"),
+    ]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for program, config, error, message, output in calls:
+        with pytest.raises(error, match=message):
+            program(config)
+        assert not output.exists(), program.__name__
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("flags, precision", [({"avx2", "avx512f"}, "32"), ({"avx2", "avx512f", "avx512_bf16"}, "16"),

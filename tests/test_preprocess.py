@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from conftest import make_sentences, run_preprocess, write_conll
 from trainer.cli import preprocess_main as main
-from trainer.errors import InputError
+from trainer.errors import ConfigError, InputError
 from trainer.preprocess import class_names_of
 from trainer.readers import read_conll
 from trainer.schemes import continuation_ids
@@ -170,7 +171,7 @@ def test_byte_level_bpe_gets_prefix_space(tmp_path, conll_dir):
 
 # --- Errors --------------------------------------------------------------------------------------------------------
 def test_missing_and_empty_files(run, tmp_path, conll_dir):
-    with pytest.raises(InputError, match="train data not found"):
+    with pytest.raises(InputError, match="train_data not found"):
         run(train_data=str(tmp_path / "nope.conll"))
     empty = tmp_path / "empty.conll"
     empty.write_text("")
@@ -180,7 +181,7 @@ def test_missing_and_empty_files(run, tmp_path, conll_dir):
     blank.write_text("\n\n\n")
     with pytest.raises(InputError, match="no sentences"):
         run(train_data=str(blank))
-    with pytest.raises(InputError, match="validation data not found"):
+    with pytest.raises(InputError, match="validation_data not found"):
         run(train_data=str(conll_dir / "train.conll"), validation_data=str(tmp_path / "missing.conll"))
 
 
@@ -265,10 +266,11 @@ def test_output_never_replaces_an_input(run, tmp_path, conll_dir):
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.conll").write_text((conll_dir / "train.conll").read_text())
-    for target in (data, tmp_path):  # the data folder itself, or a folder holding it
-        with pytest.raises(InputError, match=r"would replace the train input .*train\.conll: choose another folder"):
+    for target, how in ((data, "is the same as"), (tmp_path, "contains"), (data / "out", "is inside")):
+        with pytest.raises(ConfigError, match=re.escape(f"preprocess_output {target} {how} the input train_data "
+                                                        f"{data}: outputs never overwrite inputs")):
             run(train_data=str(data), preprocess_output=str(target))
-    assert (data / "train.conll").exists()
+    assert sorted(p.name for p in data.iterdir()) == ["train.conll"]
 
 
 def test_cli_bad_data_is_one_bounded_line_and_exit_2(tmp_path, tiny_model_selector, capsys):

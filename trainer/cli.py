@@ -45,17 +45,17 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]], prog: str,
         show: Callable[[Any], Any] = lambda result: result) -> int:
-    """Parse `argv` into `config_cls`, check its folders (`trainer.validation.check_io`), run `program(config)`,
-    print `show(result)` as JSON. Bad input (ConfigError / InputError): one line, exit code 2. A full disk or
-    exhausted memory while running (`trainer.failures`): one line naming what is left to resume from, exit code 1."""
+    """Parse `argv` into `config_cls`, run `program(config)` (every program checks its folders first:
+    `trainer.validation.check_io`), print `show(result)` as JSON. Bad input (ConfigError / InputError): one line,
+    exit code 2. A full disk or exhausted memory while running (`trainer.failures`): one line naming what is left to
+    resume from, exit code 1."""
     from trainer.failures import failure_line
-    from trainer.validation import check_io, one_line
+    from trainer.validation import one_line
 
     configure_logging()
     config = None
     try:
         config = config_cls.from_cli(argv, prog=prog, description=(config_cls.__doc__ or "").split("\n")[0])
-        check_io(config)
         result = program(config)
     except (ConfigError, InputError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -16,12 +16,14 @@ from trainer.errors import InputError
 from trainer.input_tree import check_file, copy_tree
 from trainer.publish import publish_dir, staging_dir
 from trainer.sources import fetch, parse_source, workdir_beside
+from trainer.validation import check_io
 
 logger = logging.getLogger(__name__)
 
 
 def data_import(config: DataImportConfig) -> dict:
     """Fetch `data_uri` into `data_output`; returns what was imported (files, provenance)."""
+    check_io(config)  # inputs exist, outputs are writable and never inside an input or each other
     source = parse_source(config.data_uri, "data_uri", revision=config.data_revision,
                           s3_endpoint_url=config.s3_endpoint_url)
     out = Path(config.data_output)

@@ -30,6 +30,7 @@ from trainer.config import EvaluateConfig
 from trainer.constants import METRICS_FILE, PREPROCESS_ARGS_FILE, SPLIT_FILES
 from trainer.errors import InputError
 from trainer.publish import write_file_atomic
+from trainer.validation import check_io
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def finetune_predictions_for(model: Path, preprocess_output: Path, split: str) -
 def evaluate(config: EvaluateConfig) -> EvaluateResult:
     """Write the predictions of `config.split` by `config.model` and report its figures: the fine-tune's own
     predictions and figures when it scored this very split (no model is loaded then), else predicted here."""
+    check_io(config)  # inputs exist, outputs are writable and never inside an input or each other
     started = time.perf_counter()
     data_dir = Path(config.preprocess_output)
     _split_file(data_dir, config.split)

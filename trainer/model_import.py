@@ -32,6 +32,7 @@ from trainer.input_tree import boundary, iter_files
 from trainer.model_io import read_model_selector_args, resolve_model_dir
 from trainer.publish import publish_dir, staging_dir
 from trainer.sources import fetch, parse_source, workdir_beside
+from trainer.validation import check_io
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def _locate_mlflow_model(root: Path) -> tuple[Path, Optional[Path], dict]:
 def model_import(config: ModelImportConfig) -> dict:
     """Bring the configured model into `model_selector_output` with model_selector_args.json; returns the
     metadata."""
+    check_io(config)  # inputs exist, outputs are writable and never inside an input or each other
     given = config.model or config.model_path or config.mlflow_model_path
     what = "model" if config.model else ("model_path" if config.model_path else "mlflow_model_path")
     source = parse_source(given, what, revision=config.model_revision, s3_endpoint_url=config.s3_endpoint_url)

@@ -39,6 +39,7 @@ from trainer.jsonio import write_jsonl
 from trainer.model_io import read_model_selector_args, resolve_model_dir
 from trainer.publish import publish_dir, staging_dir
 from trainer.readers import Corpus, ReadOptions, Sentence, read, resolve_sources
+from trainer.validation import check_io
 
 logger = logging.getLogger(__name__)
 
@@ -290,16 +291,10 @@ def encode_sentences(sentences: list[Sentence], tokenizer: Any, label_to_id: dic
 # Entry point
 # --------------------------------------------------------------------------------------------------
 def _read_splits(config: PreprocessConfig) -> tuple[dict[str, Corpus], dict[str, str]]:
-    """Every given split, read; the output folder is checked against the inputs first."""
+    """Every given split, read (the output folder was checked against the inputs first: `check_io`)."""
     options = ReadOptions(config.data_format, config.token_column, config.tag_column, config.sentence_column)
     sources = {role: source for role, source in
                resolve_sources(config.train_data, config.validation_data, config.test_data).items() if source}
-    out = Path(config.preprocess_output).resolve()
-    inputs = [(role, path) for role, source in sources.items() for path in source.paths]
-    for name, path in inputs + [("model_selector_output", Path(config.model_selector_output))]:
-        if out == path.resolve() or out in path.resolve().parents:
-            raise InputError(f"preprocess_output {config.preprocess_output} would replace the {name} input {path}: "
-                             f"choose another folder")
     corpora = {role: read(source, role, options) for role, source in sources.items()}
     return corpora, {role: str(source) for role, source in sources.items()}
 
@@ -320,6 +315,7 @@ def preprocess(config: PreprocessConfig) -> dict:
 
     Returns a summary: split sizes, class names, tag scheme, model name, windows.
     """
+    check_io(config)  # inputs exist, outputs are writable and never inside an input or each other
     # The tokenizer first: a model folder without one fails before any data is read.
     tokenizer, tok_folder, prefix = load_tokenizer(config.model_selector_output,
                                                    parse_auto_bool(config.add_prefix_space, "add_prefix_space"))

@@ -3,9 +3,9 @@
 A bad input ends a program with exit code 2 and one line naming the file (and line) or the flag, and the fix
 (`trainer.cli`). What is checked:
 
-- the folders of any program (`check_io`): outputs never equal, contain or sit inside an input or each other
-  (symlinks resolved), each can be created where it is asked for, and no symbolic link inside an input folder
-  leads out of it (`check_links`);
+- the folders of any program (`check_io`, the first thing every program does): outputs never equal, contain or
+  sit inside an input or each other (symlinks resolved), each can be created where it is asked for, and no
+  symbolic link inside an input folder leads out of it (`check_links`);
 - a fine-tune (`validate_finetune`), in this order: the preprocess output (every row's JSON types, its ids against
   the model's vocabulary, position and token-type tables, splits with labels to learn from and to score), the
   model folder (config.json, a token-classification head for its family, the head's label count, intact weight

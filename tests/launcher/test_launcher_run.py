@@ -284,12 +284,12 @@ def test_a_deepspeed_json_input_is_staged_and_passed_as_a_path(artifacts, tmp_pa
     ({"shared_mount_path": "/nonexistent/mount"}, "shared volume not mounted"),
 ])
 def test_invalid_inputs_fail_before_any_side_effect(artifacts, overrides, message):
-    from trainer.errors import ConfigError
+    from trainer.errors import ConfigError, InputError
 
     server = FakeApiServer(["running", "succeeded"])
     if "preprocess_output" in overrides:
         artifacts = {**artifacts, "preprocess_output": overrides.pop("preprocess_output")}
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, InputError), match=message):  # bad input: exit 2 either way
         launch(server, artifacts, **overrides)
     assert server.requests == []  # no API call
     assert list(Path(artifacts["shared"]).iterdir()) == []  # nothing staged
