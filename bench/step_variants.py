@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Time one bf16 training step of the fine-tune's model in variants of the step, on the same batches (CPU).
+
+Each variant is a copy of the same model (with the trainer's dropout masks, `trainer.speed.install_fast_dropout`)
+and its own fused AdamW, gradient clipping at 1.0 included. Blocks of `--steps-per-block` batches (length-grouped
+rows of the preprocess output, 16 a batch) run through every variant in turn, the order rotated per block, so the
+variants meet the same batches at about the same moment of the host; the first block is warm-up.
+
+  autocast     what `ours_fast` runs on a bf16 CPU: fp32 weights, torch.autocast(bfloat16)
+  bf16_master  bf16 weights and activations (no autocast casts), fp32 master weights in the optimizer
+  fused_qkv    autocast, with the query/key/value projections of each attention layer as one matmul
+
+Usage (the local pipeline's outputs):
+  python bench/step_variants.py --run-dir RUN_DIR [--blocks 16] [--threads 2] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from run_benchmark import cpu_model  # noqa: E402
+from trainer.labels import load_class_names  # noqa: E402
+from trainer.speed import install_fast_dropout, tune_cpu_allocator  # noqa: E402
+
+VARIANTS = ("autocast", "bf16_master", "fused_qkv")
+
+
+def batches(train_jsonl: Path, size: int = 16) -> list[dict]:
+    rows = sorted((json.loads(line) for line in train_jsonl.open(encoding="utf-8")), key=lambda r: len(r["input_ids"]))
+    groups = [rows[i:i + size] for i in range(0, len(rows), size)]
+    random.Random(0).shuffle(groups)
+    out = []
+    for group in groups:
+        width = max(len(r["input_ids"]) for r in group)
+        pad = [width - len(r["input_ids"]) for r in group]
+        out.append({"input_ids": torch.tensor([r["input_ids"] + [0] * p for r, p in zip(group, pad)]),
+                    "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * p for r, p in zip(group, pad)]),
+                    "labels": torch.tensor([r["labels"] + [-100] * p for r, p in zip(group, pad)])})
+    return out
+
+
+class _FusedQKV:
+    """The three projections of one attention layer computed as one matmul (weights concatenated per call, so the
+    parameters stay the model's own); `query` computes all three, `key` and `value` hand out their slices."""
+
+    def __init__(self, attention: nn.Module):
+        self.linears = (attention.query, attention.key, attention.value)
+        self.out = None
+        attention.query, attention.key, attention.value = (_Slot(self, i) for i in range(3))
+
+
+class _Slot(nn.Module):
+    def __init__(self, fused: _FusedQKV, index: int):
+        super().__init__()
+        self.linear, self.index, self.fused = fused.linears[index], index, [fused]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.fused[0]
+        if self.index == 0:
+            weight = torch.cat([linear.weight for linear in fused.linears])
+            bias = torch.cat([linear.bias for linear in fused.linears])
+            fused.out = F.linear(x, weight, bias).chunk(3, dim=-1)
+        return fused.out[self.index]
+
+
+def make_step(base: nn.Module, variant: str):
+    model = copy.deepcopy(base)
+    model.train()
+    install_fast_dropout(model)
+    if variant == "fused_qkv":
+        for module in model.modules():
+            if all(hasattr(module, name) for name in ("query", "key", "value")):
+                _FusedQKV(module)
+    params = list(model.parameters())
+    if variant == "bf16_master":
+        master = [p.detach().float().clone() for p in params]
+        for m in master:
+            m.grad = torch.zeros_like(m)
+        model.to(torch.bfloat16)
+        params = list(model.parameters())
+        optimizer = torch.optim.AdamW(master, lr=5e-5, fused=True)
+
+        def step(batch):
+            model(**batch).loss.backward()
+            for p, m in zip(params, master):
+                m.grad.copy_(p.grad)
+                p.grad = None
+            nn.utils.clip_grad_norm_(master, 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                torch._foreach_copy_(params, master)
+        return step
+
+    optimizer = torch.optim.AdamW(params, lr=5e-5, fused=True)
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", required=True, type=Path, help="a local pipeline run folder (its preprocess "
+                        "and model-import outputs are read)")
+    parser.add_argument("--blocks", type=int, default=16)
+    parser.add_argument("--steps-per-block", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    from transformers import AutoModelForTokenClassification
+
+    torch.set_num_threads(args.threads)
+    tune_cpu_allocator()
+    torch.manual_seed(0)
+    data = batches(args.run_dir / "preprocess" / "preprocess_output" / "train.jsonl")
+    classes = load_class_names(args.run_dir / "preprocess" / "preprocess_output", {})
+    base = AutoModelForTokenClassification.from_pretrained(args.run_dir / "model-import" / "model_selector_output",
+                                                           num_labels=len(classes), attn_implementation="sdpa")
+    steps = {variant: make_step(base, variant) for variant in VARIANTS}
+    times = {variant: [] for variant in VARIANTS}
+    for block in range(args.blocks):
+        chunk = [data[(block * args.steps_per_block + i) % len(data)] for i in range(args.steps_per_block)]
+        for variant in VARIANTS[block % 3:] + VARIANTS[:block % 3]:
+            seconds = []
+            for batch in chunk:
+                started = time.perf_counter()
+                steps[variant](batch)
+                seconds.append(time.perf_counter() - started)
+            times[variant].append(seconds)
+    blocks = {v: t[1:] for v, t in times.items()}  # block 0 is warm-up
+    result = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+              "blocks": len(blocks["autocast"]), "steps_per_block": args.steps_per_block, "variants": {}}
+    for variant, timed in blocks.items():
+        ratios = sorted(sum(v) / sum(a) for v, a in zip(timed, blocks["autocast"]))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        result["variants"][variant] = {
+            "median_step_ms": round(1000 * statistics.median(s for b in timed for s in b), 1),
+            "time_vs_autocast": {"median": round(q[1], 3), "q1": round(q[0], 3), "q3": round(q[2], 3)}}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
