@@ -11,7 +11,8 @@ variants meet the same batches at about the same moment of the host; the first b
   fused_qkv    autocast, with the query/key/value projections of each attention layer as one matmul
 
 Usage (the local pipeline's outputs):
-  python bench/step_variants.py --run-dir RUN_DIR [--blocks 16] [--threads 2] [--output FILE]
+  python bench/step_variants.py --run-dir RUN_DIR [--blocks 16] [--threads 2] [--variants autocast,...]
+                                [--output FILE]
 """
 
 from __future__ import annotations
@@ -124,8 +125,13 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", type=int, default=16)
     parser.add_argument("--steps-per-block", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; autocast is always run")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
+    variants = ["autocast"] + [v for v in args.variants.split(",") if v and v != "autocast"]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     from transformers import AutoModelForTokenClassification
 
     torch.set_num_threads(args.threads)
@@ -135,11 +141,11 @@ def main(argv=None) -> int:
     classes = load_class_names(args.run_dir / "preprocess" / "preprocess_output", {})
     base = AutoModelForTokenClassification.from_pretrained(args.run_dir / "model-import" / "model_selector_output",
                                                            num_labels=len(classes), attn_implementation="sdpa")
-    steps = {variant: make_step(base, variant) for variant in VARIANTS}
-    times = {variant: [] for variant in VARIANTS}
+    steps = {variant: make_step(base, variant) for variant in variants}
+    times = {variant: [] for variant in variants}
     for block in range(args.blocks):
         chunk = [data[(block * args.steps_per_block + i) % len(data)] for i in range(args.steps_per_block)]
-        for variant in VARIANTS[block % 3:] + VARIANTS[:block % 3]:
+        for variant in variants[block % len(variants):] + variants[:block % len(variants)]:
             seconds = []
             for batch in chunk:
                 started = time.perf_counter()

@@ -89,10 +89,12 @@ def test_windowed_finetune_scores_whole_sentences_with_one_loss(tmp_path, tiny_m
     from trainer.metrics import split_scores, token_losses, word_tags
 
     train, test = long_sentences(10, seed=3) + make_sentences(80, seed=4), long_sentences(4, seed=5)
+    data = tmp_path / "data"
+    data.mkdir()
     for name, sentences in (("train", train), ("validation", test), ("test", test)):
-        write_conll(tmp_path / f"{name}.conll", sentences)
+        write_conll(data / f"{name}.conll", sentences)
     pre = tmp_path / "pre"
-    summary = run_preprocess(train_data=str(tmp_path), model_selector_output=str(tiny_model_selector),
+    summary = run_preprocess(train_data=str(data), model_selector_output=str(tiny_model_selector),
                              preprocess_output=str(pre), max_seq_length=20, stride=4, label_all_tokens=True)
     assert summary["split_sentences"]["train"] >= 10 and summary["split_sentences"]["test"] == 4
     result = finetune(FinetuneConfig(
