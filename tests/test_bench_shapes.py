@@ -26,7 +26,7 @@ def test_a_rate_is_flops_over_the_median_round(monkeypatch):
     """rate() divides the products' FLOPs by the median time of a round of all of them."""
     import torch
 
-    clock = iter([0.0, 1.0, 10.0, 12.0, 20.0, 23.0])  # rounds of 1 s, 2 s, 3 s: median 2 s
+    clock = iter([0.0, 1.0, 10.0, 12.0, 20.0, 26.0])  # rounds of 1 s, 2 s, 6 s: median 2 s (mean 3 s)
     monkeypatch.setattr(matmul_shapes.time, "perf_counter", lambda: next(clock))
     shapes = [(4, 8, 2)]
     assert matmul_shapes.rate(shapes, torch.float32, repeats=3) == 2 * 4 * 8 * 2 / 2.0
