@@ -2,13 +2,18 @@
 """Time one bf16 training step of the fine-tune's model in variants of the step, on the same batches (CPU).
 
 Each variant is a copy of the same model (with the trainer's dropout masks, `trainer.speed.install_fast_dropout`)
-and its own fused AdamW, gradient clipping at 1.0 included. Blocks of `--steps-per-block` batches (length-grouped
-rows of the preprocess output, 16 a batch) run through every variant in turn, the order rotated per block, so the
-variants meet the same batches at about the same moment of the host; the first block is warm-up.
+and its own fused AdamW, gradient clipping at 1.0 included (inside the fused step, as the trainer clips:
+`trainer.speed.clip_in_fused_adam`; `bf16_master` clips its fp32 masters with the stock pass). Blocks of
+`--steps-per-block` batches (length-grouped rows of the preprocess output, 16 a batch) run through every variant in
+turn, the order rotated per block, so the variants meet the same batches at about the same moment of the host; the
+first block is warm-up.
 
   autocast     what `ours_fast` runs on a bf16 CPU: fp32 weights, torch.autocast(bfloat16)
   bf16_master  bf16 weights and activations (no autocast casts), fp32 master weights in the optimizer
   fused_qkv    autocast, with the query/key/value projections of each attention layer as one matmul
+  stock_clip   autocast, clipped by torch's own pass (`clip_grad_norm_`: the gradients multiplied, then AdamW)
+  torch_masks  autocast, with the dropout masks of before 2026-12-04 (the same numpy SFC64 words, compared by
+               torch and the bool mask cast to the activation dtype, instead of compared by numpy and cast via uint8)
 
 Usage (the local pipeline's outputs):
   python bench/step_variants.py --run-dir RUN_DIR [--blocks 16] [--threads 2] [--variants autocast,...]
@@ -18,6 +23,7 @@ Usage (the local pipeline's outputs):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import random
@@ -29,15 +35,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from run_benchmark import cpu_model  # noqa: E402
 from trainer.labels import load_class_names  # noqa: E402
-from trainer.speed import install_fast_dropout, tune_cpu_allocator  # noqa: E402
+from trainer import speed  # noqa: E402
+from trainer.speed import clip_in_fused_adam, install_fast_dropout, tune_cpu_allocator  # noqa: E402
 
-VARIANTS = ("autocast", "bf16_master", "fused_qkv")
+VARIANTS = ("autocast", "bf16_master", "fused_qkv", "stock_clip", "torch_masks")
 
 
 def batches(train_jsonl: Path, size: int = 16) -> list[dict]:
@@ -78,6 +86,29 @@ class _Slot(nn.Module):
         return fused.out[self.index]
 
 
+def _torch_masks_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`trainer.speed.fast_dropout` as it was before 2026-12-04 (the same masks, made with torch's comparison and
+    bool cast)."""
+    if not training or p == 0.0:
+        return x
+    seed = int(torch.randint(0, 1 << 62, (1,)))
+    words = np.random.SFC64(seed).random_raw((x.numel() + 1) // 2)
+    uniform = torch.from_numpy(words.view(np.int32)[:x.numel()])
+    keep = (uniform >= -(1 << 31) + round(p * (1 << 32))).view(x.shape)
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+@contextlib.contextmanager
+def _dropout_function(function):
+    """The trainer's dropout modules call `trainer.speed.fast_dropout`: run the block with `function` instead."""
+    saved = speed.fast_dropout
+    speed.fast_dropout = function
+    try:
+        yield
+    finally:
+        speed.fast_dropout = saved
+
+
 def make_step(base: nn.Module, variant: str):
     model = copy.deepcopy(base)
     model.train()
@@ -104,17 +135,23 @@ def make_step(base: nn.Module, variant: str):
             optimizer.step()
             with torch.no_grad():
                 torch._foreach_copy_(params, master)
+        step.model = model
         return step
 
     optimizer = torch.optim.AdamW(params, lr=5e-5, fused=True)
 
     def step(batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(**batch).loss
+        with _dropout_function(_torch_masks_dropout if variant == "torch_masks" else speed.fast_dropout):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(**batch).loss
         loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0)
+        if variant == "stock_clip":
+            nn.utils.clip_grad_norm_(params, 1.0)
+        else:
+            clip_in_fused_adam(optimizer, [p.grad for p in params], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    step.model = model
     return step
 
 

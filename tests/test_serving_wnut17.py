@@ -111,5 +111,15 @@ def test_onnx_export_matches_pytorch_on_the_wnut17_test_set(wnut, capsys):
     with capsys.disabled():
         print(f"\nONNX vs PyTorch on the WNUT-17 test set (1,287 tweets): max |Δlogit| = {worst:.2e}")
     assert worst < 1e-3
-    onnx_labels = [p.labels for p in onnx_classifier.predict(wnut["texts"])]
-    assert onnx_labels == [p.labels for p in torch_classifier.predict(wnut["texts"])]
+    # The same label for every word, except where PyTorch's two best logits are closer than the backends' rounding
+    # apart (4 steps from a random head leave near-ties; which label wins one is rounding, not the export).
+    flips = []
+    for ours, theirs in zip(onnx_classifier.predict(wnut["texts"]), torch_classifier.predict(wnut["texts"])):
+        for k, (a, b) in enumerate(zip(ours.labels, theirs.labels)):
+            if a != b:
+                second, first = np.sort(np.log(theirs.probabilities[k]))[-2:]
+                flips.append(float(first - second))
+    with capsys.disabled():
+        print(f"labels that differ: {len(flips)}, at top-two logit margins {flips}")
+    assert all(margin <= 2 * worst for margin in flips), (flips, worst)
+    assert len(flips) <= 3, flips

@@ -203,7 +203,8 @@ def _without_dropout(model_selector: Path, folder: Path) -> Path:
 def test_cpu_speedups_train_exactly_like_the_stock_path(make_config, tiny_model_selector, tmp_path):
     """Tiny BERT without dropout (the speed-ups draw other dropout masks), same data order: the per-epoch loss
     curves and the trained weights with the CPU speed-ups (allocator, trained-rows embedding, dropout and
-    attention modules swapped) equal the stock modules' up to float rounding."""
+    attention modules swapped, clipping inside the fused AdamW step) equal the stock modules' up to float
+    rounding."""
     from safetensors.torch import load_file
 
     selector = _without_dropout(tiny_model_selector, tmp_path / "no_dropout")
@@ -216,10 +217,14 @@ def test_cpu_speedups_train_exactly_like_the_stock_path(make_config, tiny_model_
         assert result.test_metrics["test_f1"] > 0.9
         curves[flag] = losses.losses
         weights[flag] = load_file(str(Path(config.pytorch_model_folder) / "model.safetensors"))
+        assert losses.folded_clipping and set(losses.folded_clipping) == {flag == "true"}  # clipping in AdamW
     assert len(curves["true"]) == 4
     assert curves["true"] == pytest.approx(curves["false"], rel=1e-5, abs=1e-6)
     assert set(weights["true"]) == set(weights["false"])
     for name, tensor in weights["false"].items():
+        if name.endswith("attention.self.key.bias"):  # softmax ignores it: its gradient is 0 up to rounding noise,
+            assert max(float(weights["true"][name].abs().max()), float(tensor.abs().max())) < 1e-4  # Adam scales
+            continue  # that noise up, so each run's value is noise of its own; both must stay at noise level
         assert torch.allclose(weights["true"][name], tensor, rtol=1e-4, atol=1e-6), name
     emb = "bert.embeddings.word_embeddings.weight"
     assert not torch.equal(weights["true"][emb], load_file(str(Path(make_config().model_selector_output)
@@ -337,11 +342,15 @@ def test_prepare_swaps_every_dropout_and_the_attention_and_restore_puts_the_stoc
 class _Losses(TrainerCallback):
     def __init__(self):
         self.losses = []
+        self.folded_clipping = []  # per optimizer step: did the fused AdamW step get the clipping coefficient?
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.losses.append(logs["loss"])
 
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        inner = getattr(optimizer, "optimizer", optimizer)
+        self.folded_clipping.append(getattr(inner, "grad_scale", None) is not None)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -386,6 +395,79 @@ def test_length_grouped_training_follows_the_random_sampler_loss_curve(make_conf
     print(curves)
     for stock, ours in zip(curves["false"], curves["true"]):
         assert abs(stock - ours) <= 0.05 + 0.2 * stock, curves
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Gradient clipping folded into the fused AdamW step
+# ------------------------------------------------------------------------------------------------------------
+def _clipping_trainer(tiny_model_selector, tmp_path, optim="adamw_torch_fused", max_grad_norm=0.05):
+    from transformers import BertForTokenClassification, Trainer, TrainingArguments
+
+    from trainer.speed import enable_folded_clipping, trainer_class
+
+    model = BertForTokenClassification.from_pretrained(tiny_model_selector)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", optim=optim,
+                             learning_rate=1e-2, max_grad_norm=max_grad_norm)
+    trainer = trainer_class(Trainer)(model=model, args=args)
+    assert enable_folded_clipping(trainer)
+    trainer.create_optimizer()
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+             "labels": torch.tensor([[-100, 1, 0, -100], [-100, 1, -100, -100]])}
+    model.eval()  # no dropout: both copies see the same gradients
+    model(**batch).loss.backward()
+    return trainer, model
+
+
+def test_folded_clipping_makes_the_stock_clipped_adamw_update(tiny_model_selector, tmp_path):
+    """The stock path multiplies the gradients by min(1, max_norm / norm) and then steps fused AdamW; ours leaves
+    the gradients as they are and hands the coefficient to the fused kernel: same norm, same new weights (up to
+    rounding), with clipping active (the norm is far above max_grad_norm) and at the second step too."""
+    import copy
+
+    trainer, model = _clipping_trainer(tiny_model_selector, tmp_path)
+    stock_model = copy.deepcopy(model)
+    for theirs, ours in zip(stock_model.parameters(), model.parameters()):
+        theirs.grad = None if ours.grad is None else ours.grad.clone()
+    stock_params = [p for p in stock_model.parameters() if p.requires_grad]
+    assert {group["weight_decay"] for group in trainer.optimizer.param_groups} == {0.0}
+    stock_opt = torch.optim.AdamW(stock_params, lr=trainer.args.learning_rate, weight_decay=0.0, fused=True)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    for step in range(2):
+        if step:  # new gradients, the same on both copies (a key bias's gradient is rounding noise that Adam
+            model.zero_grad(set_to_none=True)  # would blow up to +-lr if each copy computed its own)
+            (model(input_ids=torch.tensor([[2, 6, 5, 3]]), labels=torch.tensor([[-100, 0, 1, -100]])).loss
+             * 3).backward()
+            for theirs, ours in zip(stock_model.parameters(), model.parameters()):
+                theirs.grad = None if ours.grad is None else ours.grad.clone()
+            grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        norm = trainer._clip_grad_norm(model)
+        stock_norm = torch.nn.utils.clip_grad_norm_(stock_params, trainer.args.max_grad_norm)
+        assert float(norm) == pytest.approx(float(stock_norm), rel=1e-6)
+        assert float(norm) > 10 * trainer.args.max_grad_norm  # clipping is active
+        for name, p in model.named_parameters():  # no pass over the gradients
+            if name in grads:
+                assert torch.equal(p.grad, grads[name]), name
+        inner = trainer.optimizer  # (accelerate wraps it in train(); _clip_grad_norm unwraps it)
+        assert float(inner.grad_scale) == pytest.approx(float(norm) / trainer.args.max_grad_norm, rel=1e-5)
+        trainer.optimizer.step()
+        stock_opt.step()
+        assert not hasattr(inner, "grad_scale")  # used once: the next step without clipping would not see it
+        for (name, ours), theirs in zip(model.named_parameters(), stock_model.parameters()):
+            assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7), (step, name)
+            if ours.grad is not None:  # after the step the gradients are the clipped ones, as after the stock pass
+                assert torch.allclose(ours.grad, theirs.grad, rtol=1e-5, atol=1e-12), (step, name)
+
+
+def test_clipping_is_the_stock_pass_where_the_optimizer_is_not_fused(tiny_model_selector, tmp_path):
+    trainer, model = _clipping_trainer(tiny_model_selector, tmp_path, optim="adamw_torch")
+    before = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    norm = trainer._clip_grad_norm(model)
+    coef = trainer.args.max_grad_norm / (float(norm) + 1e-6)
+    for name, p in model.named_parameters():
+        if name in before:
+            assert torch.allclose(p.grad, before[name] * coef, rtol=1e-5, atol=1e-9), name
+    assert not hasattr(trainer.optimizer, "grad_scale")
 
 
 # ------------------------------------------------------------------------------------------------------------

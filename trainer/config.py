@@ -124,8 +124,9 @@ class FinetuneConfig(Params):
                                     "0 logs every optimizer step.", group="training", minimum=0)
     cpu_speedups: bool = param(True, "CPU training speed-ups: glibc allocator thresholds, an embedding that "
                                "updates only the rows the training data uses (exact under AdamW without weight "
-                               "decay), and dropout masks from a fast generator seeded by torch's (the same "
-                               "Bernoulli distribution, other random draws; trainer/speed.py).", group="training")
+                               "decay), dropout masks from a fast generator seeded by torch's (the same "
+                               "Bernoulli distribution, other random draws), and gradient clipping inside the "
+                               "fused AdamW step (trainer/speed.py).", group="training")
 
     # --- Early stopping -----------------------------------------------------------------------------
     apply_early_stopping: bool = _spec(False, "If true, enables early stopping.", group="early_stopping")

@@ -214,9 +214,9 @@ def finetune_pytorchjob(
         progress_seconds: Seconds between progress lines (step, loss, tokens/s, ETA) in the log; 0 logs every
             optimizer step. Must be >= 0. (Extension, not in the reference spec.)
         cpu_speedups: CPU training speed-ups: glibc allocator thresholds, an embedding that updates only the rows
-            the training data uses (exact under AdamW without weight decay), and dropout masks from a fast generator
-            seeded by torch's (the same Bernoulli distribution, other random draws; trainer/speed.py). One of true,
-            false. (Extension, not in the reference spec.)
+            the training data uses (exact under AdamW without weight decay), dropout masks from a fast generator
+            seeded by torch's (the same Bernoulli distribution, other random draws), and gradient clipping inside
+            the fused AdamW step (trainer/speed.py). One of true, false. (Extension, not in the reference spec.)
         apply_early_stopping: If true, enables early stopping. One of true, false.
         early_stopping_patience: Evaluations without improvement before stopping. Must be >= 1.
         early_stopping_threshold: Minimum improvement that counts. Must be >= 0.

@@ -1,0 +1,77 @@
+"""bench/step_variants.py: the variants it times compute the step they are named after."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import step_variants  # noqa: E402
+
+
+def _tiny_bert(dropout: float):
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    return BertForTokenClassification(BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32, num_labels=3, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        attn_implementation="sdpa"))
+
+
+BATCH = {"input_ids": torch.tensor([[2, 7, 9, 11, 3], [2, 8, 3, 0, 0]]),
+         "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
+         "labels": torch.tensor([[-100, 1, 2, 0, -100], [-100, 1, -100, -100, -100]])}
+
+
+def test_clipping_inside_adamw_and_torchs_clipping_pass_make_the_same_step(monkeypatch):
+    """Without dropout, `autocast` (clipping inside the fused AdamW step, as the trainer clips) and `stock_clip`
+    (torch's clip_grad_norm_ pass) leave the same weights after two steps; both moved them."""
+    passes = {"autocast": 0, "stock_clip": 0}
+    clip = torch.nn.utils.clip_grad_norm_
+    base = _tiny_bert(0.0)
+    steps = {name: step_variants.make_step(base, name) for name in passes}
+    for _ in range(2):
+        for name, step in steps.items():
+            monkeypatch.setattr(step_variants.nn.utils, "clip_grad_norm_",
+                                lambda *a, name=name, **k: passes.__setitem__(name, passes[name] + 1) or clip(*a, **k))
+            step(dict(BATCH))
+    assert passes == {"autocast": 0, "stock_clip": 2}
+    weights = {name: step.model.state_dict() for name, step in steps.items()}
+    start = base.state_dict()
+    for key, value in weights["stock_clip"].items():
+        assert torch.allclose(weights["autocast"][key], value, rtol=1e-4, atol=1e-6), key
+    assert not torch.equal(weights["autocast"]["classifier.weight"], start["classifier.weight"])
+
+
+def test_the_earlier_masks_are_the_trainers_masks_made_by_torch():
+    """`torch_masks` times the same dropout as the trainer's (same words, same threshold), only the comparison and
+    the cast are torch's: under one seed both give the same output, in bf16 and fp32."""
+    from trainer import speed
+
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(7, 33, 65).to(dtype)
+        torch.manual_seed(3)
+        ours = speed.fast_dropout(x, 0.2)
+        torch.manual_seed(3)
+        earlier = step_variants._torch_masks_dropout(x, 0.2)
+        assert earlier.dtype == dtype and torch.equal(ours, earlier)
+        assert abs(float((ours != 0).float().mean()) - 0.8) < 0.02
+    assert step_variants._torch_masks_dropout(x, 0.2, training=False) is x
+
+
+def test_torch_masks_runs_the_earlier_masks_and_puts_the_trainers_back(monkeypatch):
+    from trainer import speed
+
+    calls = []
+    original = step_variants._torch_masks_dropout
+    monkeypatch.setattr(step_variants, "_torch_masks_dropout",
+                        lambda x, p, training=True: calls.append(p) or original(x, p, training))
+    step_variants.make_step(_tiny_bert(0.1), "torch_masks")(dict(BATCH))
+    # per layer: attention probabilities, attention output, FFN output; plus the embeddings' and the classifier's
+    assert len(calls) == 2 * 3 + 2
+    assert speed.fast_dropout.__module__ == "trainer.speed"
