@@ -154,7 +154,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressCallback formats them
     if config.group_by_length:  # length-grouped batches weigh every labelled token the same (trainer/speed.py)
         speed.enable_token_normalized_loss(trainer, data.train)
-    if config.cpu_speedups and not has_cuda():  # gradient clipping inside the fused AdamW step (trainer/speed.py)
+    if sped.active:  # gradient clipping inside the fused AdamW step (trainer/speed.py)
         speed.enable_folded_clipping(trainer)
 
     started = time.perf_counter()

@@ -408,6 +408,7 @@ class Prepared:
     model: nn.Module
     undo: list = field(default_factory=list)  # callables, run last-in first-out by restore()
     notes: list = field(default_factory=list)
+    active: bool = False  # the CPU speed features apply to this run (cpu_speedups on, on a CPU)
 
     def restore(self) -> None:
         while self.undo:
@@ -421,6 +422,7 @@ def prepare(model: nn.Module, config, train_dataset, use_cpu: bool = True) -> Pr
     prepared = Prepared(model)
     if not config.cpu_speedups or not use_cpu:
         return prepared
+    prepared.active = True
     if tune_cpu_allocator():
         prepared.notes.append("allocator")
     why_not = compact_embeddings_applicable(config)
