@@ -33,6 +33,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Union
@@ -63,6 +64,62 @@ class ContainerEngineUnavailable(RuntimeError):
 # with a container's `command`. `run_container` does the same (first word = entrypoint, the rest = CMD) unless
 # `entrypoint` is among the DockerRunner's arguments.
 
+# A third one, podman 4.3.1 again: its compat API can leave a `logs?follow=1` request open after the container has
+# exited (the podman issues #6627, #11461 family: a follow that attaches as the container exits). The CI run of
+# 2026-12-04 hung there for an hour on `sh -c "echo going down; exit 3"`. So the exit code comes from wait(),
+# never from the end of the log stream: the stream runs in a thread, gets LOG_GRACE_S after the exit to end by
+# itself, is then cut, and whatever it had not delivered is printed from a plain (non-follow) logs request.
+LOG_GRACE_S = 10.0
+WAIT_POLL_S = 30.0
+
+
+class _LogFollower(threading.Thread):
+    """Prints a container's followed log as it comes; `finish` ends it and prints what it missed, exactly once."""
+
+    def __init__(self, container):
+        super().__init__(daemon=True, name=f"logs-{container.id[:12]}")
+        self.container, self.received, self.stream = container, 0, None
+        self.lock, self.done = threading.Lock(), False
+
+    def run(self) -> None:
+        import docker
+
+        with contextlib.suppress(docker.errors.APIError, OSError):
+            self.stream = self.container.logs(stream=True, follow=True)
+            for chunk in self.stream:
+                with self.lock:
+                    if self.done:
+                        return
+                    self.received += len(chunk)
+                    print(chunk.decode(errors="replace"), end="", flush=True)
+
+    def finish(self, grace_s: float) -> None:
+        self.join(grace_s)
+        if self.is_alive() and self.stream is not None:
+            with contextlib.suppress(Exception):  # the socket may be closing by itself
+                self.stream.close()
+            self.join(1.0)
+        with self.lock:
+            self.done = True
+            rest = self.container.logs()[self.received:]
+        if rest:
+            print(rest.decode(errors="replace"), end="", flush=True)
+
+
+def _exit_code(container, poll_s: float) -> int:
+    """container.wait(), asked again every poll_s with the container's recorded state checked in between."""
+    import requests
+
+    while True:
+        try:
+            return int(container.wait(timeout=poll_s)["StatusCode"])
+        except requests.exceptions.RequestException:  # timed out: the answer may have been lost, look at the state
+            container.reload()
+            state = container.attrs["State"]
+            if state.get("Status") in ("exited", "dead"):
+                return int(state["ExitCode"])
+
+
 def run_container(client, image: str, command: list, volumes: dict, **container_run_args) -> int:
     """kfp.local.docker_task_handler.run_docker_container with the exit code kept: same signature, same output."""
     import docker
@@ -87,16 +144,11 @@ def run_container(client, image: str, command: list, volumes: dict, **container_
     container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
                                       volumes=volumes, **container_run_args)
     try:
-        streamed = True
-        try:
-            for chunk in container.logs(stream=True, follow=True):
-                print(chunk.decode(errors="replace"), end="")
-        except docker.errors.APIError:
-            streamed = False
-        status_code = container.wait()["StatusCode"]
-        if not streamed:  # the stream broke off: the container still exists, print its whole log
-            print(container.logs().decode(errors="replace"), end="")
-        return int(status_code)
+        logs = _LogFollower(container)
+        logs.start()
+        status_code = _exit_code(container, WAIT_POLL_S)
+        logs.finish(LOG_GRACE_S)
+        return status_code
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)

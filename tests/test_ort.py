@@ -33,6 +33,7 @@ def ort_python() -> Path:
     return ORT_PYTHON
 
 
+@pytest.mark.timeout(1200)  # its own subprocess deadline is 900 s (ORTModule builds on first use)
 def test_apply_ort_trains_in_ortmodule_and_publishes(ort_python, tmp_path, tiny_preprocess_output,
                                                      tiny_model_selector):
     out = tmp_path / "out"
