@@ -152,6 +152,7 @@ def test_kfp_2_17_docker_runner_loses_the_exit_code_on_podman(docker_client, tra
         pytest.skip("deterministic with podman only (Docker may still answer wait() before it removes the container)")
     if docker_task_handler.run_docker_container.__module__ != docker_task_handler.__name__:
         pytest.fail("kfp's run_docker_container is still replaced: the test must see kfp's own")
+
     def kfp_exit_code(result: dict) -> None:
         try:
             result["code"] = docker_task_handler.run_docker_container(docker_client, trainer_image, ["-c", "exit 3"],

@@ -99,3 +99,15 @@ def test_a_wait_that_never_answers_takes_the_exit_code_from_the_container_state(
     assert code == 3
     assert out.count("going down") == 1
     assert container.removed
+
+
+def test_a_log_tail_that_cannot_be_read_still_returns_the_exit_code(capfd):
+    class LostLog(FakeContainer):
+        def logs(self, stream=False, follow=False):
+            if stream:
+                return self.follow
+            raise requests.exceptions.ReadTimeout("read timed out")
+
+    code, out = run_bounded(LostLog(b"", EndlessLog(b"step 1\n"), exit_code=0, wait_answers=True), capfd)
+    assert code == 0
+    assert out.count("step 1") == 1 and "[container log after byte 7 unavailable: read timed out]" in out
