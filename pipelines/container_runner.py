@@ -111,13 +111,14 @@ class _LogFollower(threading.Thread):
             print(rest.decode(errors="replace"), end="", flush=True)
 
 
-def _exit_code(container, poll_s: float) -> int:
-    """container.wait(), asked again every poll_s with the container's recorded state checked in between."""
+def wait_for_exit(container, poll_s: Optional[float] = None) -> int:
+    """The container's exit code: container.wait(), asked again every poll_s (WAIT_POLL_S) with the container's
+    recorded state checked in between, so a wait() the engine never answers cannot block for good."""
     import requests
 
     while True:
         try:
-            return int(container.wait(timeout=poll_s)["StatusCode"])
+            return int(container.wait(timeout=poll_s or WAIT_POLL_S)["StatusCode"])
         except requests.exceptions.RequestException:  # timed out: the answer may have been lost, look at the state
             container.reload()
             state = container.attrs["State"]
@@ -151,7 +152,7 @@ def run_container(client, image: str, command: list, volumes: dict, **container_
     try:
         logs = _LogFollower(container)
         logs.start()
-        status_code = _exit_code(container, WAIT_POLL_S)
+        status_code = wait_for_exit(container)
         logs.finish(LOG_GRACE_S)
         return status_code
     finally:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 
 def run(client, image, command, **kwargs) -> tuple[int, str]:
+    from pipelines.container_runner import wait_for_exit
+
     container = client.containers.run(image, command, detach=True, **kwargs)
     try:
-        code = container.wait()["StatusCode"]
+        code = wait_for_exit(container)
         return code, container.logs().decode()
     finally:
         container.remove(force=True)
