@@ -115,8 +115,7 @@ def breakdown(parsed: dict, metrics: dict) -> dict:
         out["outside_training_parts"] = {
             "other_steps": round(others, 3), "finetune_startup": ft["startup"],
             "finetune_after_training": round(after, 3),
-            "unaccounted": round(pipeline - train - others - ft["startup"] - after
-                                 - (ft["training"] - train), 3)}
+            "unaccounted": round(pipeline - others - ft["startup"] - ft["training"] - after, 3)}
     return out
 
 

@@ -20,22 +20,24 @@ import make_random_model  # noqa: E402
 @pytest.fixture()
 def source(tmp_path, tiny_model_selector) -> Path:
     """A folder with only a config.json and tokenizer files, as bench/device/prepare.sh leaves MiniLM's."""
+    from transformers import AutoConfig, AutoTokenizer
+
     folder = tmp_path / "source"
-    folder.mkdir()
-    for name in ("config.json", *make_random_model.TOKENIZER_FILES):
-        if (tiny_model_selector / name).exists():
-            (folder / name).write_bytes((tiny_model_selector / name).read_bytes())
+    AutoConfig.from_pretrained(tiny_model_selector).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_selector).save_pretrained(folder)
+    assert not list(folder.glob("*.safetensors"))
     return folder
 
 
-def test_the_model_has_the_overridden_shape_and_model_import_accepts_it(tmp_path, source):
-    from transformers import AutoModel
+def test_the_model_has_the_overridden_shape_its_tokenizer_and_model_import_accepts_it(tmp_path, source):
+    from transformers import AutoModel, AutoTokenizer
 
     out = make_random_model.make(source, tmp_path / "wide", {"hidden_size": 48, "num_hidden_layers": 3,
                                                             "intermediate_size": 96})
     model = AutoModel.from_pretrained(out)
     assert (model.config.hidden_size, model.config.num_hidden_layers) == (48, 3)
     assert model.encoder.layer[0].intermediate.dense.weight.shape == (96, 48)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(source).get_vocab()
     run_model_import(model_path=str(out), model_selector_output=str(tmp_path / "imported"))
     assert AutoModel.from_pretrained(tmp_path / "imported").config.hidden_size == 48
 

