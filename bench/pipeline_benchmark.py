@@ -154,9 +154,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--output", type=Path)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="pipeline runs, one after the other (default: 3)")
+    parser.add_argument("--output", type=Path, help="the JSON to write (it is also printed)")
     parser.add_argument("--workdir", type=Path, help="where the runs' folders go (default: a temporary folder)")
     args = parser.parse_args(own)
     if args.runs < 1:
