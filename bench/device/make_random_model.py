@@ -40,6 +40,7 @@ def make(source: Path, output: Path, overrides: dict, seed: int = 0) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     AutoTokenizer.from_pretrained(source).save_pretrained(output)
+    print(f"{output}: {config.model_type}, hidden {config.hidden_size}, {config.num_hidden_layers} layers")
     return output
 
 
@@ -52,11 +53,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not (args.source / "config.json").is_file():
         raise SystemExit(f"error: {args.source} has no config.json")
-    path = make(args.source, args.output, parse_overrides(args.set), args.seed)
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    print(f"{path}: {config.model_type}, hidden {config.hidden_size}, {config.num_hidden_layers} layers")
+    make(args.source, args.output, parse_overrides(args.set), args.seed)
     return 0
 
 
