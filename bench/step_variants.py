@@ -14,6 +14,9 @@ first block is warm-up.
   stock_clip   autocast, clipped by torch's own pass (`clip_grad_norm_`: the gradients multiplied, then AdamW)
   torch_masks  autocast, with the dropout masks of before 2026-12-04 (the same numpy SFC64 words, compared by
                torch and the bool mask cast to the activation dtype, instead of compared by numpy and cast via uint8)
+  stock_dropout  autocast, with torch's own dropout (`bernoulli_` per call, SDPA's in attention) instead of the masks
+  compiled     stock_dropout under `torch.compile(dynamic=True)` (torch's dropout: the masks' numpy draws would break
+               the graph at every dropout); its first step compiles, so see its `first_step_s`
 
 Usage (the local pipeline's outputs):
   python bench/step_variants.py --run-dir RUN_DIR [--blocks 16] [--threads 2] [--variants autocast,...]
@@ -45,7 +48,7 @@ from trainer.labels import load_class_names  # noqa: E402
 from trainer import speed  # noqa: E402
 from trainer.speed import clip_in_fused_adam, install_fast_dropout, tune_cpu_allocator  # noqa: E402
 
-VARIANTS = ("autocast", "bf16_master", "fused_qkv", "stock_clip", "torch_masks")
+VARIANTS = ("autocast", "bf16_master", "fused_qkv", "stock_clip", "torch_masks", "stock_dropout", "compiled")
 
 
 def batches(train_jsonl: Path, size: int = 16) -> list[dict]:
@@ -112,7 +115,8 @@ def _dropout_function(function):
 def make_step(base: nn.Module, variant: str):
     model = copy.deepcopy(base)
     model.train()
-    install_fast_dropout(model)
+    if variant not in ("stock_dropout", "compiled"):
+        install_fast_dropout(model)
     if variant == "fused_qkv":
         for module in model.modules():
             if all(hasattr(module, name) for name in ("query", "key", "value")):
@@ -139,11 +143,12 @@ def make_step(base: nn.Module, variant: str):
         return step
 
     optimizer = torch.optim.AdamW(params, lr=5e-5, fused=True)
+    forward = torch.compile(model, dynamic=True) if variant == "compiled" else model
 
     def step(batch):
         with _dropout_function(_torch_masks_dropout if variant == "torch_masks" else speed.fast_dropout):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = model(**batch).loss
+                loss = forward(**batch).loss
         loss.backward()
         if variant == "stock_clip":
             nn.utils.clip_grad_norm_(params, 1.0)
@@ -196,6 +201,7 @@ def main(argv=None) -> int:
         ratios = sorted(sum(v) / sum(a) for v, a in zip(timed, blocks["autocast"]))
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         result["variants"][variant] = {
+            "first_step_s": round(times[variant][0][0], 2),
             "median_step_ms": round(1000 * statistics.median(s for b in timed for s in b), 1),
             "time_vs_autocast": {"median": round(q[1], 3), "q1": round(q[0], 3), "q3": round(q[2], 3)}}
     text = json.dumps(result, indent=2)

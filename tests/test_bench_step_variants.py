@@ -75,3 +75,23 @@ def test_torch_masks_runs_the_earlier_masks_and_puts_the_trainers_back(monkeypat
     # per layer: attention probabilities, attention output, FFN output; plus the embeddings' and the classifier's
     assert len(calls) == 2 * 3 + 2
     assert speed.fast_dropout.__module__ == "trainer.speed"
+
+
+def test_stock_dropout_keeps_torchs_dropout_and_compiled_compiles_that_step(monkeypatch):
+    """`stock_dropout` and `compiled` leave torch's dropout in place (no trainer masks); `compiled` runs its forward
+    through torch.compile(dynamic=True), the others do not."""
+    from trainer.speed import FastDropout
+
+    compiled = []
+
+    def fake_compile(model, **kwargs):
+        compiled.append(kwargs)
+        return lambda **batch: (compiled.append("forward"), model(**batch))[1]
+
+    monkeypatch.setattr(step_variants.torch, "compile", fake_compile)
+    for name in ("autocast", "stock_dropout", "compiled"):
+        step = step_variants.make_step(_tiny_bert(0.1), name)
+        step(dict(BATCH))
+        masks = [m for m in step.model.modules() if isinstance(m, FastDropout)]
+        assert bool(masks) == (name == "autocast"), name
+    assert compiled == [{"dynamic": True}, "forward"]
