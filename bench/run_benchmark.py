@@ -23,7 +23,10 @@ Measured per arm (see bench/README.md for the definitions):
   net train time        wall time of Trainer.train() minus the evaluations and checkpoint saves it ran inside
   raw train time        wall time of Trainer.train() (what a user waits for the training loop)
   wall                  whole arm: model load, train, final validation + test evaluation, saving
-  peak RSS              ru_maxrss of the arm's process; peak GPU = torch.cuda.max_memory_allocated
+  peak RSS              ru_maxrss of the arm's process: at the end of Trainer.train() (model, data, training and the
+                        evaluations, checkpoints and best-model reload inside it) and for the whole arm (ours also
+                        publishes: test scoring of the saved model, MLflow, ONNX; stock predicts the test split);
+                        peak GPU = torch.cuda.max_memory_allocated
   F1                    seqeval entity F1, strict IOB2 (the scorer our trainer uses), on validation and test
   MFU                   6 * non-embedding params * train tokens/s / peak matmul FLOP/s; on CPU the peak is measured
                         (bf16 and fp32 square matmuls) before every arm of the same run, max over the run
@@ -40,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import subprocess
@@ -293,6 +297,7 @@ class Meter:
         self.params_trainable = None
         self.params_non_embedding = None
         self.peak_gpu_train = None
+        self.peak_rss_train = None  # ru_maxrss (KiB) when the first Trainer.train() returned
 
     def install(self):
         import torch
@@ -326,6 +331,8 @@ class Meter:
                 if busy_started is not None:
                     meter.host_busy_seconds += (host_busy_seconds() or 0.0) - busy_started
                 meter.in_train = False
+                if meter.peak_rss_train is None:
+                    meter.peak_rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                 if torch.cuda.is_available():
                     meter.peak_gpu_train = torch.cuda.max_memory_allocated()
 
@@ -530,8 +537,6 @@ def evaluate_checkpoints(spec: dict, out_dir: Path) -> dict:
 
 
 def child_main(spec_path: str) -> int:
-    import resource
-
     spec = json.loads(Path(spec_path).read_text())
     out_dir = Path(spec["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -582,6 +587,7 @@ def child_main(spec_path: str) -> int:
         "load_average_after": list(os.getloadavg()),
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_train_mb": round(meter.peak_rss_train / 1024, 1) if meter.peak_rss_train else None,
         "params_total": meter.params_total,
         "params_trainable": meter.params_trainable,
         "params_non_embedding": meter.params_non_embedding,
@@ -631,7 +637,7 @@ def add_mfu(result: dict, peaks: dict) -> None:
 
 def table(results: list[dict], ref: dict) -> str:
     cols = ["arm", "prec", "tok/s", "tok/cpu-s", "x stock", "x best", "MFU %", "pad %", "train s", "raw s", "wall s",
-            "RSS MB", "GPU MB", "foreign %", "val F1", "test F1"]
+            "RSS MB train / arm", "GPU MB", "foreign %", "val F1", "test F1"]
     lines = []
     stock_tps = (ref.get("stock") or {}).get("train_tokens_per_s")
     best_tps = (ref.get("stock_best") or {}).get("train_tokens_per_s")
@@ -647,7 +653,8 @@ def table(results: list[dict], ref: dict) -> str:
             fmt(100 * r["mfu"] if r.get("mfu") is not None else None, "{:.1f}"),
             fmt(100 * r["padding_fraction"] if r.get("padding_fraction") is not None else None, "{:.0f}"),
             fmt(r.get("train_seconds_net"), "{:.1f}"), fmt(r.get("train_seconds_raw"), "{:.1f}"),
-            fmt(r.get("wall_seconds"), "{:.1f}"), fmt(r.get("peak_rss_mb")), fmt(r.get("peak_gpu_train_mb")),
+            fmt(r.get("wall_seconds"), "{:.1f}"), f"{fmt(r.get('peak_rss_train_mb'))} / {fmt(r.get('peak_rss_mb'))}",
+            fmt(r.get("peak_gpu_train_mb")),
             fmt(100 * r["foreign_cpu_share"] if r.get("foreign_cpu_share") is not None else None, "{:.0f}"),
             fmt(100 * r["eval_f1"] if r.get("eval_f1") is not None else None, "{:.2f}"),
             fmt(100 * r["test_f1"] if r.get("test_f1") is not None else None, "{:.2f}"),
@@ -697,6 +704,7 @@ def aggregate(runs: dict, arms: list[str]) -> dict:
                  "mfu": stats([r.get("mfu") for r in rs]),
                  "mfu_vs_bf16_peak": stats([r.get("mfu_vs_bf16_peak") for r in rs]),
                  "peak_rss_mb": stats([r.get("peak_rss_mb") for r in rs]),
+                 "peak_rss_train_mb": stats([r.get("peak_rss_train_mb") for r in rs]),
                  "peak_gpu_train_mb": stats([r.get("peak_gpu_train_mb") for r in rs]),
                  "padding_fraction": stats([r.get("padding_fraction") for r in rs]),
                  "test_f1": stats([r.get("test_f1") for r in rs]),
@@ -730,7 +738,7 @@ def aggregate_table(agg: dict) -> str:
         return "-" if not e or "ci95" not in e else f"[{f.format(e['ci95'][0])}, {f.format(e['ci95'][1])}]"
 
     lines = ["arm | seeds | tok/s | x stock (median) | x stock_best (median) | per CPU-s x stock_best (median) | "
-             "MFU % | foreign CPU % | peak RSS MB | test F1 | test F1 - stock | 95 % CI | "
+             "MFU % | foreign CPU % | peak RSS MB train / arm | test F1 | test F1 - stock | 95 % CI | "
              "by criterion loss / f1 / last (- stock)",
              "--- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | ---"]
     for arm, e in agg.items():
@@ -740,7 +748,8 @@ def aggregate_table(agg: dict) -> str:
             fmt((e.get("speedup_vs_stock") or {}).get("median"), "{:.2f}"),
             fmt((e.get("speedup_vs_stock_best") or {}).get("median"), "{:.2f}"),
             fmt((e.get("cpu_speedup_vs_stock_best") or {}).get("median"), "{:.2f}"),
-            ms(e["mfu"], 100, "{:.1f}"), ms(e["foreign_cpu_share"], 100, "{:.0f}"), ms(e["peak_rss_mb"], f="{:.0f}"), ms(e["test_f1"], 100),
+            ms(e["mfu"], 100, "{:.1f}"), ms(e["foreign_cpu_share"], 100, "{:.0f}"),
+            f"{ms(e.get('peak_rss_train_mb'), f='{:.0f}')} / {ms(e['peak_rss_mb'], f='{:.0f}')}", ms(e["test_f1"], 100),
             ms(e.get("test_f1_minus_stock_points")), ci(e.get("test_f1_minus_stock_points")),
             " / ".join(ms(crit[k]) for k in ("loss", "f1", "last") if k in crit) or "-"]))
     return "\n".join(lines)
@@ -766,7 +775,8 @@ def targets(agg: dict, runs: dict) -> dict:
         for crit, dd in (e.get("test_f1_minus_stock_points_by_criterion") or {}).items():
             out[f"{arm}_test_f1_minus_stock_points_{crit}"] = {k: dd[k] for k in ("mean", "std", "n", "ci95") if k in dd}
     if ours and lora:
-        key = "peak_gpu_train_mb" if (ours.get("peak_gpu_train_mb") or {}).get("mean") else "peak_rss_mb"
+        key = next((k for k in ("peak_gpu_train_mb", "peak_rss_train_mb", "peak_rss_mb")
+                    if (ours.get(k) or {}).get("mean")), "peak_rss_mb")  # training's peak where recorded
         if (ours.get(key) or {}).get("mean") and (lora.get(key) or {}).get("mean"):
             out["lora_vs_full_peak_memory"] = {"metric": key, "ours": ours[key]["mean"], "ours_lora": lora[key]["mean"],
                                                "ratio": round(lora[key]["mean"] / ours[key]["mean"], 3)}

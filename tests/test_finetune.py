@@ -214,3 +214,55 @@ def test_mlflow_tracking_when_tracking_uri_is_set(make_config, tmp_path, monkeyp
     history = client.get_metric_history(runs[0].info.run_id, "eval_f1")
     assert history and 0.0 <= history[-1].value <= 1.0
     assert client.get_metric_history(runs[0].info.run_id, "eval_loss")
+
+
+class _BestAt(TrainerCallback):
+    """Makes the evaluation at `step` the best by loss: the test's choice of the best checkpoint."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics["eval_loss"] = 0.0 if state.global_step == self.step else 1.0 + state.global_step
+
+
+@pytest.mark.parametrize("best_step, rereads", [(20, 0), (10, 1)], ids=["best-is-last", "best-is-earlier"])
+def test_best_model_is_read_again_only_when_it_is_not_the_last_steps(make_config, monkeypatch, best_step, rereads):
+    """The best checkpoint is the model published either way; its weights are read back from disk only when they
+    are not the ones in memory (a second copy of the model at the step's memory peak otherwise)."""
+    from conftest import weights_digest
+    from transformers import Trainer
+
+    reads = []
+    stock = Trainer._load_best_model
+    monkeypatch.setattr(Trainer, "_load_best_model", lambda self: reads.append(1) or stock(self))
+    config = make_config(num_train_epochs=2, metric_for_best_model="loss")  # 10 steps an epoch: checkpoints 10, 20
+    result = finetune(config, callbacks=[_BestAt(best_step)])
+    root = Path(config.pytorch_model_folder)
+    assert Path(result.best_checkpoint).name == f"checkpoint-{best_step}"
+    assert len(reads) == rereads
+    assert weights_digest(root) == weights_digest(root / f"checkpoint-{best_step}")
+    assert weights_digest(root) != weights_digest(root / f"checkpoint-{30 - best_step}")
+
+
+def test_publishing_starts_without_the_optimizer_moments(make_config, monkeypatch):
+    """After training nothing steps the optimizer: its state (2x the trained parameters) is gone before publishing
+    loads, scores and exports the model again."""
+    import trainer.outputs as outputs
+
+    class Moments(TrainerCallback):
+        during = 0
+
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            Moments.during = len(getattr(optimizer, "optimizer", optimizer).state)
+
+    at_publish = []
+    publish = outputs.publish
+
+    def spy(hf_trainer, *args, **kwargs):
+        at_publish.append(len(getattr(hf_trainer.optimizer, "optimizer", hf_trainer.optimizer).state))
+        return publish(hf_trainer, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "publish", spy)
+    finetune(make_config(num_train_epochs=1), callbacks=[Moments()])
+    assert Moments.during > 0 and at_publish == [0]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -337,6 +339,54 @@ def test_prepare_swaps_every_dropout_and_the_attention_and_restore_puts_the_stoc
     no_speedups = BertForTokenClassification.from_pretrained(tiny_model_selector)
     prepare(no_speedups, make_config(cpu_speedups="false"), [])
     assert {name for name, m in no_speedups.named_modules() if type(m) is torch.nn.Dropout} == stock
+
+
+_ALLOCATOR_PROBE = """
+import json, os, sys
+import numpy as np
+from transformers import BertForTokenClassification
+from trainer.config import FinetuneConfig
+from trainer.data import load_preprocess_output
+from trainer.speed import prepare
+
+selector, preprocessed, out = sys.argv[1:4]
+
+
+def freed_block_stays():
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, every page touched
+    held = rss()
+    del block
+    return held - rss() < (32 << 20)  # freeing it gave (almost) nothing back
+
+
+config = FinetuneConfig(preprocess_output=preprocessed, model_selector_output=selector,
+                        pytorch_model_folder=out + "/pt", mlflow_model_folder=out + "/ml")
+model = BertForTokenClassification.from_pretrained(selector)
+seen = {"before": freed_block_stays()}
+prepared = prepare(model, config, load_preprocess_output(preprocessed).train)
+seen["training"] = freed_block_stays()
+prepared.restore()
+seen["after"] = freed_block_stays()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not Path("/proc/self/statm").exists(),
+                    reason="glibc's allocator settings, the resident set read from /proc")
+def test_restore_hands_freed_memory_back_to_the_os_again(tiny_model_selector, tiny_preprocess_output, tmp_path):
+    """During training (prepare) a freed 64 MiB block stays in the process for the next step to reuse; after
+    restore() it goes back to the OS as in a process without the speed features, so publishing does not build on
+    training's memory high-water mark. In a fresh process: glibc's thresholds are process-wide."""
+    done = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, str(tiny_model_selector),
+                           str(tiny_preprocess_output), str(tmp_path)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"before": False, "training": True, "after": False}
 
 
 class _Losses(TrainerCallback):

@@ -80,6 +80,14 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
         return _train_and_publish(config, data, model_dir, deepspeed_config, resume, callbacks)
 
 
+def _drop_optimizer_state(trainer) -> None:
+    """Nothing after training steps the optimizer (a resume reads the checkpoints), so its moments, twice the
+    trained parameters, go before publishing loads the model again. DeepSpeed keeps its own partitions: left as
+    they are."""
+    if trainer.optimizer is not None and not trainer.is_deepspeed_enabled:
+        getattr(trainer.optimizer, "optimizer", trainer.optimizer).state.clear()  # accelerate wraps the torch one
+
+
 def _resume_checkpoint(config: FinetuneConfig) -> Optional[Path]:
     from trainer.checkpoints import choose_resume_checkpoint
     from trainer.distributed import is_main_process
@@ -160,8 +168,9 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     started = time.perf_counter()
     try:
         train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        _drop_optimizer_state(trainer)
     finally:
-        sped.restore()  # --- speed hook: the stock modules back before evaluation and publishing ---
+        sped.restore()  # --- speed hook: the stock modules and allocator back before evaluation and publishing ---
     train_runtime = time.perf_counter() - started
 
     validation_metrics = best_validation_metrics(trainer) or trainer.evaluate(data.validation,

@@ -1,9 +1,11 @@
 """The HF Trainer of the recipe: stock `transformers.Trainer`, metering of each training step for progress,
 length-sorted evaluation batches whose outputs come back in dataset order (scoring joins the windows of a sentence by
-row order), and the callback that seals each checkpoint with its manifest."""
+row order), no second read of a best checkpoint that the model in memory already holds, and the callback that seals
+each checkpoint with its manifest."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +16,8 @@ from trainer.checkpoints import rotate_checkpoints, write_manifest
 from trainer.metrics import in_dataset_order
 from trainer.progress import ProgressMeter
 from trainer.speed import dataset_lengths
+
+logger = logging.getLogger(__name__)
 
 
 class TokenClassificationTrainer(Trainer):
@@ -31,6 +35,17 @@ class TokenClassificationTrainer(Trainer):
         if self.meter is not None:
             self.meter.add(loss, inputs.get("attention_mask"), inputs["input_ids"])
         return loss
+
+    def _load_best_model(self):
+        """The best checkpoint's weights, unless it is the checkpoint saved at the last step: the model in memory
+        holds exactly those weights (nothing trains after that save), and reading them again would only add a
+        second copy of the model to the step's peak memory. (`Trainer._load_best_model`, transformers 5.24.)"""
+        best = self.state.best_model_checkpoint
+        if best and Path(best) == Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}":
+            if self.is_world_process_zero():
+                logger.info("the best checkpoint, %s, holds the last step's weights: not read again", best)
+            return
+        super()._load_best_model()
 
     def _get_eval_sampler(self, eval_dataset):
         """Rows longest first, so each evaluation batch holds rows of about one length (WNUT-17 with MiniLM at batch

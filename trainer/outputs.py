@@ -82,6 +82,7 @@ def publish(trainer, config: FinetuneConfig, model_dir: Path, class_names: list[
 def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, model_dir: Path,
                   class_names: list[str], result, tokenizer) -> None:
     from trainer.mlflow_model import save_mlflow_model
+    from trainer.speed import return_free_memory
 
     if peft:
         _finish_lora(stage, model_dir, class_names, config)
@@ -90,6 +91,7 @@ def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, m
     remove_published(root, METRICS_FILE, keep=_not_published)  # an earlier publication's results go first
     publish_into(stage, root)
     score_published(root, config, result)
+    return_free_memory()  # the scoring's buffers, before the MLflow and ONNX steps load the model again
     mlflow_stage = staging_dir(config.mlflow_model_folder)
     shutil.rmtree(mlflow_stage)  # mlflow wants to create the folder itself
     save_mlflow_model(root, mlflow_stage)

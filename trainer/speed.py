@@ -13,8 +13,9 @@ rounding); each is measured in bench/README.md and pinned by tests/test_speed.py
    joined by row order).
 2. ``prepare(model, config)`` after the model is built (and LoRA applied), before the Trainer: the CPU allocator
    setting, the trained-rows embedding, and dropout masks from a fast generator (every ``nn.Dropout`` and the
-   "sdpa" attention's dropout). Returns a handle whose ``restore()`` puts the stock modules back;
-   call it after ``trainer.train()`` (before saving/publishing), so published models are plain HF models.
+   "sdpa" attention's dropout). Returns a handle whose ``restore()`` puts the stock modules and allocator
+   settings back; call it after ``trainer.train()`` (before saving/publishing), so published models are plain HF
+   models and publishing does not start from training's memory high-water mark.
 """
 
 from __future__ import annotations
@@ -165,7 +166,23 @@ def trainer_class(base):
 # 2a. CPU allocator: keep freed blocks in the heap instead of unmapping them
 # ------------------------------------------------------------------------------------------------------------
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+GLIBC_DEFAULT_THRESHOLD = 128 * 1024  # both thresholds' initial value (glibc's DEFAULT_MMAP_THRESHOLD_MIN)
 _ALLOCATOR_TUNED = False
+
+
+def _glibc():
+    """glibc's mallopt and malloc_trim, or None where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018 - glibc only
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return mallopt, trim
 
 
 def tune_cpu_allocator(threshold: int = 1 << 30) -> bool:
@@ -173,23 +190,42 @@ def tune_cpu_allocator(threshold: int = 1 << 30) -> bool:
     free, so each training step re-faults (and the kernel re-zeroes) every large buffer: the dense gradient of a
     30k x 384 word-embedding table alone costs ~11k page faults per step. Raising the mmap and trim thresholds
     makes glibc reuse those blocks (what jemalloc/tcmalloc do), for this process; values are not affected. No-op
-    (False) where the C library is not glibc."""
+    (False) where the C library is not glibc. `restore_cpu_allocator` undoes it."""
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:
         return True
-    if not sys.platform.startswith("linux"):
+    glibc = _glibc()
+    if glibc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt, _ = glibc
     ok = bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, threshold))
     _ALLOCATOR_TUNED = ok
     logger.info("glibc malloc: mmap/trim thresholds %s to %d MiB", "raised" if ok else "NOT raised", threshold >> 20)
     return ok
+
+
+def restore_cpu_allocator() -> None:
+    """After training: glibc's thresholds back to their start values (128 KiB; glibc no longer raises them by
+    itself once set) and the free memory the raised ones kept returned to the OS. Publishing then loads the model
+    again, scores it and exports it on top of what is live, not on top of training's high-water mark (with the
+    optimizer state dropped first, trainer/finetune.py; WNUT-17 + MiniLM in bf16: the highest RSS after training
+    2,120 -> 1,669 MB, bench/README.md "Memory of the fine-tune step")."""
+    global _ALLOCATOR_TUNED
+    glibc = _glibc() if _ALLOCATOR_TUNED else None
+    if glibc is None:
+        return
+    mallopt, _ = glibc
+    mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+    mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
+    _ALLOCATOR_TUNED = False
+    return_free_memory()
+
+
+def return_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim; False elsewhere), between phases of one
+    process that each allocate a few model-sized blocks and free them."""
+    glibc = _glibc()
+    return bool(glibc and glibc[1](0))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -424,6 +460,7 @@ def prepare(model: nn.Module, config, train_dataset, use_cpu: bool = True) -> Pr
         return prepared
     prepared.active = True
     if tune_cpu_allocator():
+        prepared.undo.append(restore_cpu_allocator)  # first in, so undone last: after the modules let go of memory
         prepared.notes.append("allocator")
     why_not = compact_embeddings_applicable(config)
     compact = None if why_not else install_trained_rows_embedding(model, train_dataset)
