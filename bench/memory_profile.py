@@ -157,16 +157,8 @@ def profile(run_dir: Path, work: Path, overrides: dict) -> dict:
             "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "training_peak_mb": max(v for p, v in peaks.items() if p in PHASES[:4]),
             "after_training_peak_mb": max((v for p, v in peaks.items() if p in PHASES[4:]), default=None),
-            "train_runtime_s": round(result.train_runtime, 2), "config": fields}
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+            "train_runtime_s": round(result.train_runtime, 2),
+            "config": {key: getattr(config, key) for key in fields}}
 
 
 def _one_run_in_a_fresh_process(args, overrides: list[str]) -> dict:
@@ -188,7 +180,7 @@ def main(argv=None) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides are KEY=VALUE, got {bad}")
-    from run_benchmark import cpu_model
+    from run_benchmark import cpu_model, emit_report, parse_overrides
 
     command = " ".join(["python", "bench/memory_profile.py", *(sys.argv[1:] if argv is None else argv)])
     if args.runs > 1:
@@ -204,15 +196,11 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        overrides = {k: _value(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+        overrides = parse_overrides(args.overrides)  # FinetuneConfig parses the values, as for the benchmark's
         with tempfile.TemporaryDirectory(prefix="memory-profile-") as work:
             result = {"cpu": cpu_model(), "threads": args.threads, "run_dir": str(args.run_dir), "command": command,
                       **profile(args.run_dir, Path(work), overrides)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    emit_report(result, args.output)
     return 0
 
 

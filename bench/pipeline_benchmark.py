@@ -37,7 +37,7 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from run_benchmark import cpu_model  # noqa: E402
+from run_benchmark import cpu_model, emit_report  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # kfp.local's orchestrator lines ("01:19:44.049 - INFO - Executing task 'finetune'") carry the time of day only
@@ -173,11 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "command": "python bench/pipeline_benchmark.py " + " ".join(argv), "pipeline_args": extra,
               "runs": runs, "median": median_of(runs), "target_ratio": 1.3}
     report["target_met"] = report["median"]["ratio"] <= report["target_ratio"]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n", encoding="utf-8")
+    emit_report(report, args.output)
     return 0
 
 

@@ -98,6 +98,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def emit_report(report: dict, output) -> None:
+    """Print a bench program's report as JSON and, with `output` (a Path or None), write it there too."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n", encoding="utf-8")
+
+
 def usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))

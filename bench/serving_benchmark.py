@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,15 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from run_benchmark import cpu_model, emit_report  # noqa: E402
 BEFORE_COMMIT = "15e2822"  # the foundation's evaluate (encoded rows, file order)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def prepare(work: Path) -> dict:
@@ -169,11 +163,7 @@ def main(argv=None) -> int:
         "parity": parity(work, data["rows"], data["texts"]),
         "evaluate_step": time_evaluate(work, args.repeat),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    emit_report(report, args.output)
     return 0
 
 

@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from run_benchmark import cpu_model  # noqa: E402
+from run_benchmark import cpu_model, emit_report  # noqa: E402
 from trainer.labels import load_class_names  # noqa: E402
 from trainer import speed  # noqa: E402
 from trainer.speed import clip_in_fused_adam, install_fast_dropout, tune_cpu_allocator  # noqa: E402
@@ -204,10 +204,7 @@ def main(argv=None) -> int:
             "first_step_s": round(times[variant][0][0], 2),
             "median_step_ms": round(1000 * statistics.median(s for b in timed for s in b), 1),
             "time_vs_autocast": {"median": round(q[1], 3), "q1": round(q[0], 3), "q3": round(q[2], 3)}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n", encoding="utf-8")
+    emit_report(result, args.output)
     return 0
 
 
