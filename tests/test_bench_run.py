@@ -1,0 +1,37 @@
+"""bench/run_benchmark.py end to end on the tiny task: a second run into the same --workdir measures afresh."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(conll_dir: Path, model: Path, work: Path, output: Path, seed: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run_benchmark.py"), "--arms", "ours", "--data-dir", str(conll_dir),
+         "--model-path", str(model), "--train-samples", "32", "--eval-samples", "16", "--max-steps", "2",
+         "--seeds", str(seed), "--torch-threads", "1", "--no-peaks", "--workdir", str(work), "--output", str(output)],
+        capture_output=True, text=True, timeout=600, cwd=str(REPO))
+
+
+def test_a_rerun_into_the_same_workdir_starts_each_arm_afresh(conll_dir, tiny_model_selector, tmp_path):
+    """The first run leaves the arm's checkpoints and result.json in the workdir; the second run (another seed)
+    trains the arm again instead of failing on the folder our trainer refuses, and reports its own figures."""
+    work = tmp_path / "work"
+    first = _bench(conll_dir, tiny_model_selector, work, tmp_path / "first.json", seed=1)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    arm_dir = work / "ours"  # one seed: no seed sub-folder
+    assert list((arm_dir / "pytorch_model").glob("checkpoint-*")) and (arm_dir / "result.json").exists()
+    # What an interrupted earlier run with this seed could leave behind: a result.json that is not this run's.
+    (arm_dir / "result.json").write_text(json.dumps({"train_tokens_per_s": 1e9, "test_f1": 2.0}))
+    second = _bench(conll_dir, tiny_model_selector, work, tmp_path / "second.json", seed=1)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "FAILED" not in second.stdout
+    report = json.loads((tmp_path / "second.json").read_text())
+    results = list(report["runs"]["1"].values())
+    assert len(results) == 1 and "error" not in results[0]
+    assert results[0]["test_f1"] <= 1.0 and results[0]["train_tokens_per_s"] < 1e9  # measured, not the stale file
