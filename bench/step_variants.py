@@ -14,6 +14,9 @@ first block is warm-up.
   stock_clip   autocast, clipped by torch's own pass (`clip_grad_norm_`: the gradients multiplied, then AdamW)
   torch_masks  autocast, with the dropout masks of before 2026-12-04 (the same numpy SFC64 words, compared by
                torch and the bool mask cast to the activation dtype, instead of compared by numpy and cast via uint8)
+  byte_masks   autocast, with dropout masks drawn 8 bits an element instead of 32: an element is dropped when its
+               byte is below the threshold's top byte, kept when above, and only on a tie (1 in 256) are 24 more bits
+               drawn, so the keep probability is the trainer's, 1 - round(p * 2**32) / 2**32 (a candidate)
   stock_dropout  autocast, with torch's own dropout (`bernoulli_` per call, SDPA's in attention) instead of the masks
   compiled     stock_dropout under `torch.compile(dynamic=True)` (torch's dropout: the masks' numpy draws would break
                the graph at every dropout); its first step compiles, so see its `first_step_s`
@@ -29,6 +32,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import random
 import statistics
 import sys
@@ -48,7 +52,8 @@ from trainer.labels import load_class_names  # noqa: E402
 from trainer import speed  # noqa: E402
 from trainer.speed import clip_in_fused_adam, install_fast_dropout, tune_cpu_allocator  # noqa: E402
 
-VARIANTS = ("autocast", "bf16_master", "fused_qkv", "stock_clip", "torch_masks", "stock_dropout", "compiled")
+VARIANTS = ("autocast", "bf16_master", "fused_qkv", "stock_clip", "torch_masks", "byte_masks", "stock_dropout",
+            "compiled")
 
 
 def batches(train_jsonl: Path, size: int = 16) -> list[dict]:
@@ -101,6 +106,28 @@ def _torch_masks_dropout(x: torch.Tensor, p: float, training: bool = True) -> to
     return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
+def byte_keep_mask(shape, p: float) -> torch.Tensor:
+    """`trainer.speed.keep_mask`'s distribution (keep with probability 1 - round(p * 2**32) / 2**32) from 8 random
+    bits an element, and 24 more only where the 8 bits tie with the threshold's top byte."""
+    numel = math.prod(shape)
+    threshold = round(p * (1 << 32))  # drop iff a uniform 32-bit u < threshold; u = top byte * 2**24 + low 24 bits
+    top, low = threshold >> 24, threshold & 0xFFFFFF
+    generator = np.random.SFC64(int(torch.randint(0, 1 << 62, (1,))))
+    byte = generator.random_raw((numel + 7) // 8).view(np.uint8)[:numel]
+    keep = byte > top
+    ties = np.flatnonzero(byte == top)
+    if ties.size:
+        keep[ties] = (generator.random_raw(ties.size) & 0xFFFFFF) >= low
+    return torch.from_numpy(keep).view(shape)
+
+
+def _byte_masks_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`trainer.speed.fast_dropout` with the masks of `byte_keep_mask`."""
+    if not training or p == 0.0:
+        return x
+    return x * byte_keep_mask(x.shape, p).view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
 @contextlib.contextmanager
 def _dropout_function(function):
     """The trainer's dropout modules call `trainer.speed.fast_dropout`: run the block with `function` instead."""
@@ -146,7 +173,9 @@ def make_step(base: nn.Module, variant: str):
     forward = torch.compile(model, dynamic=True) if variant == "compiled" else model
 
     def step(batch):
-        with _dropout_function(_torch_masks_dropout if variant == "torch_masks" else speed.fast_dropout):
+        dropout = {"torch_masks": _torch_masks_dropout, "byte_masks": _byte_masks_dropout}.get(variant,
+                                                                                              speed.fast_dropout)
+        with _dropout_function(dropout):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = forward(**batch).loss
         loss.backward()

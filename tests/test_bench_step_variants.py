@@ -95,3 +95,29 @@ def test_stock_dropout_keeps_torchs_dropout_and_compiled_compiles_that_step(monk
         masks = [m for m in step.model.modules() if isinstance(m, FastDropout)]
         assert bool(masks) == (name == "autocast"), name
     assert compiled == [{"dynamic": True}, "forward"]
+
+
+def test_byte_masks_keep_with_the_trainers_probability_ties_included():
+    """8 random bits an element plus 24 more on a tie give the trainer's keep probability, 1 - round(p * 2**32) /
+    2**32: at p = 1 / 512 every drop comes from a tie (the threshold's top byte is 0), half of the ties dropping."""
+    import math
+
+    n = 4_000_000
+    for p in (0.1, 0.37, 1 / 512):
+        torch.manual_seed(11)
+        keep = step_variants.byte_keep_mask((n // 1000, 1000), p)
+        assert keep.shape == (n // 1000, 1000) and keep.dtype == torch.bool
+        drop = 1 - int(keep.sum()) / n
+        expected = round(p * 2**32) / 2**32
+        assert abs(drop - expected) < 5 * math.sqrt(expected * (1 - expected) / n), (p, drop)
+    torch.manual_seed(11)
+    assert torch.equal(step_variants.byte_keep_mask((n // 1000, 1000), 1 / 512), keep)  # torch's seed governs it
+
+
+def test_byte_masks_runs_its_masks(monkeypatch):
+    calls = []
+    original = step_variants._byte_masks_dropout
+    monkeypatch.setattr(step_variants, "_byte_masks_dropout",
+                        lambda x, p, training=True: calls.append(p) or original(x, p, training))
+    step_variants.make_step(_tiny_bert(0.1), "byte_masks")(dict(BATCH))
+    assert len(calls) == 2 * 3 + 2
