@@ -2,12 +2,14 @@
 """Pool the seeds of several `run_benchmark.py --seeds` reports into one report (a long run split across sessions).
 
 The reports must agree on everything but the seeds: arms, hyper-parameters, overrides, data, CPU model and
-library versions; a seed may appear once. Comparisons stay paired within a seed (each seed's arms ran
+library versions; a seed may appear once. With ``--arms``, only those arms are pooled (every report must have each
+of them in every seed; its other arms are left out), so a run of all six arms and a later run of two of them can be
+pooled over those two. Comparisons stay paired within a seed (each seed's arms ran
 back to back in one report), and MFU is recomputed against the highest matmul peak measured in any of the reports,
 as one long run would have done. Bad input exits 2 with one line, before anything is written.
 
 Usage:
-  python bench/combine_runs.py A.json B.json --output bench/figures/combined.json
+  python bench/combine_runs.py A.json B.json [--arms stock,ours_fast] --output bench/figures/combined.json
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -31,10 +34,12 @@ class CombineError(ValueError):
     """The reports cannot be pooled (the message says why)."""
 
 
-def _signature(report: dict) -> dict:
+def _signature(report: dict, only: Optional[list] = None) -> dict:
     hp = {k: v for k, v in report["hyper_parameters"].items() if k != "seed"}
     machine = {k: report["machine"].get(k) for k in MACHINE_KEYS}
     arms = {a for s in report["seeds"] for a in report["runs"][str(s)]}
+    if only is not None:
+        arms = {a for a in only if all(a in report["runs"][str(s)] for s in report["seeds"])}
     arms = [a for a in rb.ALL_ARMS if a in arms]  # seeds rotate the arm order; the table keeps the runner's
     return {"arms": arms, "hyper_parameters": hp, "ours_overrides": report.get("ours_overrides"),
             "fast_overrides": report.get("fast_overrides"), "data": {k: v for k, v in report["data"].items()
@@ -42,13 +47,21 @@ def _signature(report: dict) -> dict:
             "machine": machine, "mode": report.get("mode")}
 
 
-def combine(reports: list[dict], names: list[str]) -> dict:
-    """One report with every seed of `reports` (raises CombineError when they differ in more than seeds)."""
+def combine(reports: list[dict], names: list[str], arms: Optional[list] = None) -> dict:
+    """One report with every seed of `reports`, over `arms` if given (raises CombineError when they differ in more
+    than seeds, or one lacks an arm of `arms`)."""
     if len(reports) < 2:
         raise CombineError("give at least two reports to combine")
-    first = _signature(reports[0])
+    unknown = [a for a in arms or () if a not in rb.ALL_ARMS]
+    if unknown:
+        raise CombineError(f"unknown arm(s) {unknown}; choose from {list(rb.ALL_ARMS)}")
+    first = _signature(reports[0], arms)
+    for name, report in zip(names, reports):
+        missing = [a for a in arms or () if a not in _signature(report, arms)["arms"]]
+        if missing:
+            raise CombineError(f"{name} lacks arm(s) {missing} in some of its seeds")
     for name, report in zip(names[1:], reports[1:]):
-        other = _signature(report)
+        other = _signature(report, arms)
         diff = [k for k in first if first[k] != other[k]]
         if diff:
             raise CombineError(f"{name} differs from {names[0]} in {', '.join(diff)}: only seeds may differ")
@@ -57,7 +70,8 @@ def combine(reports: list[dict], names: list[str]) -> dict:
         for seed in report["seeds"]:
             if seed in runs:
                 raise CombineError(f"seed {seed} is in both {sources[seed]} and {name}")
-            runs[seed] = copy.deepcopy(report["runs"][str(seed)])
+            runs[seed] = {a: copy.deepcopy(r) for a, r in report["runs"][str(seed)].items()
+                          if arms is None or a in arms}
             seeds.append(seed)
             sources[seed] = name
     peak_values = [r["cpu_peaks_before"] for s in runs for r in runs[s].values() if r.get("cpu_peaks_before")]
@@ -69,7 +83,8 @@ def combine(reports: list[dict], names: list[str]) -> dict:
     agg = rb.aggregate(runs, arms)
     report = copy.deepcopy(reports[0])
     report.update({
-        "command": " ".join(["python", "bench/combine_runs.py", *names]),
+        "command": " ".join(["python", "bench/combine_runs.py", *names,
+                             *(["--arms", ",".join(arms)] if arms else [])]),
         "combined_from": [{"file": n, "command": r.get("command"), "utc": r.get("utc"), "seeds": r["seeds"],
                            "total_seconds": r.get("total_seconds")} for n, r in zip(names, reports)],
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -88,6 +103,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reports", nargs="+", help="JSON reports of bench/run_benchmark.py")
     p.add_argument("--output", required=True, help="JSON path of the pooled report")
+    p.add_argument("--arms", help="pool only these arms (comma-separated), which every report must have")
     args = p.parse_args(argv)
     try:
         loaded = []
@@ -98,7 +114,8 @@ def main(argv=None) -> int:
                 raise CombineError(f"cannot read {name}: {exc}") from exc
         if Path(args.output).resolve() in {Path(n).resolve() for n in args.reports}:
             raise CombineError(f"--output {args.output} is one of the inputs")
-        report = combine(loaded, args.reports)
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+        report = combine(loaded, args.reports, arms)
     except (CombineError, KeyError) as exc:
         print(f"combine_runs: {exc if isinstance(exc, CombineError) else f'not a benchmark report (no {exc})'}",
               file=sys.stderr)

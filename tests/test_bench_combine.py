@@ -94,3 +94,27 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, whole):
                            "--output", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["seeds"] == [42, 1]
+
+
+def test_arms_pools_a_subset_of_arms_that_every_report_has(whole):
+    """A report of all the arms and a later one of two of them pool over those two; the pooled comparison of the
+    two is the one a run of just those arms gives, and a report that lacks one of them is refused."""
+    arms = ["stock", "ours_fast"]
+    later = _half(whole, 1)
+    later["runs"]["1"] = {a: r for a, r in later["runs"]["1"].items() if a in arms}
+    with pytest.raises(combine_runs.CombineError, match="arms"):
+        combine_runs.combine([_half(whole, 42), later], ["a.json", "b.json"])  # without --arms: refused
+    pooled = combine_runs.combine([_half(whole, 42), later], ["a.json", "b.json"], arms)
+    assert pooled["seeds"] == [42, 1] and all(sorted(pooled["runs"][s]) == sorted(arms) for s in ("42", "1"))
+    assert set(pooled["aggregate"]) == set(arms) and pooled["command"].endswith("--arms stock,ours_fast")
+    two_arm = {s: {a: r for a, r in runs.items() if a in arms} for s, runs in whole["runs"].items()}
+    for s in ("42", "1"):
+        assert pooled["runs"][s]["ours_fast"]["test_f1"] == two_arm[s]["ours_fast"]["test_f1"]
+    alone = combine_runs.rb.aggregate({int(s): two_arm[s] for s in ("42", "1")}, arms)["ours_fast"]
+    for key in ("test_f1", "test_f1_minus_stock_points", "speedup_vs_stock", "train_tokens_per_s"):
+        assert pooled["aggregate"]["ours_fast"][key] == alone[key], key
+    later["runs"]["1"].pop("ours_fast")
+    with pytest.raises(combine_runs.CombineError, match="lacks arm"):
+        combine_runs.combine([_half(whole, 42), later], ["a.json", "b.json"], arms)
+    with pytest.raises(combine_runs.CombineError, match="unknown arm"):
+        combine_runs.combine([_half(whole, 42), _half(whole, 1)], ["a.json", "b.json"], ["ours_turbo"])
