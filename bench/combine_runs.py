@@ -79,8 +79,7 @@ def combine(reports: list[dict], names: list[str], arms: Optional[list] = None) 
     for s in runs:
         for r in runs[s].values():
             rb.add_mfu(r, peaks)
-    arms = first["arms"]
-    agg = rb.aggregate(runs, arms)
+    agg = rb.aggregate(runs, first["arms"])
     report = copy.deepcopy(reports[0])
     report.update({
         "command": " ".join(["python", "bench/combine_runs.py", *names,

@@ -106,7 +106,8 @@ def test_arms_pools_a_subset_of_arms_that_every_report_has(whole):
         combine_runs.combine([_half(whole, 42), later], ["a.json", "b.json"])  # without --arms: refused
     pooled = combine_runs.combine([_half(whole, 42), later], ["a.json", "b.json"], arms)
     assert pooled["seeds"] == [42, 1] and all(sorted(pooled["runs"][s]) == sorted(arms) for s in ("42", "1"))
-    assert set(pooled["aggregate"]) == set(arms) and pooled["command"].endswith("--arms stock,ours_fast")
+    assert set(pooled["aggregate"]) == set(arms) and pooled["command"].endswith("b.json --arms stock,ours_fast")
+    assert "--arms" not in combine_runs.combine([_half(whole, 42), _half(whole, 1)], ["a.json", "b.json"])["command"]
     two_arm = {s: {a: r for a, r in runs.items() if a in arms} for s, runs in whole["runs"].items()}
     for s in ("42", "1"):
         assert pooled["runs"][s]["ours_fast"]["test_f1"] == two_arm[s]["ours_fast"]["test_f1"]
