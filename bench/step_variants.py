@@ -38,6 +38,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -121,24 +122,6 @@ def byte_keep_mask(shape, p: float) -> torch.Tensor:
     return torch.from_numpy(keep).view(shape)
 
 
-def _byte_masks_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """`trainer.speed.fast_dropout` with the masks of `byte_keep_mask`."""
-    if not training or p == 0.0:
-        return x
-    return x * byte_keep_mask(x.shape, p).view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - p))
-
-
-@contextlib.contextmanager
-def _dropout_function(function):
-    """The trainer's dropout modules call `trainer.speed.fast_dropout`: run the block with `function` instead."""
-    saved = speed.fast_dropout
-    speed.fast_dropout = function
-    try:
-        yield
-    finally:
-        speed.fast_dropout = saved
-
-
 def make_step(base: nn.Module, variant: str):
     model = copy.deepcopy(base)
     model.train()
@@ -173,9 +156,11 @@ def make_step(base: nn.Module, variant: str):
     forward = torch.compile(model, dynamic=True) if variant == "compiled" else model
 
     def step(batch):
-        dropout = {"torch_masks": _torch_masks_dropout, "byte_masks": _byte_masks_dropout}.get(variant,
-                                                                                              speed.fast_dropout)
-        with _dropout_function(dropout):
+        # The trainer's dropout modules call trainer.speed.fast_dropout, which draws with trainer.speed.keep_mask:
+        # the mask variants run the block with one of them swapped.
+        swap = {"torch_masks": ("fast_dropout", _torch_masks_dropout),
+                "byte_masks": ("keep_mask", byte_keep_mask)}.get(variant)
+        with mock.patch.object(speed, *swap) if swap else contextlib.nullcontext():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = forward(**batch).loss
         loss.backward()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,17 +65,19 @@ def test_the_earlier_masks_are_the_trainers_masks_made_by_torch():
     assert step_variants._torch_masks_dropout(x, 0.2, training=False) is x
 
 
-def test_torch_masks_runs_the_earlier_masks_and_puts_the_trainers_back(monkeypatch):
+@pytest.mark.parametrize("variant, swapped, spied", [("torch_masks", "fast_dropout", "_torch_masks_dropout"),
+                                                     ("byte_masks", "keep_mask", "byte_keep_mask")])
+def test_mask_variants_run_their_masks_and_put_the_trainers_back(monkeypatch, variant, swapped, spied):
     from trainer import speed
 
     calls = []
-    original = step_variants._torch_masks_dropout
-    monkeypatch.setattr(step_variants, "_torch_masks_dropout",
-                        lambda x, p, training=True: calls.append(p) or original(x, p, training))
-    step_variants.make_step(_tiny_bert(0.1), "torch_masks")(dict(BATCH))
+    trainers = getattr(speed, swapped)
+    original = getattr(step_variants, spied)
+    monkeypatch.setattr(step_variants, spied, lambda x, p, *a: calls.append(p) or original(x, p, *a))
+    step_variants.make_step(_tiny_bert(0.1), variant)(dict(BATCH))
     # per layer: attention probabilities, attention output, FFN output; plus the embeddings' and the classifier's
     assert len(calls) == 2 * 3 + 2
-    assert speed.fast_dropout.__module__ == "trainer.speed"
+    assert getattr(speed, swapped) is trainers
 
 
 def test_stock_dropout_keeps_torchs_dropout_and_compiled_compiles_that_step(monkeypatch):
@@ -112,12 +115,3 @@ def test_byte_masks_keep_with_the_trainers_probability_ties_included():
         assert abs(drop - expected) < 5 * math.sqrt(expected * (1 - expected) / n), (p, drop)
     torch.manual_seed(11)
     assert torch.equal(step_variants.byte_keep_mask((n // 1000, 1000), 1 / 512), keep)  # torch's seed governs it
-
-
-def test_byte_masks_runs_its_masks(monkeypatch):
-    calls = []
-    original = step_variants._byte_masks_dropout
-    monkeypatch.setattr(step_variants, "_byte_masks_dropout",
-                        lambda x, p, training=True: calls.append(p) or original(x, p, training))
-    step_variants.make_step(_tiny_bert(0.1), "byte_masks")(dict(BATCH))
-    assert len(calls) == 2 * 3 + 2
