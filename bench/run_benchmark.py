@@ -283,6 +283,15 @@ def host_busy_seconds():
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def foreign_cpu_share(host_busy_s, own_cpu_s: float, wall_s: float):
+    """CPU time other processes used in a window (the host's busy time, `host_busy_seconds` differences, less our
+    own), as a share of the host's CPU capacity over the window; None when unknown. A figure taken with foreign load
+    well above zero was measured on a shared host and is slower than it should be."""
+    if not host_busy_s or wall_s <= 0:
+        return None
+    return round(max(0.0, host_busy_s - own_cpu_s) / (wall_s * usable_cpus()), 3)
+
+
 class Meter:
     """Class-level instrumentation of transformers.Trainer, identical for every arm.
 
@@ -588,11 +597,7 @@ def child_main(spec_path: str) -> int:
         "train_tokens_per_s_raw": real / meter.train_seconds if meter.train_seconds > 0 else None,
         "train_cpu_seconds_net": round(net_cpu, 3),
         "train_tokens_per_cpu_s": real / net_cpu if net_cpu > 0 else None,
-        # CPU time other processes used while this arm trained, as a share of the host's CPU capacity: a figure
-        # taken with foreign load well above zero was measured on a shared host and is slower than it should be.
-        "foreign_cpu_share": (round(max(0.0, meter.host_busy_seconds - meter.train_cpu_seconds)
-                                    / (meter.train_seconds * usable_cpus()), 3)
-                              if meter.train_seconds > 0 and meter.host_busy_seconds else None),
+        "foreign_cpu_share": foreign_cpu_share(meter.host_busy_seconds, meter.train_cpu_seconds, meter.train_seconds),
         "load_average_after": list(os.getloadavg()),
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

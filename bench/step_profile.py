@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Optional
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
@@ -176,7 +177,7 @@ def profile(run_dir: Path, precision: Optional[str] = None, steps: int = 60, war
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from run_benchmark import cpu_model, host_busy_seconds, matmul_peak, usable_cpus
+    from run_benchmark import cpu_model, foreign_cpu_share, host_busy_seconds, matmul_peak
     from trainer import speed
 
     torch.set_num_threads(threads)
@@ -194,10 +195,8 @@ def profile(run_dir: Path, precision: Optional[str] = None, steps: int = 60, war
         started = time.perf_counter()
         step(batch)
         walls.append(time.perf_counter() - started)
-    foreign = None
-    if busy is not None:
-        foreign = round(max(0.0, host_busy_seconds() - busy - (time.process_time() - cpu))
-                        / (sum(walls) * usable_cpus()), 3)
+    foreign = foreign_cpu_share(host_busy_seconds() - busy if busy is not None else None,
+                                time.process_time() - cpu, sum(walls))
     masks = {"s": 0.0}
     keep_mask = speed.keep_mask
 
@@ -208,15 +207,14 @@ def profile(run_dir: Path, precision: Optional[str] = None, steps: int = 60, war
         finally:
             masks["s"] += time.perf_counter() - started
 
-    speed.keep_mask = timed_keep_mask
     try:
-        with torch_profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        with mock.patch.object(speed, "keep_mask", timed_keep_mask), \
+                torch_profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
             started = time.perf_counter()
             for batch in feed[warmup + steps:]:
                 step(batch)
             wall = time.perf_counter() - started
     finally:
-        speed.keep_mask = keep_mask
         prepared.restore()
     timed = feed[warmup:warmup + steps]
     report = {
