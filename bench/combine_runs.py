@@ -55,13 +55,13 @@ def combine(reports: list[dict], names: list[str], arms: Optional[list] = None) 
     unknown = [a for a in arms or () if a not in rb.ALL_ARMS]
     if unknown:
         raise CombineError(f"unknown arm(s) {unknown}; choose from {list(rb.ALL_ARMS)}")
-    first = _signature(reports[0], arms)
-    for name, report in zip(names, reports):
-        missing = [a for a in arms or () if a not in _signature(report, arms)["arms"]]
+    signatures = [_signature(report, arms) for report in reports]
+    for name, signature in zip(names, signatures):
+        missing = [a for a in arms or () if a not in signature["arms"]]
         if missing:
             raise CombineError(f"{name} lacks arm(s) {missing} in some of its seeds")
-    for name, report in zip(names[1:], reports[1:]):
-        other = _signature(report, arms)
+    first = signatures[0]
+    for name, other in zip(names[1:], signatures[1:]):
         diff = [k for k in first if first[k] != other[k]]
         if diff:
             raise CombineError(f"{name} differs from {names[0]} in {', '.join(diff)}: only seeds may differ")
