@@ -49,10 +49,16 @@ def main(out: Path) -> None:
     trainer.train()
     (out / f"rank{rank}.json").write_text(json.dumps({"epochs": seen, "lengths": lengths, "n_rows": N_ROWS,
                                                       "batch_size": BATCH, "seed": SEED}))
-    # Shut gloo down before the interpreter does: full-suite runs saw a rank abort at exit ("terminate called without
-    # an active exception", SIGABRT) after training had finished, and on 2026-12-06 it still did after this call (1
-    # run in 4 of this test alone, torch 2.13): a torch thread is torn down during C++ static destruction. The rank's
-    # work is done and written (write_text closed the file), so the probe leaves without that teardown.
+    # The rank's work is done and written (write_text closed the file), so the probe leaves with os._exit (below).
+    # Why: a core dump of the abort it had at exit 2 runs in 6 ("terminate called without an active exception",
+    # SIGABRT; torch 2.13, gloo) shows a gloo worker thread (ProcessGroupGloo::runLoop) freeing the training's last
+    # all-gather (the Trainer gathers num_items_in_batch every step, through accelerate); the work holds tensors whose
+    # Python objects it keeps alive, so freeing them needs the GIL, and a thread that asks for the GIL while the
+    # interpreter finalizes is ended by pthread_exit, whose unwinding through that destructor calls std::terminate.
+    # This probe exits a few milliseconds after that gather, before the worker gets the GIL; destroy_process_group
+    # does not wait for it (pytorch/pytorch#190489, open). The trainer's ranks wait in barriers, which let go of the
+    # GIL, between their last gather and their exit: 26 two-process fine-tunes in a row (test_finetune_multi_gpu)
+    # exited cleanly.
     torch.distributed.destroy_process_group()
 
 
