@@ -55,10 +55,10 @@ def main(out: Path) -> None:
     # all-gather (the Trainer gathers num_items_in_batch every step, through accelerate); the work holds tensors whose
     # Python objects it keeps alive, so freeing them needs the GIL, and a thread that asks for the GIL while the
     # interpreter finalizes is ended by pthread_exit, whose unwinding through that destructor calls std::terminate.
-    # This probe exits a few milliseconds after that gather, before the worker gets the GIL; destroy_process_group
-    # does not wait for it (pytorch/pytorch#190489, open). The trainer's ranks wait in barriers, which let go of the
-    # GIL, between their last gather and their exit: 26 two-process fine-tunes in a row (test_finetune_multi_gpu)
-    # exited cleanly.
+    # This probe exits right after training, at times before that worker has got the GIL; destroy_process_group does
+    # not wait for it (pytorch/pytorch#190489, open). The trainer's ranks wait in barriers, which let go of the GIL,
+    # between their last gather and their exit: 26 two-process fine-tunes in a row (test_finetune_multi_gpu) exited
+    # cleanly.
     torch.distributed.destroy_process_group()
 
 
