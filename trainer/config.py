@@ -118,7 +118,9 @@ class FinetuneConfig(Params):
                "scheduler, RNG).", group="training")
     save_total_limit: int = _spec(-1, "Keep at most this many checkpoints (the best is never deleted); -1 keeps "
                                   "all.", group="training", minimum=-1)
-    group_by_length: bool = param(True, "Batch rows of similar length together (less padding, faster).",
+    group_by_length: bool = param(True, "Batch rows of similar length together: less padding, ~1.4x faster "
+                                  "training on CPU. On WNUT-17 it cost 0.4 test-F1 points at 3 epochs (20 seeds) "
+                                  "and none at 1 epoch: set false where accuracy over several epochs matters more.",
                                   group="training")
     progress_seconds: float = param(30.0, "Seconds between progress lines (step, loss, tokens/s, ETA) in the log; "
                                     "0 logs every optimizer step.", group="training", minimum=0)

@@ -16,6 +16,9 @@ the middle of an epoch the skipped batches are not the ones the interrupted run 
   epoch, so batch lengths arrive in random order instead of a longest-first saw-tooth. The one short batch (when
   ``len(dataset)`` is not a multiple of ``batch_size``) stays last, so the DataLoader's batch boundaries fall
   exactly on ours.
+
+Batches of similar lengths are still not random batches: on WNUT-17 with MiniLM the grouped default scored the
+random sampler's test F1 at 1 epoch (15 seeds) but 0.36 points below it at 3 epochs (20 seeds; bench/README.md).
 """
 
 from __future__ import annotations

@@ -128,8 +128,9 @@ def finetune(
             optimizer, scheduler, RNG). One of true, false.
         save_total_limit: Keep at most this many checkpoints (the best is never deleted); -1 keeps all. Must be >=
             -1.
-        group_by_length: Batch rows of similar length together (less padding, faster). One of true, false.
-            (Extension, not in the reference spec.)
+        group_by_length: Batch rows of similar length together: less padding, ~1.4x faster training on CPU. On
+            WNUT-17 it cost 0.4 test-F1 points at 3 epochs (20 seeds) and none at 1 epoch: set false where accuracy
+            over several epochs matters more. One of true, false. (Extension, not in the reference spec.)
         progress_seconds: Seconds between progress lines (step, loss, tokens/s, ETA) in the log; 0 logs every
             optimizer step. Must be >= 0. (Extension, not in the reference spec.)
         cpu_speedups: CPU training speed-ups: glibc allocator thresholds, an embedding that updates only the rows
