@@ -34,6 +34,23 @@ class CombineError(ValueError):
     """The reports cannot be pooled (the message says why)."""
 
 
+def read_report(name: str) -> dict:
+    """A `run_benchmark.py` report (CombineError when it cannot be read)."""
+    try:
+        return json.loads(Path(name).read_text())
+    except (OSError, ValueError) as exc:
+        raise CombineError(f"cannot read {name}: {exc}") from exc
+
+
+def write_json(report: dict, output: str) -> Path:
+    """`report` as indented JSON at `output`, written atomically (trainer.publish)."""
+    from trainer.publish import write_file_atomic
+
+    out = Path(output)
+    write_file_atomic(out, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str)))
+    return out
+
+
 def _signature(report: dict, only: Optional[list] = None) -> dict:
     hp = {k: v for k, v in report["hyper_parameters"].items() if k != "seed"}
     machine = {k: report["machine"].get(k) for k in MACHINE_KEYS}
@@ -105,12 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--arms", help="pool only these arms (comma-separated), which every report must have")
     args = p.parse_args(argv)
     try:
-        loaded = []
-        for name in args.reports:
-            try:
-                loaded.append(json.loads(Path(name).read_text()))
-            except (OSError, ValueError) as exc:
-                raise CombineError(f"cannot read {name}: {exc}") from exc
+        loaded = [read_report(name) for name in args.reports]
         if Path(args.output).resolve() in {Path(n).resolve() for n in args.reports}:
             raise CombineError(f"--output {args.output} is one of the inputs")
         arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
@@ -119,11 +131,7 @@ def main(argv=None) -> int:
         print(f"combine_runs: {exc if isinstance(exc, CombineError) else f'not a benchmark report (no {exc})'}",
               file=sys.stderr)
         return 2
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(out)
+    out = write_json(report, args.output)
     print("over seeds " + ",".join(map(str, report["seeds"])) + " (mean ± sample sd; 95 % t CI of the mean)")
     print(rb.aggregate_table(report["aggregate"]))
     print("targets:", json.dumps(report["targets"]))

@@ -17,7 +17,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,9 +36,7 @@ class CompareError(ValueError):
 
 
 def _label(name: str, report: dict, arm: str) -> str:
-    overrides = report.get("fast_overrides" if arm == "ours_fast" else "ours_overrides") or {}
-    if arm not in ("ours", "ours_fast", "ours_lora"):
-        overrides = {}
+    overrides = rb.arm_overrides(arm, report.get("ours_overrides"), report.get("fast_overrides"))
     shown = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
     return f"{arm}" + (f" ({shown})" if shown else "") + f" [{Path(name).name}]"
 
@@ -112,11 +109,7 @@ def _entry(text: str) -> tuple:
     name, sep, arm = text.rpartition(":")
     if not sep or not name or arm not in rb.ALL_ARMS:
         raise CompareError(f"{text!r}: give REPORT.json:ARM, ARM one of {list(rb.ALL_ARMS)}")
-    try:
-        report = json.loads(Path(name).read_text())
-    except (OSError, ValueError) as exc:
-        raise CompareError(f"cannot read {name}: {exc}") from exc
-    return name, report, arm
+    return name, combine_runs.read_report(name), arm
 
 
 def main(argv=None) -> int:
@@ -134,7 +127,7 @@ def main(argv=None) -> int:
         if args.output and Path(args.output).resolve() in inputs:
             raise CompareError(f"--output {args.output} is one of the inputs")
         result = compare(base, against, seeds)
-    except (ValueError, KeyError) as exc:  # CompareError is a ValueError; so is a --seeds that is not numbers
+    except (ValueError, KeyError) as exc:  # CompareError and CombineError are ValueErrors; so is a bad --seeds
         why = exc if isinstance(exc, ValueError) else f"not a benchmark report (no {exc})"
         print(f"compare_arms: {why}", file=sys.stderr)
         return 2
@@ -144,12 +137,7 @@ def main(argv=None) -> int:
     print(f"over seeds {','.join(map(str, result['seeds']))}, paired with {result['base']} (F1 in points)")
     print(table(result))
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=str))
-        tmp.replace(out)
-        print(f"[compare] JSON: {out}")
+        print(f"[compare] JSON: {combine_runs.write_json(result, args.output)}")
     return 0
 
 

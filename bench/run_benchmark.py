@@ -473,6 +473,14 @@ def run_hf_arm(spec: dict, out_dir: Path) -> dict:
                                  "train_sampling_strategy": str(targs.train_sampling_strategy)}}
 
 
+def arm_overrides(arm: str, ours_overrides: dict | None, fast_overrides: dict | None) -> dict:
+    """The FinetuneConfig fields an arm's `--ours-override` / `--fast-override` set: ours_overrides on every arm of
+    our trainer, fast_overrides on `ours_fast` after them; none on the stock arms."""
+    if arm in HF_ARMS:
+        return {}
+    return {**(ours_overrides or {}), **((fast_overrides or {}) if arm == "ours_fast" else {})}
+
+
 def run_ours_arm(spec: dict, out_dir: Path) -> dict:
     from trainer.config import FinetuneConfig
     from trainer.finetune import finetune
@@ -499,9 +507,7 @@ def run_ours_arm(spec: dict, out_dir: Path) -> dict:
     )
     if spec["arm"] == "ours_lora":
         params.update(apply_lora=True, learning_rate=hp["lora_learning_rate"])
-    params.update(spec.get("ours_overrides") or {})
-    if spec["arm"] == "ours_fast":
-        params.update(spec.get("fast_overrides") or {})
+    params.update(arm_overrides(spec["arm"], spec.get("ours_overrides"), spec.get("fast_overrides")))
     config = FinetuneConfig(preprocess_output=spec["preprocess_output"],
                             model_selector_output=spec["model_selector_output"],
                             pytorch_model_folder=str(out_dir / "pytorch_model"),

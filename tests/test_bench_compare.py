@@ -56,6 +56,10 @@ def test_differences_are_paired_by_seed_over_the_shared_seeds(base, ablation):
     assert "test_f1_minus_base" not in stock
     assert result["rows"][1]["label"].startswith("ours_fast (cpu_speedups=False)")
     assert ours["label"].startswith("ours_fast [")
+    ablation["ours_overrides"] = {"weight_decay": 0.01}  # --ours-override reaches every arm of our trainer
+    label = compare_arms._label("b.json", ablation, "ours_fast")
+    assert label.startswith("ours_fast (cpu_speedups=False, weight_decay=0.01)")
+    assert compare_arms._label("b.json", ablation, "stock") == "stock [b.json]"
 
 
 def test_seeds_picks_the_seeds_compared(base, ablation):
