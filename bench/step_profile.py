@@ -82,7 +82,7 @@ def build(run_dir: Path, precision: Optional[str], seed: int = 42):
     rows = [data.train[i] for i in range(len(data.train))]
     size = config.per_device_train_batch_size
     batches = [collate([rows[i] for i in batch]) for batch in length_grouped_batches(
-        [len(r["input_ids"]) for r in rows], size, seed, 0) if len(batch) == size]
+        [len(r["input_ids"]) for r in rows], size, seed, 0, config.length_group_batches) if len(batch) == size]
     labelled = sum(sum(1 for x in r["labels"] if x != -100) for r in rows) / len(rows) * size
     return model, params, optimizer, batches, labelled, prepared, config
 

@@ -161,6 +161,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressCallback formats them
     if config.group_by_length:  # length-grouped batches weigh every labelled token the same (trainer/speed.py)
+        trainer.length_group_batches = config.length_group_batches
         speed.enable_token_normalized_loss(trainer, data.train)
     if sped.active:  # gradient clipping inside the fused AdamW step (trainer/speed.py)
         speed.enable_folded_clipping(trainer)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.sampling import SeededLengthGroupedSampler
+from trainer.sampling import DEFAULT_MEGA_BATCH_MULT, SeededLengthGroupedSampler
 
 logger = logging.getLogger("trainer")
 
@@ -54,6 +54,8 @@ def dataset_lengths(dataset) -> Optional[list[int]]:
 class SpeedTrainerMixin:
     """Overrides of `transformers.Trainer` (put first in the bases): see the module docstring."""
 
+    length_group_batches: int = DEFAULT_MEGA_BATCH_MULT  # batches per length-sorted group (FinetuneConfig)
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and dataset is not None:
@@ -61,7 +63,8 @@ class SpeedTrainerMixin:
             if lengths is not None:
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
                 # One sampler batch = one DataLoader batch (the loader cuts our index list every _train_batch_size).
-                self._seeded_sampler = SeededLengthGroupedSampler(lengths, self._train_batch_size, seed)
+                self._seeded_sampler = SeededLengthGroupedSampler(lengths, self._train_batch_size, seed,
+                                                                 self.length_group_batches)
                 return self._seeded_sampler
         return super()._get_train_sampler(train_dataset)
 
