@@ -101,7 +101,7 @@ def test_finetune_groups_as_many_batches_as_length_group_batches(make_config, mo
     monkeypatch.setattr(speed, "SeededLengthGroupedSampler", Recording)
     finetune(make_config(length_group_batches=3, num_train_epochs=1, export_onnx=False))
     assert built == [3]
-    assert make_config().length_group_batches == speed.DEFAULT_MEGA_BATCH_MULT  # the default is the sampler's
+    assert make_config().length_group_batches == SeededLengthGroupedSampler([1], 1, 0).mega_batch_mult  # one default
 
 
 def test_dataloader_batches_are_the_sampler_batches():

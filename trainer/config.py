@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from trainer.constants import LENGTH_GROUP_BATCHES
 from trainer.errors import ConfigError
 from trainer.params import Params, param, path, surface
 from trainer.readers import AUTO, FORMATS, SENTENCE_COLUMNS, TAG_COLUMNS, TOKEN_COLUMNS
@@ -120,7 +121,7 @@ class FinetuneConfig(Params):
                                   "all.", group="training", minimum=-1)
     group_by_length: bool = param(True, "Batch rows of similar length together (length_group_batches): less "
                                   "padding, ~1.3x faster training on CPU than random batches.", group="training")
-    length_group_batches: int = param(4, "With group_by_length: the training rows are drawn in random groups of "
+    length_group_batches: int = param(LENGTH_GROUP_BATCHES, "With group_by_length: the training rows are drawn in random groups of "
                                       "this many batches, sorted by length inside each group, and the batches "
                                       "shuffled (trainer/sampling.py). More: less padding, batches further from "
                                       "random ones (on WNUT-17 at 3 epochs, groups of 32 scored 0.4 test-F1 points "

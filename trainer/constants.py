@@ -1,6 +1,9 @@
 """Names shared by the programs of the package: file names of the folder contracts, label padding, markers."""
 
 IGNORE_INDEX = -100  # label id of positions that are not scored (special tokens, continuation sub-tokens)
+# batches per length-sorted training group (trainer/sampling.py, FinetuneConfig.length_group_batches): 18 % padding
+# on WNUT-17 (8: 11 %; 32: 3 %; the stock sampler's 50: 2 %; random batches: 41 %)
+LENGTH_GROUP_BATCHES = 4
 
 # preprocess_output
 SPLITS = ("train", "validation", "test")

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.sampling import DEFAULT_MEGA_BATCH_MULT, SeededLengthGroupedSampler
+from trainer.constants import LENGTH_GROUP_BATCHES
+from trainer.sampling import SeededLengthGroupedSampler
 
 logger = logging.getLogger("trainer")
 
@@ -54,7 +55,7 @@ def dataset_lengths(dataset) -> Optional[list[int]]:
 class SpeedTrainerMixin:
     """Overrides of `transformers.Trainer` (put first in the bases): see the module docstring."""
 
-    length_group_batches: int = DEFAULT_MEGA_BATCH_MULT  # batches per length-sorted group (FinetuneConfig)
+    length_group_batches: int = LENGTH_GROUP_BATCHES  # batches per length-sorted group (FinetuneConfig)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
