@@ -121,12 +121,12 @@ class FinetuneConfig(Params):
                                   "all.", group="training", minimum=-1)
     group_by_length: bool = param(True, "Batch rows of similar length together (length_group_batches): less "
                                   "padding, ~1.3x faster training on CPU than random batches.", group="training")
-    length_group_batches: int = param(LENGTH_GROUP_BATCHES, "With group_by_length: the training rows are drawn in random groups of "
-                                      "this many batches, sorted by length inside each group, and the batches "
-                                      "shuffled (trainer/sampling.py). More: less padding, batches further from "
-                                      "random ones (on WNUT-17 at 3 epochs, groups of 32 scored 0.4 test-F1 points "
-                                      "below the stock recipe's random batches over 20 seeds, groups of 4 did not); "
-                                      "1: random batches.", group="training", minimum=1)
+    length_group_batches: int = param(LENGTH_GROUP_BATCHES, "With group_by_length: the training rows are drawn "
+                                      "in random groups of this many batches, sorted by length inside each group, "
+                                      "and the batches shuffled (trainer/sampling.py). More: less padding, batches "
+                                      "further from random ones (on WNUT-17 at 3 epochs, groups of 32 scored 0.4 "
+                                      "test-F1 points below the stock recipe's random batches over 20 seeds, groups "
+                                      "of 4 did not); 1: random batches.", group="training", minimum=1)
     progress_seconds: float = param(30.0, "Seconds between progress lines (step, loss, tokens/s, ETA) in the log; "
                                     "0 logs every optimizer step.", group="training", minimum=0)
     cpu_speedups: bool = param(True, "CPU training speed-ups: glibc allocator thresholds, an embedding that "
