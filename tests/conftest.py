@@ -234,3 +234,29 @@ class StartStep(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.step = state.global_step
+
+
+class WeightCasts:
+    """``with casts.mode:`` counts the bf16 casts of the watched tensors, by storage, in ``casts.counts`` (autocast
+    casts a weight with aten._to_copy, unless its cache holds the cast)."""
+
+    def __init__(self, tensors=()):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counts: dict[int, int] = {}
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                import torch
+
+                kwargs = kwargs or {}
+                if (func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16
+                        and args[0].data_ptr() in counts):
+                    counts[args[0].data_ptr()] += 1
+                return func(*args, **kwargs)
+
+        self.mode, self.counts = Mode(), counts
+        self.watch(tensors)
+
+    def watch(self, tensors) -> None:
+        self.counts.update({t.data_ptr(): 0 for t in tensors})

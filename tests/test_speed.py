@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Crash
+from conftest import Crash, WeightCasts
 from transformers import TrainerCallback
 
 from trainer.checkpoints import list_checkpoints
@@ -601,3 +601,69 @@ def test_length_sorted_evaluation_returns_the_dataset_order_figures(tiny_preproc
     for key in ("eval_f1", "eval_precision", "eval_recall", "eval_accuracy"):
         assert sorted_run.metrics[key] == dataset_order.metrics[key], key
     assert sorted_run.metrics["eval_loss"] == pytest.approx(dataset_order.metrics["eval_loss"], rel=1e-5)
+
+
+def test_bf16_evaluation_casts_each_weight_once_per_loop_and_predicts_the_same(tiny_preprocess_output,
+                                                                              tiny_model_selector, tmp_path,
+                                                                              monkeypatch):
+    """Under bf16 autocast at evaluation batch 1 (the spec's default), each linear weight is cast to bf16 once per
+    evaluation loop, not once per batch, and the predictions and figures are bit-identical to per-batch casts."""
+    import contextlib
+
+    from transformers import (AutoTokenizer, BertForTokenClassification, DataCollatorForTokenClassification,
+                              TrainingArguments)
+
+    import trainer.hf_trainer as hf_trainer
+    from trainer.data import load_preprocess_output
+    from trainer.metrics import ids_and_losses, make_compute_metrics
+
+    data = load_preprocess_output(tiny_preprocess_output)
+    split = data.validation
+    torch.manual_seed(0)
+    model = BertForTokenClassification.from_pretrained(tiny_model_selector, num_labels=len(data.class_names),
+                                                       ignore_mismatched_sizes=True)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+
+    def run(name: str):
+        args = TrainingArguments(output_dir=str(tmp_path / name), per_device_eval_batch_size=1, bf16=True,
+                                 use_cpu=True, report_to="none")
+        trainer = hf_trainer.TokenClassificationTrainer(
+            model=model, args=args, data_collator=DataCollatorForTokenClassification(tokenizer),
+            compute_metrics=make_compute_metrics(data.class_names, data.tag_scheme),
+            preprocess_logits_for_metrics=ids_and_losses)
+        casts = WeightCasts(weights)
+        with casts.mode:
+            output = trainer.predict(split, metric_key_prefix="eval")
+        return output, set(casts.counts.values())
+
+    kept, kept_casts = run("kept")
+    monkeypatch.setattr(hf_trainer, "autocast_casts_kept", contextlib.nullcontext)
+    per_batch, per_batch_casts = run("per_batch")
+    assert len(split) > 3 and per_batch_casts == {len(split)}  # the stock loop: every batch casts every weight
+    assert kept_casts == {1}
+    assert (kept.predictions[0] == per_batch.predictions[0]).all()
+    assert (kept.predictions[1] == per_batch.predictions[1]).all()  # per-position losses, bit for bit
+    for key in ("eval_loss", "eval_f1", "eval_precision", "eval_recall", "eval_accuracy"):
+        assert kept.metrics[key] == per_batch.metrics[key], key
+
+
+def test_kept_casts_never_outlive_the_loop_even_inside_a_callers_autocast_region():
+    """Inside a caller's autocast region (where autocast itself would keep its cache), the casts made in the loop
+    are dropped on the way out: a weight changed afterwards is cast again, and a later forward with grad reaches
+    the weight (a cast made under no_grad would cut it off)."""
+    from trainer.speed import autocast_casts_kept
+
+    torch.manual_seed(0)
+    layer, x = torch.nn.Linear(8, 4), torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's open region
+        with torch.no_grad(), autocast_casts_kept():
+            layer(x)
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        y.float().sum().backward()
+    fresh = torch.nn.functional.linear(x.bfloat16(), layer.weight.detach().bfloat16(), layer.bias.detach().bfloat16())
+    assert torch.equal(y, fresh)  # the changed weight, not the cast made in the loop
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0

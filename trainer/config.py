@@ -79,7 +79,9 @@ class FinetuneConfig(Params):
     num_train_epochs: int = _spec(1, "Number of epochs.", group="training")
     max_steps: int = _spec(-1, "If positive, total optimizer steps; overrides num_train_epochs.", group="training")
     per_device_train_batch_size: int = _spec(1, "Per-device training batch size.", group="training", minimum=1)
-    per_device_eval_batch_size: int = _spec(1, "Per-device evaluation batch size.", group="training", minimum=1)
+    per_device_eval_batch_size: int = _spec(1, "Per-device evaluation batch size (also of the test scoring); "
+                                            "larger is faster, padding is masked, so the figures change only by "
+                                            "float rounding.", group="training", minimum=1)
     auto_find_batch_size: bool = _spec(False, "On out-of-memory, retry with a smaller batch until it fits "
                                        "(accelerate: 10% smaller each time).", group="training")
     optim: str = _spec("adamw_hf", "Optimizer (adamw_hf and adamw_torch run torch's fused AdamW; the unfused one "

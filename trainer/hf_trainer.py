@@ -15,15 +15,16 @@ from transformers import Trainer, TrainerCallback
 from trainer.checkpoints import rotate_checkpoints, write_manifest
 from trainer.metrics import in_dataset_order
 from trainer.progress import ProgressMeter
-from trainer.speed import dataset_lengths
+from trainer.speed import autocast_casts_kept, dataset_lengths
 
 logger = logging.getLogger(__name__)
 
 
 class TokenClassificationTrainer(Trainer):
     """`Trainer` whose training steps report their loss and real token count to a ProgressMeter, and whose
-    evaluation loops run length-sorted batches, return their outputs in dataset order and tell `compute_metrics`
-    (a trainer.metrics.SplitMetrics) which split they score and in which order."""
+    evaluation loops run length-sorted batches (each weight cast to the autocast dtype once per loop), return their
+    outputs in dataset order and tell `compute_metrics` (a trainer.metrics.SplitMetrics) which split they score and
+    in which order."""
 
     def __init__(self, *args, meter: Optional[ProgressMeter] = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -65,7 +66,8 @@ class TokenClassificationTrainer(Trainer):
         order = self._eval_orders.get(id(dataloader.dataset))
         if hasattr(self.compute_metrics, "split"):
             self.compute_metrics.split, self.compute_metrics.order = dataloader.dataset, order
-        output = super().evaluation_loop(dataloader, *args, **kwargs)
+        with autocast_casts_kept():  # under bf16/fp16 autocast, each weight cast once per loop, not per batch
+            output = super().evaluation_loop(dataloader, *args, **kwargs)
         if order is None:
             return output
         return output._replace(predictions=in_dataset_order(output.predictions, order),

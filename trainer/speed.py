@@ -10,7 +10,8 @@ rounding); each is measured in bench/README.md and pinned by tests/test_speed.py
    every labelled token the same in length-grouped batches, and (``enable_folded_clipping``) gradient clipping
    applied by the fused AdamW kernel instead of a separate pass over the gradients. Evaluation batches are
    length-sorted, their outputs put back in dataset order (``trainer.hf_trainer``: the windows of a sentence are
-   joined by row order).
+   joined by row order), and each weight is cast to the autocast dtype once per evaluation loop instead of once
+   per batch (``autocast_casts_kept``).
 2. ``prepare(model, config)`` after the model is built (and LoRA applied), before the Trainer: the CPU allocator
    setting, the trained-rows embedding, and dropout masks from a fast generator (every ``nn.Dropout`` and the
    "sdpa" attention's dropout). Returns a handle whose ``restore()`` puts the stock modules and allocator
@@ -20,6 +21,7 @@ rounding); each is measured in bench/README.md and pinned by tests/test_speed.py
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -50,6 +52,24 @@ def dataset_lengths(dataset) -> Optional[list[int]]:
         return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
     except (TypeError, KeyError, IndexError):
         return None
+
+
+@contextlib.contextmanager
+def autocast_casts_kept():
+    """Inside it, a weight that autocast casts to bf16/fp16 is cast once, not once per batch.
+
+    Autocast keeps the casts of leaf tensors that require grad (the weights) in a cache until the outermost autocast
+    region ends (torch 2.13, ``torch.amp.autocast_mode``). The Trainer opens one region per forward (accelerate
+    wraps ``model.forward``), so every evaluation batch cast every weight again (each linear weight of MiniLM, 10.7 M
+    parameters, per batch). The weights do not change during an evaluation loop: counted as one region, the loop
+    computes exactly the same outputs. The cache is cleared on the way out even when a caller's region is still
+    open: a cast made under no_grad would otherwise reach a later forward that trains."""
+    torch.autocast_increment_nesting()
+    try:
+        yield
+    finally:
+        torch.autocast_decrement_nesting()
+        torch.clear_autocast_cache()
 
 
 class SpeedTrainerMixin:

@@ -98,7 +98,8 @@ def finetune(
         num_train_epochs: Number of epochs.
         max_steps: If positive, total optimizer steps; overrides num_train_epochs.
         per_device_train_batch_size: Per-device training batch size. Must be >= 1.
-        per_device_eval_batch_size: Per-device evaluation batch size. Must be >= 1.
+        per_device_eval_batch_size: Per-device evaluation batch size (also of the test scoring); larger is faster,
+            padding is masked, so the figures change only by float rounding. Must be >= 1.
         auto_find_batch_size: On out-of-memory, retry with a smaller batch until it fits (accelerate: 10% smaller
             each time). One of true, false.
         optim: Optimizer (adamw_hf and adamw_torch run torch's fused AdamW; the unfused one under DeepSpeed). One of
