@@ -8,9 +8,12 @@ validation split (its preprocess output, the model-import's encoder with a seede
 it), at each ``--batch-sizes`` (1 is the spec's `per_device_eval_batch_size`, 32 the local run's): one untimed loop
 per batch size, then ``--repeats`` loops of each variant, their order alternated per repeat. Reported: the seconds
 of each `Trainer.predict`, their medians and ratio, and whether the two variants' figures are identical (they must
-be: the same casts, made once).
+be: the same casts, made once). glibc's malloc thresholds are raised as the trainer raises them for training
+(`trainer.speed.tune_cpu_allocator`; the validation passes run inside `Trainer.train()`); ``--stock-allocator``
+leaves them as they are.
 
-  python bench/eval_casts.py --run-dir RUN_DIR [--batch-sizes 1,32] [--repeats 5] [--threads 2] [--output FILE]
+  python bench/eval_casts.py --run-dir RUN_DIR [--batch-sizes 1,32] [--repeats 5] [--threads 2] [--stock-allocator]
+                             [--output FILE]
 RUN_DIR: a local pipeline run folder (its preprocess and model-import outputs are read).
 """
 
@@ -32,12 +35,14 @@ VARIANTS = ("kept", "per_batch")  # kept: what the trainer runs; per_batch: the 
 FIGURES = ("eval_loss", "eval_f1", "eval_precision", "eval_recall", "eval_accuracy")
 
 
-def measure(run_dir: Path, batch_sizes: list[int], repeats: int = 5, threads: int = 2) -> dict:
+def measure(run_dir: Path, batch_sizes: list[int], repeats: int = 5, threads: int = 2,
+            allocator_tuned: bool = True) -> dict:
     import torch
     from transformers import AutoTokenizer, DataCollatorForTokenClassification, TrainingArguments, set_seed
 
     import trainer.hf_trainer as hf_trainer
     from run_benchmark import cpu_model, foreign_cpu_share, host_busy_seconds
+    from trainer import speed
     from trainer.config import FinetuneConfig
     from trainer.data import load_preprocess_output
     from trainer.metrics import ids_and_losses, make_compute_metrics
@@ -54,7 +59,11 @@ def measure(run_dir: Path, batch_sizes: list[int], repeats: int = 5, threads: in
     seconds = {(size, variant): [] for size in batch_sizes for variant in VARIANTS}
     figures: dict = {}
     busy, cpu, wall = host_busy_seconds(), time.process_time(), 0.0
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as undo:
+        # The validation passes run inside Trainer.train(), where the trainer has raised glibc's thresholds.
+        allocator = speed.tune_cpu_allocator() if allocator_tuned else False
+        if allocator:
+            undo.callback(speed.restore_cpu_allocator)
 
         def predict(size: int, variant: str) -> tuple[float, dict]:
             # A new Trainer per loop; accelerate wraps the model's forward in bf16 autocast once, for all of them.
@@ -92,7 +101,7 @@ def measure(run_dir: Path, batch_sizes: list[int], repeats: int = 5, threads: in
                      "figures_identical": figures[size]["kept"] == figures[size]["per_batch"],
                      "figures": figures[size]["kept"]})
     return {"cpu": cpu_model(), "threads": threads, "torch": torch.__version__, "rows_scored": len(data.validation),
-            "repeats": repeats, "foreign_cpu_share": foreign, "batch_sizes": rows}
+            "repeats": repeats, "allocator_tuned": allocator, "foreign_cpu_share": foreign, "batch_sizes": rows}
 
 
 def main(argv=None) -> int:
@@ -103,6 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="1,32", help="comma-separated evaluation batch sizes")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stock-allocator", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (default: raised, as during training)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     try:
@@ -111,7 +122,7 @@ def main(argv=None) -> int:
         parser.error("--batch-sizes: comma-separated integers")
     if args.repeats < 1 or min(sizes) < 1:
         parser.error("--repeats and every batch size must be >= 1")
-    emit_report(measure(args.run_dir, sizes, args.repeats, args.threads), args.output)
+    emit_report(measure(args.run_dir, sizes, args.repeats, args.threads, not args.stock_allocator), args.output)
     return 0
 
 
