@@ -648,6 +648,20 @@ def test_bf16_evaluation_casts_each_weight_once_per_loop_and_predicts_the_same(t
         assert kept.metrics[key] == per_batch.metrics[key], key
 
 
+@pytest.mark.parametrize("deepspeed,fsdp,kept", [(False, False, True), (True, False, False), (False, True, False)])
+def test_sharded_weights_are_cast_per_batch(deepspeed, fsdp, kept):
+    """Under ZeRO-3 or FSDP each module gathers its weights for its own forward: keeping their casts for the loop
+    would hold the whole model unsharded, so those runs keep the per-batch casts."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from trainer.hf_trainer import TokenClassificationTrainer
+
+    trainer = SimpleNamespace(is_deepspeed_enabled=deepspeed, is_fsdp_enabled=fsdp)
+    context = TokenClassificationTrainer._eval_casts(trainer)
+    assert isinstance(context, contextlib.nullcontext) is not kept
+
+
 def test_kept_casts_never_outlive_the_loop_even_inside_a_callers_autocast_region():
     """Inside a caller's autocast region (where autocast itself would keep its cache), the casts made in the loop
     are dropped on the way out: a weight changed afterwards is cast again, and a later forward with grad reaches

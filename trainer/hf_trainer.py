@@ -1,10 +1,11 @@
 """The HF Trainer of the recipe: stock `transformers.Trainer`, metering of each training step for progress,
 length-sorted evaluation batches whose outputs come back in dataset order (scoring joins the windows of a sentence by
-row order), no second read of a best checkpoint that the model in memory already holds, and the callback that seals
+row order) and whose loop casts each weight to the autocast dtype once, no second read of a best checkpoint that the model in memory already holds, and the callback that seals
 each checkpoint with its manifest."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Optional
@@ -62,11 +63,20 @@ class TokenClassificationTrainer(Trainer):
         self._eval_orders[id(eval_dataset)] = order
         return order
 
+    def _eval_casts(self):
+        """Under bf16/fp16 autocast, each weight cast once per evaluation loop, not once per batch
+        (`trainer.speed.autocast_casts_kept`), unless the weights are sharded (ZeRO-3 with a DeepSpeed config that
+        turns torch autocast on, FSDP): each module gathers its weights for its forward only, and keeping their casts
+        would hold the whole model, unsharded, for the loop."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return contextlib.nullcontext()
+        return autocast_casts_kept()
+
     def evaluation_loop(self, dataloader, *args, **kwargs):
         order = self._eval_orders.get(id(dataloader.dataset))
         if hasattr(self.compute_metrics, "split"):
             self.compute_metrics.split, self.compute_metrics.order = dataloader.dataset, order
-        with autocast_casts_kept():  # under bf16/fp16 autocast, each weight cast once per loop, not per batch
+        with self._eval_casts():
             output = super().evaluation_loop(dataloader, *args, **kwargs)
         if order is None:
             return output
