@@ -1,7 +1,7 @@
 """The HF Trainer of the recipe: stock `transformers.Trainer`, metering of each training step for progress,
 length-sorted evaluation batches whose outputs come back in dataset order (scoring joins the windows of a sentence by
-row order) and whose loop casts each weight to the autocast dtype once, no second read of a best checkpoint that the model in memory already holds, and the callback that seals
-each checkpoint with its manifest."""
+row order), each weight cast to the autocast dtype once per evaluation loop, no second read of a best checkpoint that
+the model in memory already holds, and the callback that seals each checkpoint with its manifest."""
 
 from __future__ import annotations
 
