@@ -2,14 +2,17 @@
 """Pool the seeds of several `run_benchmark.py --seeds` reports into one report (a long run split across sessions).
 
 The reports must agree on everything but the seeds: arms, hyper-parameters, overrides, data, CPU model and
-library versions; a seed may appear once. With ``--arms``, only those arms are pooled (every report must have each
+library versions; a seed may appear once (``--reproduced-seeds``: a seed run again in a later report is pooled once,
+from the first report, when every pooled arm scored the same validation and test F1 in both; any difference is an
+error). With ``--arms``, only those arms are pooled (every report must have each
 of them in every seed; its other arms are left out), so a run of all six arms and a later run of two of them can be
 pooled over those two. Comparisons stay paired within a seed (each seed's arms ran
 back to back in one report), and MFU is recomputed against the highest matmul peak measured in any of the reports,
 as one long run would have done. Bad input exits 2 with one line, before anything is written.
 
 Usage:
-  python bench/combine_runs.py A.json B.json [--arms stock,ours_fast] --output bench/figures/combined.json
+  python bench/combine_runs.py A.json B.json [--arms stock,ours_fast] [--reproduced-seeds]
+                               --output bench/figures/combined.json
 """
 
 from __future__ import annotations
@@ -64,9 +67,13 @@ def _signature(report: dict, only: Optional[list] = None) -> dict:
             "machine": machine, "mode": report.get("mode")}
 
 
-def combine(reports: list[dict], names: list[str], arms: Optional[list] = None) -> dict:
+REPRODUCED_KEYS = ("eval_f1", "test_f1")  # what a seed run again must score alike to be pooled once
+
+
+def combine(reports: list[dict], names: list[str], arms: Optional[list] = None, reproduced: bool = False) -> dict:
     """One report with every seed of `reports`, over `arms` if given (raises CombineError when they differ in more
-    than seeds, or one lacks an arm of `arms`)."""
+    than seeds, or one lacks an arm of `arms`). `reproduced`: a seed in several reports is kept once, from the first,
+    if each pooled arm has the same REPRODUCED_KEYS in all of them (else CombineError)."""
     if len(reports) < 2:
         raise CombineError("give at least two reports to combine")
     unknown = [a for a in arms or () if a not in rb.ALL_ARMS]
@@ -82,13 +89,21 @@ def combine(reports: list[dict], names: list[str], arms: Optional[list] = None) 
         diff = [k for k in first if first[k] != other[k]]
         if diff:
             raise CombineError(f"{name} differs from {names[0]} in {', '.join(diff)}: only seeds may differ")
-    runs, seeds, sources = {}, [], {}
+    runs, seeds, sources, repeated = {}, [], {}, {}
     for name, report in zip(names, reports):
         for seed in report["seeds"]:
+            again = {a: r for a, r in report["runs"][str(seed)].items() if arms is None or a in arms}
             if seed in runs:
-                raise CombineError(f"seed {seed} is in both {sources[seed]} and {name}")
-            runs[seed] = {a: copy.deepcopy(r) for a, r in report["runs"][str(seed)].items()
-                          if arms is None or a in arms}
+                if not reproduced:
+                    raise CombineError(f"seed {seed} is in both {sources[seed]} and {name}")
+                differ = [f"{a} {k}" for a in runs[seed] for k in REPRODUCED_KEYS
+                          if again.get(a, {}).get(k) != runs[seed][a].get(k)]
+                if differ:
+                    raise CombineError(f"seed {seed} of {name} does not reproduce {sources[seed]}: "
+                                       f"{', '.join(differ)} differ")
+                repeated.setdefault(seed, [sources[seed]]).append(name)
+                continue
+            runs[seed] = copy.deepcopy(again)
             seeds.append(seed)
             sources[seed] = name
     peak_values = [r["cpu_peaks_before"] for s in runs for r in runs[s].values() if r.get("cpu_peaks_before")]
@@ -100,7 +115,9 @@ def combine(reports: list[dict], names: list[str], arms: Optional[list] = None) 
     report = copy.deepcopy(reports[0])
     report.update({
         "command": " ".join(["python", "bench/combine_runs.py", *names,
-                             *(["--arms", ",".join(arms)] if arms else [])]),
+                             *(["--arms", ",".join(arms)] if arms else []),
+                             *(["--reproduced-seeds"] if reproduced else [])]),
+        "reproduced_seeds": {str(s): files for s, files in repeated.items()},
         "combined_from": [{"file": n, "command": r.get("command"), "utc": r.get("utc"), "seeds": r["seeds"],
                            "total_seconds": r.get("total_seconds")} for n, r in zip(names, reports)],
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -120,13 +137,15 @@ def main(argv=None) -> int:
     p.add_argument("reports", nargs="+", help="JSON reports of bench/run_benchmark.py")
     p.add_argument("--output", required=True, help="JSON path of the pooled report")
     p.add_argument("--arms", help="pool only these arms (comma-separated), which every report must have")
+    p.add_argument("--reproduced-seeds", action="store_true",
+                   help="a seed in several reports is pooled once if it scored the same F1 in each (else exit 2)")
     args = p.parse_args(argv)
     try:
         loaded = [read_report(name) for name in args.reports]
         if Path(args.output).resolve() in {Path(n).resolve() for n in args.reports}:
             raise CombineError(f"--output {args.output} is one of the inputs")
         arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
-        report = combine(loaded, args.reports, arms)
+        report = combine(loaded, args.reports, arms, args.reproduced_seeds)
     except (CombineError, KeyError) as exc:
         print(f"combine_runs: {exc if isinstance(exc, CombineError) else f'not a benchmark report (no {exc})'}",
               file=sys.stderr)

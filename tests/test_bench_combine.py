@@ -79,6 +79,23 @@ def test_a_seed_in_two_reports_is_refused(whole):
         combine_runs.combine([_half(whole, 42), _half(whole, 42)], ["a.json", "b.json"])
 
 
+def test_a_reproduced_seed_is_pooled_once_and_a_differing_one_refused(whole):
+    """--reproduced-seeds: a seed run again with the same F1 in every pooled arm counts once (from the first report);
+    one whose F1 differs in any arm is refused."""
+    again = _half(whole, 42)
+    again["runs"]["42"]["stock"]["total_seconds_marker"] = "second run"
+    pooled = combine_runs.combine([_half(whole, 42), _half(whole, 1), again], ["a.json", "b.json", "c.json"],
+                                  reproduced=True)
+    assert pooled["seeds"] == [42, 1] and pooled["reproduced_seeds"] == {"42": ["a.json", "c.json"]}
+    assert "total_seconds_marker" not in pooled["runs"]["42"]["stock"]  # the first report's run
+    assert pooled["aggregate"]["ours_fast"]["test_f1"]["n"] == 2
+    assert pooled["command"].endswith("c.json --reproduced-seeds")
+    again["runs"]["42"]["ours_fast"]["test_f1"] += 1e-9
+    with pytest.raises(combine_runs.CombineError, match="seed 42 of c.json does not reproduce a.json: ours_fast "
+                                                        "test_f1 differ"):
+        combine_runs.combine([_half(whole, 42), again], ["a.json", "c.json"], reproduced=True)
+
+
 def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, whole):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(_half(whole, 42)))
