@@ -38,23 +38,16 @@ FIGURES = ("eval_loss", "eval_f1", "eval_precision", "eval_recall", "eval_accura
 def measure(run_dir: Path, batch_sizes: list[int], repeats: int = 5, threads: int = 2,
             allocator_tuned: bool = True) -> dict:
     import torch
-    from transformers import AutoTokenizer, DataCollatorForTokenClassification, TrainingArguments, set_seed
+    from transformers import AutoTokenizer, DataCollatorForTokenClassification, TrainingArguments
 
     import trainer.hf_trainer as hf_trainer
     from run_benchmark import cpu_model, foreign_cpu_share, host_busy_seconds
+    from step_profile import load_run
     from trainer import speed
-    from trainer.config import FinetuneConfig
-    from trainer.data import load_preprocess_output
     from trainer.metrics import ids_and_losses, make_compute_metrics
-    from trainer.modeling import load_model
 
     torch.set_num_threads(threads)
-    pre, model_dir = run_dir / "preprocess" / "preprocess_output", run_dir / "model-import" / "model_selector_output"
-    data = load_preprocess_output(pre)
-    config = FinetuneConfig(preprocess_output=str(pre), model_selector_output=str(model_dir),
-                            pytorch_model_folder=str(run_dir / "unused"), mlflow_model_folder=str(run_dir / "unused"))
-    set_seed(42)
-    model = load_model(model_dir, data.class_names, config)
+    data, model, _ = load_run(run_dir)
     collator = DataCollatorForTokenClassification(AutoTokenizer.from_pretrained(data.tokenizer_dir))
     seconds = {(size, variant): [] for size in batch_sizes for variant in VARIANTS}
     figures: dict = {}

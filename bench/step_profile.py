@@ -54,26 +54,38 @@ CATEGORIES = {
 MATMULS = CATEGORIES["matmuls (mm, addmm, bmm)"]
 
 
-def build(run_dir: Path, precision: Optional[str], seed: int = 42):
-    """The fine-tune's model, optimizer, loss constant and epoch-0 batches for `run_dir`; see the docstring."""
-    import torch
-    from transformers import AutoTokenizer, DataCollatorForTokenClassification, set_seed
+def load_run(run_dir: Path, **values):
+    """`run_dir`'s preprocess output and its model-import's encoder with a new head, loaded as the fine-tune loads
+    them under a FinetuneConfig of `values` (the head seeded by its `seed`; its output folders unused); returns
+    (data, model, config)."""
+    from transformers import set_seed
 
-    from trainer import speed
     from trainer.config import FinetuneConfig
     from trainer.data import load_preprocess_output
     from trainer.modeling import load_model
-    from trainer.sampling import length_grouped_batches
-
-    from memory_profile import local_recipe
 
     pre, model_dir = run_dir / "preprocess" / "preprocess_output", run_dir / "model-import" / "model_selector_output"
     config = FinetuneConfig(preprocess_output=str(pre), model_selector_output=str(model_dir),
                             pytorch_model_folder=str(run_dir / "unused"), mlflow_model_folder=str(run_dir / "unused"),
-                            **{**local_recipe(), **({"precision": precision} if precision else {}), "seed": seed})
+                            **values)
     data = load_preprocess_output(pre)
-    set_seed(seed)
-    model = load_model(model_dir, data.class_names, config)
+    set_seed(config.seed)
+    return data, load_model(model_dir, data.class_names, config), config
+
+
+def build(run_dir: Path, precision: Optional[str], seed: int = 42):
+    """The fine-tune's model, optimizer, loss constant and epoch-0 batches for `run_dir`; see the docstring."""
+    import torch
+    from transformers import AutoTokenizer, DataCollatorForTokenClassification
+
+    from trainer import speed
+    from trainer.sampling import length_grouped_batches
+
+    from memory_profile import local_recipe
+
+    pre = run_dir / "preprocess" / "preprocess_output"
+    data, model, config = load_run(run_dir, **{**local_recipe(), **({"precision": precision} if precision else {}),
+                                               "seed": seed})
     prepared = speed.prepare(model, config, data.train)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
