@@ -7,7 +7,7 @@
 #
 # Measured on 2 shared CPU cores: ~2.5 min of pip (torch 2.6.0 from PyPI is the CUDA build: ~4 GB of nvidia
 # wheels; set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu where that index is reachable) and 5-11 min
-# building the extensions; 6.6 GB on disk, ~7.5 GB at the peak.
+# building the extensions; 6.6 GB on disk, which is also the peak (measured on a clean clone, 2026-12-06).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${ORT_VENV:-.cache/ort-venv}
@@ -26,7 +26,7 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 fi
 # torch 2.6.0 from PyPI is the CUDA build, whose requirements are ~3.6 GB of wheels (nvidia-*, triton). One pip call
 # keeps every wheel it downloads in a temporary folder until it ends: 9.6 GB of disk at the peak for a 6.6 GB
-# environment, measured, which a CI run's disk once lacked. So torch and each of its requirements go in alone.
+# environment (measured); a CI run ran out of disk in that call. So torch and each of its requirements go in alone.
 torch_req=$(grep -E '^torch==' images/requirements-ort.txt)
 "$VENV/bin/pip" install -q --no-deps "$torch_req"
 "$VENV/bin/python" -c 'import importlib.metadata as m; print("\n".join(m.requires("torch")))' | grep -v 'extra ==' \
