@@ -83,14 +83,13 @@ def build(run_dir: Path, precision: Optional[str], seed: int = 42):
 
     from memory_profile import local_recipe
 
-    pre = run_dir / "preprocess" / "preprocess_output"
     data, model, config = load_run(run_dir, **{**local_recipe(), **({"precision": precision} if precision else {}),
                                                "seed": seed})
     prepared = speed.prepare(model, config, data.train)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
-    collate = DataCollatorForTokenClassification(AutoTokenizer.from_pretrained(pre))
+    collate = DataCollatorForTokenClassification(AutoTokenizer.from_pretrained(data.tokenizer_dir))
     rows = [data.train[i] for i in range(len(data.train))]
     size = config.per_device_train_batch_size
     batches = [collate([rows[i] for i in batch]) for batch in length_grouped_batches(

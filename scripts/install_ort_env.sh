@@ -21,13 +21,13 @@ start=$(date +%s)
 $PY -m venv "$VENV"
 # This machine's pip configuration may cap torch for the main environment; this one pins its own.
 export PIP_CONSTRAINT=/dev/null
+torch_req=$(grep -E '^torch==' images/requirements-ort.txt)
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
-  "$VENV/bin/pip" install -q --index-url "$TORCH_INDEX_URL" "torch==2.6.0"
+  "$VENV/bin/pip" install -q --index-url "$TORCH_INDEX_URL" "$torch_req"
 fi
 # torch 2.6.0 from PyPI is the CUDA build, whose requirements are ~3.6 GB of wheels (nvidia-*, triton). One pip call
 # keeps every wheel it downloads in a temporary folder until it ends: 9.6 GB of disk at the peak for a 6.6 GB
 # environment (measured); a CI run ran out of disk in that call. So torch and each of its requirements go in alone.
-torch_req=$(grep -E '^torch==' images/requirements-ort.txt)
 "$VENV/bin/pip" install -q --no-deps "$torch_req"
 "$VENV/bin/python" -c 'import importlib.metadata as m; print("\n".join(m.requires("torch")))' | grep -v 'extra ==' \
   | while read -r req; do "$VENV/bin/pip" install -q "$req"; done
