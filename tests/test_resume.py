@@ -19,12 +19,12 @@ from conftest import Crash, StartStep, figures, weights_digest
 from trainer.checkpoints import MANIFEST, choose_resume_checkpoint, list_checkpoints
 from trainer.finetune import finetune
 
-DEFAULT_SAMPLER = pytest.param(True, id="default-length-grouped")  # seeded per epoch: trainer/sampling.py
+LENGTH_GROUPED = pytest.param(True, id="length-grouped")  # seeded per epoch: trainer/sampling.py
 
 
 
 
-@pytest.mark.parametrize("group_by_length", [pytest.param(False, id="random-sampler"), DEFAULT_SAMPLER])
+@pytest.mark.parametrize("group_by_length", [pytest.param(False, id="default-random-sampler"), LENGTH_GROUPED])
 def test_resume_mid_epoch_after_the_first_is_bit_identical(make_config, group_by_length):
     # 160 rows / batch 16 = 10 optimizer steps per epoch; a checkpoint every 4 steps: 4, 8, 12, 16, ...
     settings = dict(num_train_epochs=3, learning_rate=2e-3, metric_for_best_model="loss", evaluation_strategy="steps",

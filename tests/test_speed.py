@@ -99,7 +99,7 @@ def test_finetune_groups_as_many_batches_as_length_group_batches(make_config, mo
             built.append(self.mega_batch_mult)
 
     monkeypatch.setattr(speed, "SeededLengthGroupedSampler", Recording)
-    finetune(make_config(length_group_batches=3, num_train_epochs=1, export_onnx=False))
+    finetune(make_config(group_by_length=True, length_group_batches=3, num_train_epochs=1, export_onnx=False))
     assert built == [3]
     assert make_config().length_group_batches == SeededLengthGroupedSampler([1], 1, 0).mega_batch_mult  # one default
 
@@ -144,7 +144,7 @@ def test_resume_mid_epoch_two_is_bit_identical_with_the_default_sampler(make_con
     # epoch 2, so the resumed run must skip 5 batches of epoch 2 and replay the other 5 exactly.
     settings = dict(num_train_epochs=3, learning_rate=2e-3, evaluation_strategy="steps", eval_steps=15,
                     metric_for_best_model="loss")
-    assert make_config().group_by_length  # the default sampler is the length-grouped one
+    assert not make_config().group_by_length and make_config().padding_free  # the default: random, flat batches
     straight = make_config("straight", **settings)
     finetune(straight)
 
@@ -468,7 +468,7 @@ def test_token_normalised_loss_weighs_every_labelled_token_the_same(tiny_model_s
 
 
 def test_length_grouped_training_follows_the_random_sampler_loss_curve(make_config):
-    """Same tiny task, same seed: the default (length-grouped, token-normalised) run's per-epoch training loss
+    """Same tiny task, same seed: a length-grouped (token-normalised) run's per-epoch training loss
     stays within tolerance of the stock random sampler's, and both learn the task."""
     curves = {}
     for flag in ("false", "true"):

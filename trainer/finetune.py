@@ -145,6 +145,9 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     from trainer import speed  # speed hooks (trainer/speed.py): CPU allocator, trained-rows embedding, sampler, loss
 
     sped = speed.prepare(model, config, data.train, use_cpu=not has_cuda())
+    from trainer import packing  # padding-free training batches (trainer/packing.py)
+
+    packed = packing.enable(model, data.train, tokenizer, config)
 
     meter = ProgressMeter()
     all_callbacks = [CheckpointManifestCallback(config.save_total_limit),
@@ -160,6 +163,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         preprocess_logits_for_metrics=ids_and_losses, callbacks=all_callbacks, meter=meter,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressCallback formats them
+    trainer.train_data_collator = packed.collator  # None: the padding collator, as for evaluation
     if config.group_by_length:  # length-grouped batches weigh every labelled token the same (trainer/speed.py)
         trainer.length_group_batches = config.length_group_batches
         speed.enable_token_normalized_loss(trainer, data.train)
@@ -171,7 +175,8 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         _drop_optimizer_state(trainer)
     finally:
-        sped.restore()  # --- speed hook: the stock modules and allocator back before evaluation and publishing ---
+        packed.restore()  # the model's own attention, then (speed hook) the stock modules and allocator back
+        sped.restore()  # before evaluation and publishing
     train_runtime = time.perf_counter() - started
 
     validation_metrics = best_validation_metrics(trainer) or trainer.evaluate(data.validation,

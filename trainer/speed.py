@@ -8,7 +8,8 @@ rounding); each is measured in bench/README.md and pinned by tests/test_speed.py
    the seeded length-grouped training sampler (``trainer.sampling``) when
    ``train_sampling_strategy="group_by_length"``, (``enable_token_normalized_loss``) a training loss that weighs
    every labelled token the same in length-grouped batches, and (``enable_folded_clipping``) gradient clipping
-   applied by the fused AdamW kernel instead of a separate pass over the gradients. Evaluation batches are
+   applied by the fused AdamW kernel instead of a separate pass over the gradients; ``train_data_collator``, when
+   set, collates the training batches only (``trainer.packing``'s flat batches). Evaluation batches are
    length-sorted, their outputs put back in dataset order (``trainer.hf_trainer``: the windows of a sentence are
    joined by row order), and each weight is cast to the autocast dtype once per evaluation loop instead of once
    per batch (``autocast_casts_kept``).
@@ -88,6 +89,17 @@ class SpeedTrainerMixin:
                                                                  self.length_group_batches)
                 return self._seeded_sampler
         return super()._get_train_sampler(train_dataset)
+
+    train_data_collator = None  # the training batches' collator, when it differs from evaluation's (trainer.packing)
+
+    def get_train_dataloader(self):
+        if self.train_data_collator is None:
+            return super().get_train_dataloader()
+        evaluation_collator, self.data_collator = self.data_collator, self.train_data_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = evaluation_collator
 
     def _run_epoch(self, *args, **kwargs):
         # Resuming mid-epoch under DDP, transformers 5.24 wraps the loader in accelerate 1.15's SkipBatchSampler

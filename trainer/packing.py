@@ -1,0 +1,277 @@
+"""Padding-free training batches: a batch's rows concatenated into one row, each attending only to itself.
+
+A batch of 16 random WNUT-17 rows padded to its longest row is 41 % padding, and every linear layer, layer norm,
+dropout and the loss compute on those positions too. Flattened (transformers' `DataCollatorWithFlattening`: one row
+of the batch's real tokens, position ids restarting at each row, the rows' boundaries as ``cu_seq_lens_q/k``), the
+model computes on real tokens only. Only the attention needs the rows apart: `packed_attention` wraps the model's
+SDPA attention and, when the boundaries come with the call, gathers q/k/v of each row into a padded
+[rows, heads, longest, head_dim] block, runs the wrapped attention there with a key-padding mask, and takes back the
+real positions. Every row then computes what it computes alone in a padded batch: same batches, same loss, same
+gradients up to float rounding; only padding work is gone.
+
+Not every encoder takes position ids and attention boundaries through its forward (DeBERTa's own attention ignores
+them), so `enable` runs the model once on a few training rows padded and flattened, and turns flattening on only
+where the two agree (`verify`); otherwise the run keeps padded batches and logs why. Evaluation batches stay padded
+(length-sorted: ~4 % padding).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from transformers import DataCollatorForTokenClassification, DataCollatorWithFlattening
+
+from trainer.data import MODEL_INPUTS
+
+logger = logging.getLogger("trainer")
+
+# Encoders whose embeddings number positions from padding_idx + 1, not 0 (transformers 5.24's
+# DataCollatorWithFlattening docstring names the RoBERTa family); `verify` checks every model anyway.
+POSITIONS_AFTER_PADDING_IDX = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet", "esm", "longformer",
+                                         "data2vec-text", "xmod", "roberta-prelayernorm", "xlm-roberta-xl"})
+BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+PACKED_PREFIX = "packed_"
+VERIFY_ROWS = 4
+VERIFY_ATOL = 1e-4
+
+
+class FlatTokenClassificationCollator(DataCollatorWithFlattening):
+    """A batch as one row: ``input_ids``, ``token_type_ids``, ``labels`` and ``position_ids`` of shape [1, tokens],
+    plus the rows' boundaries (``cu_seq_lens_q/k``, ``max_length_q/k``) for `packed_attention`.
+
+    transformers 5.24's collator is built for causal LMs: it writes ``separator_id`` over each row's first label
+    (where a shifted loss would cross rows) and drops ``token_type_ids``. A tagger's labels are per position, and
+    token types can be 1 (pairs, context windows): both go through as they are."""
+
+    def __init__(self, position_ids_start: int = 0):
+        super().__init__(return_position_ids=True, return_flash_attn_kwargs=True,
+                         position_ids_start=position_ids_start, return_tensors="pt")
+
+    def __call__(self, features, return_tensors=None, separator_id=None):
+        batch = super().__call__(features, return_tensors="pt")
+        batch["labels"] = torch.tensor([[x for f in features for x in _ints(f["labels"])]], dtype=torch.long)
+        if "token_type_ids" in features[0]:
+            batch["token_type_ids"] = torch.tensor([[x for f in features for x in _ints(f["token_type_ids"])]],
+                                                   dtype=torch.long)
+        return batch
+
+
+def _ints(values) -> list:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def position_ids_start(model) -> int:
+    """The position id of a row's first token when the model numbers an unpadded row itself."""
+    config = model.config
+    if config.model_type in POSITIONS_AFTER_PADDING_IDX:
+        return int(config.pad_token_id) + 1
+    return 0
+
+
+CHUNK_COST = 4096  # one more attention call, in padded score elements per head (bench: chunk_cost)
+
+
+def row_chunks(lengths: list[int], chunk_cost: float = CHUNK_COST) -> list[list[int]]:
+    """The batch's rows (indices) in groups for the attention, each group padded to its own longest row: the
+    partition of the rows sorted by length that minimises the padded score area (rows x longest**2) plus
+    `chunk_cost` per group (dynamic programming over the sorted rows; a batch of 16 random WNUT-17 rows pads its
+    attention to 3x the area of its rows alone, in one group)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: the first j sorted rows grouped
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):  # rows i..j-1 in one group, padded to lengths[order[i]]
+            cost = best[i] + (j - i) * lengths[order[i]] ** 2 + chunk_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def row_layout(cu_seq_lens: torch.Tensor, chunk_cost: float = None) -> tuple[list, torch.Tensor]:
+    """For each group of `row_chunks`: (the flat token at each of its padded positions, 0 past a row's end; its
+    real positions as a [rows, 1, 1, longest] mask; rows; longest), and the position of each flat token among the
+    groups' padded positions laid end to end. Reads the row lengths on the host once per forward (on a GPU, one
+    synchronisation per forward; shared by the layers)."""
+    bounds = cu_seq_lens.tolist()
+    starts, lengths = bounds[:-1], [b - a for a, b in zip(bounds, bounds[1:])]
+    chunks, scatter, base = [], [0] * bounds[-1], 0
+    for rows in row_chunks(lengths, CHUNK_COST if chunk_cost is None else chunk_cost):
+        longest = lengths[rows[0]]
+        gather = [0] * (len(rows) * longest)
+        mask = [[False] * longest for _ in rows]
+        for r, row in enumerate(rows):
+            for j in range(lengths[row]):
+                gather[r * longest + j] = starts[row] + j
+                scatter[starts[row] + j] = base + r * longest + j
+                mask[r][j] = True
+        device = cu_seq_lens.device
+        chunks.append((torch.tensor(gather, device=device), torch.tensor(mask, device=device)[:, None, None, :],
+                       len(rows), longest))
+        base += len(rows) * longest
+    return chunks, torch.tensor(scatter, device=cu_seq_lens.device)
+
+
+def packed_attention(inner: Callable) -> Callable:
+    """`inner` (an SDPA-style transformers attention function: boolean masks, True = attend) made to take a flat
+    row: with ``cu_seq_lens_q`` in its kwargs, q/k/v [1, heads, tokens, dim] are gathered into padded rows, one
+    group of rows of about one length at a time (`row_layout`; `index_select` along tokens, whose backward is one
+    `index_add`), `inner` runs on each group under its key-padding mask, and the real positions come back as [1,
+    tokens, heads, dim]. Padding positions read token 0, their keys are masked and their query outputs dropped, so
+    their gradients are exactly zero. Without boundaries it is `inner` itself (evaluation's padded batches)."""
+    cache: list = [None, None]  # (cu_seq_lens, its layout): one layout per forward, shared by the layers
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        cu_seq_lens = kwargs.get("cu_seq_lens_q")
+        if cu_seq_lens is None or query.shape[0] != 1 or attention_mask is not None:
+            return inner(module, query, key, value, attention_mask, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in BOUNDARY_KEYS}
+        _, heads, tokens, dim = query.shape
+        if cache[0] is not cu_seq_lens:
+            cache[:] = cu_seq_lens, row_layout(cu_seq_lens)
+        chunks, scatter = cache[1]
+        flat = [t.transpose(1, 2).reshape(tokens, heads * dim) for t in (query, key, value)]  # views
+        outs = []
+        for gather, mask, rows, longest in chunks:
+            q, k, v = (t.index_select(0, gather).view(rows, longest, heads, dim).transpose(1, 2) for t in flat)
+            out, _ = inner(module, q, k, v, mask, **kwargs)  # [rows, longest, heads, dim]
+            outs.append(out.reshape(rows * longest, heads * dim))
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, scatter)
+        return out.view(1, tokens, heads, dim), None
+
+    return attention
+
+
+def install_packed_attention(model) -> Optional[Callable]:
+    """Set the model's attention to `packed_attention` around its current SDPA-style one; returns the undo, or
+    None where the model does not dispatch an SDPA attention through transformers' AttentionInterface."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    can_set = getattr(model, "_can_set_attn_implementation", None)
+    if not current or not current.startswith("sdpa") or not (can_set and can_set()):
+        return None
+    interface = AttentionInterface()
+    if current == "sdpa":
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward as inner
+    elif current in interface:
+        inner = interface[current]
+    else:
+        return None
+    name = PACKED_PREFIX + current
+    AttentionInterface.register(name, packed_attention(inner))
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)  # padded batches (evaluation) get sdpa's masks
+    model.set_attn_implementation(name)
+    return lambda: model.set_attn_implementation(current)
+
+
+def verify(model, rows: list[dict], collator: FlatTokenClassificationCollator, tokenizer) -> Optional[str]:
+    """None when the model's logits for `rows` flattened equal those of the same rows padded by the stock collator
+    (fp32, eval mode, up to VERIFY_ATOL); else why not."""
+    padded = DataCollatorForTokenClassification(tokenizer)([dict(r) for r in rows])
+    flat = collator([dict(r) for r in rows])
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            expected = model(**{k: v.to(device) for k, v in padded.items() if k != "labels"}).logits
+            got = model(**{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in flat.items()
+                           if k != "labels"}).logits
+    except (TypeError, ValueError, RuntimeError, IndexError) as err:
+        return f"its forward does not take a flat batch ({type(err).__name__}: {str(err).splitlines()[0]})"
+    finally:
+        model.train(was_training)
+    real = padded["attention_mask"].bool().to(expected.device)
+    if got.shape[:2] != (1, int(real.sum())):
+        return "its output does not keep one position per token"
+    diff = float((expected[real].float() - got[0].float()).abs().max())
+    if not diff <= VERIFY_ATOL:
+        return f"its logits differ from the padded batch's by up to {diff:.2g} (it ignores the row boundaries)"
+    return None
+
+
+def verify_rows(train_dataset, count: int = VERIFY_ROWS) -> list[dict]:
+    """A few training rows of different lengths (padding shows only between rows of unequal length)."""
+    chosen, lengths = [], set()
+    for index in range(len(train_dataset)):
+        row = train_dataset[index]
+        if len(row["input_ids"]) not in lengths:
+            chosen.append({k: row[k] for k in MODEL_INPUTS if k in row})
+            lengths.add(len(row["input_ids"]))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def unpadded(train_dataset) -> bool:
+    """Every row's attention mask is all ones (rows written unpadded, as preprocess writes them)."""
+    return all(all(row.get("attention_mask") or [1]) for row in train_dataset)
+
+
+@dataclass
+class Packing:
+    """`enable`'s result: the training collator (None: padded batches), the undo of the attention swap, and why
+    flattening is off."""
+
+    collator: Optional[FlatTokenClassificationCollator] = None
+    undo: Optional[Callable] = None
+    reason: Optional[str] = None
+
+    def restore(self) -> None:
+        """The model's own attention back (before publishing: published models are plain HF models)."""
+        if self.undo is not None:
+            self.undo()
+            self.undo = None
+
+
+def applicable(config) -> Optional[str]:
+    """Why flat batches are off for a run of `config` (a FinetuneConfig) before any model exists (None: try)."""
+    if not config.padding_free:
+        return "padding_free=false"
+    if config.apply_ort:
+        return "apply_ort (ORTModule exports the model's forward without the row boundaries)"
+    if config.apply_deepspeed:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            return "DeepSpeed ZeRO-3 (the start-up check would need the partitioned weights)"
+    return None
+
+
+def enable(model, train_dataset, tokenizer, config=None) -> Packing:
+    """Flat training batches for `model`, if it computes them exactly as padded ones (see the module docstring).
+    Logs which, and why not."""
+    packing = _enable(model, train_dataset, tokenizer, config)
+    if packing.collator is not None:
+        logger.info("padding-free training batches: each batch's rows in one row, attention per row")
+    elif config is None or config.padding_free:
+        logger.info("padded training batches: %s", packing.reason)
+    return packing
+
+
+def _enable(model, train_dataset, tokenizer, config) -> Packing:
+    why_not = applicable(config) if config is not None else None
+    if why_not is not None:
+        return Packing(reason=why_not)
+    if not unpadded(train_dataset):
+        return Packing(reason="the training rows carry padding (an attention mask with zeros)")
+    undo = install_packed_attention(model)
+    if undo is None:
+        implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        return Packing(reason=f"the model's attention ({implementation}) is not SDPA through transformers' "
+                              f"AttentionInterface")
+    collator = FlatTokenClassificationCollator(position_ids_start(model))
+    why_not = verify(model, verify_rows(train_dataset), collator, tokenizer)
+    if why_not is not None:
+        undo()
+        return Packing(reason=f"{model.config.model_type}: {why_not}")
+    return Packing(collator=collator, undo=undo)
