@@ -4,10 +4,14 @@ keep padded batches, and the fine-tune trains on flat batches by default."""
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 import torch
 
 from trainer import packing
+from trainer.data import load_preprocess_output
 from trainer.finetune import finetune
 
 ROWS = [  # [CLS] ... [SEP]; a labelled first position and token types of 1 too, which the stock collator drops
@@ -72,7 +76,8 @@ def test_flat_batch_has_the_padded_batch_loss_and_gradients(chunk_cost, monkeypa
     assert packing.install_packed_attention(model) is not None
     padded = DataCollatorForTokenClassification(_Tokenizer())([dict(r) for r in ROWS])
     flat = packing.FlatTokenClassificationCollator()([dict(r) for r in ROWS])
-    assert flat["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in ROWS))  # no padding at all
+    # no padding inside: 25 tokens, then one alignment row of 7 to a multiple of 32 (its own row, labels -100)
+    assert flat["input_ids"].shape == (1, 32) and flat.pop(packing.PADDING_KEY) == 7
     loss_padded, grads_padded = _loss_and_grads(model, padded)
     loss_flat, grads_flat = _loss_and_grads(model, flat)
     assert loss_flat.item() == pytest.approx(loss_padded.item(), rel=1e-5)
@@ -82,11 +87,20 @@ def test_flat_batch_has_the_padded_batch_loss_and_gradients(chunk_cost, monkeypa
 
 
 def test_flat_collator_keeps_every_label_token_type_and_restarts_positions():
-    flat = packing.FlatTokenClassificationCollator(position_ids_start=2)([dict(r) for r in ROWS])
+    flat = packing.FlatTokenClassificationCollator(position_ids_start=2, pad_to_multiple_of=None)(
+        [dict(r) for r in ROWS])
     assert flat["labels"][0].tolist() == [x for r in ROWS for x in r["labels"]]  # the first label of row 2 too
     assert flat["token_type_ids"][0].tolist() == [x for r in ROWS for x in r["token_type_ids"]]
     assert flat["position_ids"][0].tolist() == [2 + i for r in ROWS for i in range(len(r["input_ids"]))]
     assert flat["cu_seq_lens_q"].tolist() == [0, 7, 10, 15, 25] and flat["max_length_q"] == 10
+    assert flat[packing.PADDING_KEY] == 0
+
+
+def test_flat_collator_aligns_the_row_with_a_padding_row():
+    flat = packing.FlatTokenClassificationCollator(pad_token_id=5, pad_to_multiple_of=16)([dict(r) for r in ROWS])
+    assert flat[packing.PADDING_KEY] == 7 and flat["input_ids"].shape == (1, 32)
+    assert flat["input_ids"][0, 25:].tolist() == [5] * 7 and flat["labels"][0, 25:].tolist() == [-100] * 7
+    assert flat["cu_seq_lens_q"].tolist() == [0, 7, 10, 15, 25, 32]  # a row of its own: nothing attends to it
 
 
 def test_row_chunks_cover_every_row_once_in_groups_of_about_one_length():
@@ -134,7 +148,7 @@ def test_rows_that_carry_padding_keep_padded_batches():
     assert packed.collator is None and "padding" in packed.reason
 
 
-def test_finetune_trains_on_flat_batches_by_default(make_config, monkeypatch):
+def test_finetune_trains_on_flat_batches_by_default(make_config, monkeypatch, caplog):
     calls = {"flat": 0}
     original = packing.FlatTokenClassificationCollator.__call__
 
@@ -143,9 +157,13 @@ def test_finetune_trains_on_flat_batches_by_default(make_config, monkeypatch):
         return original(self, features, *args, **kwargs)
 
     monkeypatch.setattr(packing.FlatTokenClassificationCollator, "__call__", counting)
-    flat = finetune(make_config("flat", num_train_epochs=1, export_onnx=False))
+    with caplog.at_level(logging.INFO, logger="trainer.progress"):
+        flat = finetune(make_config("flat", num_train_epochs=1, export_onnx=False))
     verify_calls, calls["flat"] = calls["flat"], 0
     assert verify_calls == 1 + 10  # the start-up check, then 160 rows / 16 = 10 training batches
+    # the progress line counts the epoch's real tokens, not the alignment rows
+    counted = re.search(r"trained 10 steps in \S+: ([\d,]+) tokens", caplog.text).group(1)
+    assert int(counted.replace(",", "")) == load_preprocess_output(make_config().preprocess_output).train.num_tokens
     assert flat.test_metrics is not None  # trained, evaluated (padded batches) and published
     finetune(make_config("padded", num_train_epochs=1, export_onnx=False, padding_free=False))
     assert calls["flat"] == 0

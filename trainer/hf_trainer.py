@@ -15,6 +15,7 @@ from transformers import Trainer, TrainerCallback
 
 from trainer.checkpoints import rotate_checkpoints, write_manifest
 from trainer.metrics import in_dataset_order
+from trainer.packing import PADDING_KEY
 from trainer.progress import ProgressMeter
 from trainer.speed import autocast_casts_kept, dataset_lengths
 
@@ -33,9 +34,10 @@ class TokenClassificationTrainer(Trainer):
         self._eval_orders: dict[int, list[int]] = {}  # id(eval dataset) -> the order its rows are evaluated in
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        padding = inputs.pop(PADDING_KEY, 0)  # a flat batch's alignment row (trainer.packing): not a model input
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.meter is not None:
-            self.meter.add(loss, inputs.get("attention_mask"), inputs["input_ids"])
+            self.meter.add(loss, inputs.get("attention_mask"), inputs["input_ids"], padding)
         return loss
 
     def _load_best_model(self):

@@ -28,8 +28,9 @@ class ProgressMeter:
         self._tokens = None
         self.total_tokens = 0
 
-    def add(self, loss, attention_mask, input_ids) -> None:
-        tokens = attention_mask.sum() if attention_mask is not None else input_ids.numel()
+    def add(self, loss, attention_mask, input_ids, padding: int = 0) -> None:
+        """One step: its loss, and its real tokens (under the attention mask; without one, all but `padding`)."""
+        tokens = attention_mask.sum() if attention_mask is not None else input_ids.numel() - padding
         self._loss = loss.detach() if self._loss is None else self._loss + loss.detach()
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
 
