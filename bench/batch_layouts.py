@@ -8,7 +8,8 @@ A layout is a sampler and a collator: random batches (``random``, the stock reci
 AdamW train through every layout in turn: step i of every layout runs back to back, the order rotated per step, so
 the layouts meet the host's slow and fast moments alike (2-core hosts here swing by 10 % within minutes). The first
 `--warmup` steps are not counted. tokens/s counts real tokens over the seconds of forward, backward and optimizer
-step (collation not included).
+step (collation not included). With one layout per process (``--layouts random:flat``), ``peak_rss_mb`` is that
+layout's resident high-water mark, and ``--align`` sets the flat row's filling (0: none).
 
 Usage (RUN_DIR: a local pipeline run folder, whose preprocess and model-import outputs are read):
   python bench/batch_layouts.py --run-dir RUN_DIR [--layouts random:padded,random:flat,group4:padded,...]
@@ -33,6 +34,13 @@ from run_benchmark import cpu_model, emit_report  # noqa: E402
 LAYOUTS = "random:padded,random:flat,group4:padded,group4:flat,group32:padded,group32:flat"
 
 
+def _peak_rss_mb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return -1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True, type=Path)
@@ -43,6 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", choices=("16", "32"), default="16", help="16: bf16 autocast")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--align", type=int, default=None, help="fill flat rows to a multiple of this many tokens "
+                        "(default: trainer.packing's; 0: no filling)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     layouts = [tuple(x.split(":")) for x in args.layouts.split(",") if x]
@@ -69,6 +79,8 @@ def main(argv=None) -> int:
     flat = packing.enable(model, data.train, tokenizer, config)
     if flat.collator is None:
         parser.error(f"flat batches are off for this model: {flat.reason}")
+    if args.align is not None:
+        flat.collator.pad_to_multiple_of = args.align or None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, fused=True)
     collators = {"padded": DataCollatorForTokenClassification(tokenizer), "flat": flat.collator}
     rows = data.train.rows
@@ -80,6 +92,7 @@ def main(argv=None) -> int:
                            if len(b) == args.batch_size]
     steps = min(args.warmup + args.steps, *(len(o) for o in orders.values()))
     spent = {layout: [0, 0.0, 0] for layout in layouts}  # tokens, seconds, positions
+    started_rss = _peak_rss_mb()
     for step in range(steps):
         for layout in layouts[step % len(layouts):] + layouts[:step % len(layouts)]:
             sampler, collator = layout
@@ -98,7 +111,9 @@ def main(argv=None) -> int:
     base = spent[layouts[0]][0] / spent[layouts[0]][1]
     result = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__, "precision": args.precision,
               "batch_size": args.batch_size, "steps": steps - args.warmup, "chunk_cost": packing.CHUNK_COST,
-              "layouts": {}}
+              "align": flat.collator.pad_to_multiple_of, "layouts": {},
+              # the process's resident high-water mark: per layout when one layout runs in its own process
+              "peak_rss_mb": {"before_steps": started_rss, "after_steps": _peak_rss_mb()}}
     for layout, (tokens, seconds, positions) in spent.items():
         result["layouts"][":".join(layout)] = {
             "tokens_per_s": round(tokens / seconds), f"x_{':'.join(layouts[0])}": round(tokens / seconds / base, 3),

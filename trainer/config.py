@@ -122,15 +122,15 @@ class FinetuneConfig(Params):
     save_total_limit: int = _spec(-1, "Keep at most this many checkpoints (the best is never deleted); -1 keeps "
                                   "all.", group="training", minimum=-1)
     padding_free: bool = param(True, "Training batches without padding: each batch's rows concatenated into one "
-                               "row (transformers' DataCollatorWithFlattening), each row attending only to itself "
-                               "(trainer/packing.py); random batches of WNUT-17 were 41 % padding. On where a check "
-                               "at start-up shows the model computes flat batches as it computes padded ones "
-                               "(BERT, RoBERTa and kin; not DeBERTa), else padded batches, logged. Evaluation "
-                               "batches stay padded.", group="training")
+                               "row (transformers' DataCollatorWithFlattening; the row filled to a multiple of 32 "
+                               "tokens), each row attending only to itself (trainer/packing.py); random batches of "
+                               "WNUT-17 were 41 % padding. On where a check at start-up shows the model computes "
+                               "flat batches as it computes padded ones (BERT, RoBERTa and kin; not DeBERTa), else "
+                               "padded batches, logged. Evaluation batches stay padded.", group="training")
     group_by_length: bool = param(False, "Batch rows of similar length together (length_group_batches). With "
-                                  "padding_free only the attention still pads (~3 % faster than random batches "
-                                  "on CPU); without it ~1.3x faster than random batches. Length-grouped batches "
-                                  "differ from random ones: see length_group_batches.", group="training")
+                                  "padding_free only the attention still pads (step by step on CPU: groups of 4 "
+                                  "~2 % faster than random batches, of 32 ~8 %); without it ~1.3x. Length-grouped "
+                                  "batches differ from random ones: see length_group_batches.", group="training")
     length_group_batches: int = param(LENGTH_GROUP_BATCHES, "With group_by_length: the training rows are drawn "
                                       "in random groups of this many batches, sorted by length inside each group, "
                                       "and the batches shuffled (trainer/sampling.py). More: less padding, batches "

@@ -56,8 +56,9 @@ class FlatTokenClassificationCollator(DataCollatorWithFlattening):
 
     The row is filled up to a multiple of `pad_to_multiple_of` tokens by one more row of padding (its own attention
     row, labels -100, so it changes no loss and no gradient; ``PADDING_KEY`` says how long): on CPU every new
-    length of the row makes oneDNN build and keep new matmul kernels, and one epoch of WNUT-17 has ~500 lengths
-    (bench/README.md, "padding-free batches": 1.6x the training step's memory high-water mark, and slower)."""
+    length of the row costs memory that stays and time (oneDNN's kernels per shape, by the pattern), and rows as
+    long as their tokens take 130 lengths in an epoch of WNUT-17, 11 filled to 32: 1.6x the steps' memory
+    high-water mark, and 1.07x instead of 1.26x `stock_best` (bench/README.md, "padding-free batches")."""
 
     def __init__(self, position_ids_start: int = 0, pad_token_id: int = 0,
                  pad_to_multiple_of: Optional[int] = ALIGN_TOKENS):
