@@ -159,7 +159,7 @@ def test_training_args_carry_config(paths, strategy, single_process_env):
     assert args.greater_is_better is True
     assert args.load_best_model_at_end is True
     assert args.save_total_limit is None
-    assert args.train_sampling_strategy == "group_by_length"
+    assert args.train_sampling_strategy == "random"  # the default: random batches (padding-free, trainer.packing)
     assert args.deepspeed is None
     assert not args.fp16 and not args.bf16
 
@@ -167,13 +167,13 @@ def test_training_args_carry_config(paths, strategy, single_process_env):
 def test_training_args_loss_limit_and_sampling(paths, single_process_env):
     from trainer.training_args import build_training_args
 
-    config = FinetuneConfig(**paths, metric_for_best_model="loss", save_total_limit=2, group_by_length=False,
+    config = FinetuneConfig(**paths, metric_for_best_model="loss", save_total_limit=2, group_by_length=True,
                             evaluation_strategy="steps", evaluation_steps_interval=0.5,
                             per_device_train_batch_size=10, max_steps=12)
     args = build_training_args(config, 100, None)
     assert args.metric_for_best_model == "eval_loss" and args.greater_is_better is False
     assert args.save_total_limit is None and args.max_steps == 12  # trainer.checkpoints rotates (after manifests)
-    assert args.train_sampling_strategy == "random"
+    assert args.train_sampling_strategy == "group_by_length"
     assert args.eval_steps == 5 and args.save_steps == 5  # 0.5 × (100 / 10 = 10 steps per epoch)
 
 

@@ -159,12 +159,17 @@ def test_precision_32_trains_in_fp32(make_config):
 
 def test_auto_find_batch_size_shrinks_the_batch_until_it_fits(make_config, monkeypatch):
     from trainer.hf_trainer import TokenClassificationTrainer
+    from trainer.packing import PADDING_KEY
 
     original, seen = TokenClassificationTrainer.training_step, []
 
     def training_step(self, model, inputs, *args, **kwargs):
-        seen.append(len(inputs["input_ids"]))
-        if len(inputs["input_ids"]) > 8:
+        # rows of the batch: a flat batch (the default, trainer.packing) holds them in one row, bounded by
+        # cu_seq_lens_q, plus an alignment row when it is filled up
+        rows = (len(inputs["cu_seq_lens_q"]) - 1 - bool(inputs.get(PADDING_KEY)) if "cu_seq_lens_q" in inputs
+                else len(inputs["input_ids"]))
+        seen.append(rows)
+        if rows > 8:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GiB")
         return original(self, model, inputs, *args, **kwargs)
 
