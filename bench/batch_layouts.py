@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
     torch.manual_seed(0)
     model = AutoModelForTokenClassification.from_pretrained(
-        args.run_dir / "model-import" / "model_selector_output", num_labels=len(data.class_names))
+        args.run_dir / "model-import" / "model_selector_output", num_labels=len(data.class_names),
+        ignore_mismatched_sizes=True)  # a new head for the label map, as the fine-tune makes one
     model.train()
     config = SimpleNamespace(cpu_speedups=True, apply_lora=False, apply_deepspeed=False, apply_ort=False,
                              weight_decay=0.0, hf_optim="adamw_torch_fused", padding_free=True)
