@@ -171,25 +171,18 @@ def install_packed_attention(model) -> Optional[Callable]:
     """Set the model's attention to `packed_attention` around its current SDPA-style one; returns the undo, or
     None where the model does not dispatch an SDPA attention through transformers' AttentionInterface."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    config = getattr(model, "config", None)
-    current = getattr(config, "_attn_implementation", None)
-    can_set = getattr(model, "_can_set_attn_implementation", None)
-    if not current or not current.startswith("sdpa") or not (can_set and can_set()):
-        return None
+    from trainer.speed import swappable_sdpa_attention, use_attention
+
+    current = swappable_sdpa_attention(model)
     interface = AttentionInterface()
     if current == "sdpa":
         from transformers.integrations.sdpa_attention import sdpa_attention_forward as inner
-    elif current in interface:
+    elif current is not None and current in interface:
         inner = interface[current]
     else:
         return None
-    name = PACKED_PREFIX + current
-    AttentionInterface.register(name, packed_attention(inner))
-    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)  # padded batches (evaluation) get sdpa's masks
-    model.set_attn_implementation(name)
-    return lambda: model.set_attn_implementation(current)
+    return use_attention(model, PACKED_PREFIX + current, packed_attention(inner))
 
 
 def verify(model, rows: list[dict], collator: FlatTokenClassificationCollator, tokenizer) -> Optional[str]:

@@ -447,27 +447,42 @@ def install_fast_dropout(model: nn.Module) -> Optional[callable]:
             if type(child) is nn.Dropout and child.p > 0:
                 setattr(parent, name, FastDropout(child))
                 swapped.append((parent, name, child))
-    attention = None
-    config = getattr(model, "config", None)
-    can_set = getattr(model, "_can_set_attn_implementation", None)
-    if config is not None and getattr(config, "_attn_implementation", None) == "sdpa" and can_set and can_set():
-        from transformers import AttentionInterface
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-        AttentionInterface.register(FAST_DROPOUT_ATTENTION, sdpa_with_fast_dropout)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(FAST_DROPOUT_ATTENTION, sdpa_mask)  # the masks "sdpa" gets
-        model.set_attn_implementation(FAST_DROPOUT_ATTENTION)
-        attention = "sdpa"
-    if not swapped and attention is None:
+    undo_attention = None
+    if swappable_sdpa_attention(model) == "sdpa":
+        undo_attention = use_attention(model, FAST_DROPOUT_ATTENTION, sdpa_with_fast_dropout)
+    if not swapped and undo_attention is None:
         return None
 
     def undo():
         for parent, name, child in swapped:
             setattr(parent, name, child)
-        if attention is not None:
-            model.set_attn_implementation(attention)
+        if undo_attention is not None:
+            undo_attention()
 
     return undo
+
+
+def swappable_sdpa_attention(model: nn.Module) -> Optional[str]:
+    """The model's attention implementation when it is an SDPA one ("sdpa" or a wrapper named "sdpa...") that
+    transformers lets us swap through its AttentionInterface, else None."""
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    can_set = getattr(model, "_can_set_attn_implementation", None)
+    if not current or not current.startswith("sdpa") or not (can_set and can_set()):
+        return None
+    return current
+
+
+def use_attention(model: nn.Module, name: str, function) -> callable:
+    """Register `function` as transformers attention `name` (padded batches get the masks "sdpa" gets) and set it
+    on `model`; returns the undo, which sets the implementation of before."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    before = model.config._attn_implementation
+    AttentionInterface.register(name, function)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+    model.set_attn_implementation(name)
+    return lambda: model.set_attn_implementation(before)
 
 
 # ------------------------------------------------------------------------------------------------------------
