@@ -146,7 +146,7 @@ def machine_info() -> dict:
         info.update(gpu_name=name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     gpu_count=torch.cuda.device_count(), gpu_peak_bf16_flops=peak_bf16_flops(name),
                     cuda_version=torch.version.cuda)
-    from trainer.training_args import cpu_has_native_bf16
+    from trainer.precision import cpu_has_native_bf16
 
     info["cpu_bf16_flags"] = cpu_bf16_flags()
     info["cpu_has_bf16"] = cpu_has_native_bf16()
@@ -155,7 +155,7 @@ def machine_info() -> dict:
 
 def cpu_bf16_flags() -> list[str]:
     """The CPU flags that decide bf16 speed (recorded with every figure)."""
-    from trainer.training_args import cpu_flags  # one reading of the flags, the one the local run's recipe uses
+    from trainer.precision import cpu_flags  # one reading of the flags, the one the local run's recipe uses
 
     return sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"})
 
@@ -165,7 +165,7 @@ def hardware_has_bf16() -> bool:
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    from trainer.training_args import cpu_has_native_bf16
+    from trainer.precision import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 

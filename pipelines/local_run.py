@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from trainer.training_args import cpu_has_native_bf16
+from trainer.precision import cpu_has_native_bf16
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

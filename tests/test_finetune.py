@@ -142,19 +142,26 @@ def test_adamw_hf_runs_fused_adamw_with_warmup_cosine_and_weight_decay(make_conf
     assert result.validation_metrics["eval_f1"] > 0.5
 
 
-def test_precision_16_trains_in_bf16_on_cpu_and_accumulates_gradients(make_config):
+def test_precision_16_trains_in_bf16_on_cpu_and_accumulates_gradients(make_config, monkeypatch):
+    from trainer import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})  # a CPU with native bf16
     observer = _Observer()
-    result = finetune(make_config(precision="16", gradient_accumulation_steps=2, learning_rate=1e-2),
-                      callbacks=[observer])
+    config = make_config(precision="16", gradient_accumulation_steps=2, learning_rate=1e-2)
+    result = finetune(config, callbacks=[observer])
     assert observer.forward_dtypes == {torch.bfloat16}  # autocast: the head computes in bf16
     assert observer.max_steps == 40  # 160 rows / batch 16 / 2 accumulation steps = 5 steps per epoch, 8 epochs
     assert result.validation_metrics["eval_f1"] > 0.5
+    # the test split is scored as the model is served: under the bf16 autocast it was trained and validated in
+    recorded = json.loads((Path(config.pytorch_model_folder) / "metrics.json").read_text())["predictions"]
+    assert recorded["compute_dtype"] == result.predictions["compute_dtype"] == "bfloat16"
 
 
 def test_precision_32_trains_in_fp32(make_config):
     observer = _Observer()
-    finetune(make_config(num_train_epochs=1), callbacks=[observer])
+    result = finetune(make_config(num_train_epochs=1), callbacks=[observer])
     assert observer.forward_dtypes == {torch.float32}
+    assert result.predictions["compute_dtype"] == "float32"
 
 
 def test_auto_find_batch_size_shrinks_the_batch_until_it_fits(make_config, monkeypatch):

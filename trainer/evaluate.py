@@ -45,6 +45,7 @@ class EvaluateResult:
     tag_scheme: Optional[str] = None  # what precision/recall/f1 mean: trainer.metrics.describe(tag_scheme)
     seconds: float = 0.0
     predictions_file: Optional[str] = None  # source "finetune": the fine-tune's predictions of this split
+    compute_dtype: Optional[str] = None  # what the model's forward computed in (trainer.precision)
 
 
 def split_digests(preprocess_output: str | Path, splits: list[str]) -> dict[str, str]:
@@ -106,7 +107,8 @@ def predict_split(model: str | Path, preprocess_output: str | Path, split: str, 
     write_file_atomic(predictions, lambda path: write_predictions(path, words, gold, predicted))
     figures, per_entity = score(gold, predicted, classifier.class_names, scheme)
     return EvaluateResult(split=split, sentences=len(words), figures=figures, per_entity=per_entity,
-                          seconds=time.perf_counter() - started, tag_scheme=scheme)
+                          seconds=time.perf_counter() - started, tag_scheme=scheme,
+                          compute_dtype=classifier.compute_dtype)
 
 
 def write_predictions(path: Path, words: list, gold: list, predicted: list) -> int:
@@ -141,7 +143,7 @@ def finetune_predictions_for(model: Path, preprocess_output: Path, split: str) -
     return EvaluateResult(split=split, sentences=int(scored.get("sentences", 0)), figures=dict(scored["figures"]),
                           per_entity=result.get("per_entity") or {}, source="finetune",
                           tag_scheme=preprocess_args.get("tag_scheme") or result.get("tag_scheme"),
-                          predictions_file=str(file))
+                          predictions_file=str(file), compute_dtype=scored.get("compute_dtype"))
 
 
 def evaluate(config: EvaluateConfig) -> EvaluateResult:

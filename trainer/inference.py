@@ -29,6 +29,7 @@ import numpy as np
 
 from trainer import schemes
 from trainer.errors import InputError
+from trainer.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ DEFAULT_STRIDE = 128  # sub-tokens repeated between neighbouring windows of a lo
 ONNX_FILE = "model.onnx"
 EXPORT_INFO = "onnx_export.json"
 TAG_SCHEME_FILE = "tag_scheme.json"  # {"tag_scheme": ...} beside a served model that has no run records
+SERVING_FILE = "serving.json"  # {"precision": ...} beside a served model that has no run records
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 # --------------------------------------------------------------------------------------------------
@@ -128,12 +130,16 @@ def _entities(text: str, offsets: list[tuple[int, int]], labels: list[str], scor
 # Backends: a batch of int64 arrays in, float logits (batch, sequence, classes) out
 # --------------------------------------------------------------------------------------------------
 class TorchBackend:
-    """A transformers token-classification model (CPU, or the GPU when there is one and device allows)."""
+    """A transformers token-classification model (CPU, or the GPU when there is one and device allows), computing in
+    fp32, or under the autocast a model trained in precision 16 is served in on this device (trainer.precision)."""
 
-    def __init__(self, model, device: str = "auto"):
+    def __init__(self, model, device: str = "auto", precision: str = "32"):
+        import contextlib
         import inspect
 
         import torch
+
+        from trainer.precision import serving_dtype
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -141,11 +147,14 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         accepted = inspect.signature(self.model.forward).parameters
         self.input_names = tuple(n for n in MODEL_INPUT_NAMES if n in accepted)
+        dtype = serving_dtype(precision, self.device)
+        self.compute_dtype = str(dtype or torch.float32).removeprefix("torch.")
+        self._autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             inputs = {k: torch.from_numpy(batch[k]).to(self.device) for k in self.input_names if k in batch}
             return self.model(**inputs).logits.float().cpu().numpy()
 
@@ -165,6 +174,7 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.compute_dtype = "float32"  # the export is fp32 (trainer.onnx_export)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         feed = {name: batch[name] if name in batch else np.zeros_like(batch["input_ids"]) for name in self.input_names}
@@ -194,6 +204,7 @@ class TokenClassifier:
             raise InputError(f"the tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer: word alignment "
                              "needs word_ids(); save a tokenizer.json with the model")
         self.backend = backend
+        self.compute_dtype = getattr(backend, "compute_dtype", "float32")  # what the forward computes in
         self.tokenizer = tokenizer
         self.class_names = [id2label[i] for i in sorted(int(k) for k in id2label)]
         if tag_scheme is not None:
@@ -370,14 +381,19 @@ def model_format(path: str | Path) -> str:
 
 
 def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
-                    max_length: Optional[int] = None, stride: int = DEFAULT_STRIDE) -> TokenClassifier:
+                    max_length: Optional[int] = None, stride: int = DEFAULT_STRIDE,
+                    precision: str = "auto") -> TokenClassifier:
     """A TokenClassifier for a pytorch_model_folder (merged, or unmerged LoRA), an MLflow model folder of ours or an
-    onnx_model_folder; each carries its tokenizer and label map, and its tag scheme where recorded."""
+    onnx_model_folder; each carries its tokenizer and label map, and its tag scheme where recorded. precision "auto"
+    serves a PyTorch model in the precision it was trained in (`recorded_precision`, `trainer.precision`); "32"
+    forces fp32. An ONNX model computes in fp32."""
     path = Path(path)
+    if precision not in ("auto", *PRECISIONS):
+        raise InputError(f"precision must be auto, 32 or 16, got {precision!r}")
     kind = model_format(path)
     if kind == "mlflow":
         return load_classifier(mlflow_model_dir(path), device=device, batch_size=batch_size, max_length=max_length,
-                               stride=stride)
+                               stride=stride, precision=precision)
     from transformers import AutoConfig
 
     from trainer.model_io import resolve_model_dir
@@ -390,7 +406,8 @@ def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int =
     else:
         from trainer.model_io import load_token_classification_model
 
-        backend = TorchBackend(load_token_classification_model(model_dir), device)
+        backend = TorchBackend(load_token_classification_model(model_dir), device,
+                               recorded_precision(path) if precision == "auto" else precision)
         config = backend.model.config
     limit = getattr(config, "max_position_embeddings", None) or 512
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
@@ -421,6 +438,21 @@ def recorded_tag_scheme(folder: Path) -> Optional[str]:
     return scheme
 
 
+def recorded_precision(folder: Path) -> str:
+    """The precision a model folder was trained in: its serving.json (a served copy: the MLflow model's folder),
+    else its finetune_args.json (a pytorch_model_folder); "32" for any other model (an imported one)."""
+    from trainer.constants import FINETUNE_ARGS
+    from trainer.jsonio import read_json
+
+    for file in (folder / SERVING_FILE, folder / FINETUNE_ARGS):
+        if file.is_file():
+            precision = str(read_json(file).get("precision", "32"))
+            if precision not in PRECISIONS:
+                raise InputError(f"{file}: precision={precision!r} is not one of {list(PRECISIONS)}")
+            return precision
+    return "32"
+
+
 def copy_tag_scheme(model_dir: Path, target: Path) -> Optional[str]:
     """Write the tag scheme `model_dir` records into `target`/tag_scheme.json (a served copy without the run
     records: the MLflow model's folder, the ONNX folder); returns it (None: nothing recorded, nothing written)."""
@@ -430,6 +462,16 @@ def copy_tag_scheme(model_dir: Path, target: Path) -> Optional[str]:
     if scheme:
         (Path(target) / TAG_SCHEME_FILE).write_text(json.dumps({"tag_scheme": scheme}) + "\n")
     return scheme
+
+
+def copy_precision(model_dir: Path, target: Path) -> str:
+    """Write the precision `model_dir` was trained in into `target`/serving.json (a served copy without the run
+    records); returns it."""
+    import json
+
+    precision = recorded_precision(Path(model_dir))
+    (Path(target) / SERVING_FILE).write_text(json.dumps({"precision": precision}) + "\n")
+    return precision
 
 
 def load_serving_tokenizer(model_dir: Path):

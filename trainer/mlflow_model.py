@@ -37,6 +37,9 @@ from trainer.constants import PREDICTIONS_FILES
 
 SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas")
 MODEL_ARTIFACT = "model"
+# What load_model(..., model_config={...}) may override: "precision": "auto" serves in the training precision where
+# the device computes it natively (trainer.precision), "32" in fp32.
+DEFAULT_MODEL_CONFIG = {"precision": "auto"}
 INPUT_EXAMPLE = ["Alice lives in Paris .", "Nothing to see here"]
 # Files of a pytorch_model_folder that are not the served model.
 NOT_SERVED = ("checkpoint-", ".", "finetune_args.json", "metrics.json", "training_args.bin", "runs",
@@ -86,7 +89,8 @@ class TokenClassificationModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from trainer.inference import load_classifier
 
-        self.classifier = load_classifier(context.artifacts[MODEL_ARTIFACT])
+        config = {**DEFAULT_MODEL_CONFIG, **(context.model_config or {})}  # load_model(..., model_config={...})
+        self.classifier = load_classifier(context.artifacts[MODEL_ARTIFACT], precision=str(config["precision"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None):  # this hint: no signature inference, no warning
         return [p.to_dict() for p in self.classifier.predict(as_inputs(model_input))]
@@ -94,9 +98,9 @@ class TokenClassificationModel(mlflow.pyfunc.PythonModel):
 
 def serving_copy(model_dir: Path, target: Path) -> None:
     """The served model alone: the root model files of a fine-tune output (no checkpoints, no run records), an
-    unmerged LoRA output merged into a plain model, always with the tokenizer, and the tag scheme the output records
-    (its run records stay behind) in tag_scheme.json."""
-    from trainer.inference import copy_tag_scheme, load_serving_tokenizer
+    unmerged LoRA output merged into a plain model, always with the tokenizer, and what the output's run records say
+    of serving (they stay behind): its tag scheme in tag_scheme.json, its training precision in serving.json."""
+    from trainer.inference import copy_precision, copy_tag_scheme, load_serving_tokenizer
 
     tokenizer = load_serving_tokenizer(model_dir)
     target.mkdir(parents=True, exist_ok=True)
@@ -110,6 +114,7 @@ def serving_copy(model_dir: Path, target: Path) -> None:
             if item.is_file() and not item.name.startswith(NOT_SERVED):
                 shutil.copy2(item, target / item.name)
     copy_tag_scheme(model_dir, target)
+    copy_precision(model_dir, target)
 
 
 def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
@@ -117,7 +122,7 @@ def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
     from mlflow.models import ModelSignature
 
     import trainer
-    from trainer.inference import load_classifier
+    from trainer.inference import load_classifier, recorded_precision
 
     model_dir = Path(model_dir)
     with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
@@ -129,9 +134,11 @@ def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
         mlflow.pyfunc.save_model(
             path=str(path), python_model=__file__, artifacts={MODEL_ARTIFACT: str(served)},
             code_paths=[str(code)], pip_requirements=pip_requirements(), input_example=INPUT_EXAMPLE,
+            model_config=DEFAULT_MODEL_CONFIG,
             signature=ModelSignature(inputs=None, outputs=OUTPUT_SCHEMA),
             metadata={"source": "kfp-token-classification", "class_names": classifier.class_names,
-                      "max_length": classifier.max_length, "tag_scheme": classifier.tag_scheme})
+                      "max_length": classifier.max_length, "tag_scheme": classifier.tag_scheme,
+                      "precision": recorded_precision(served)})
 
 
 if __name__.startswith("code_model_"):  # MLflow executes this file as the model's code (models from code)

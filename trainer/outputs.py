@@ -114,13 +114,13 @@ def score_published(root: Path, config: FinetuneConfig, result) -> None:
     scored = predict_split(root, config.preprocess_output, split, config.per_device_eval_batch_size, root / name)
     result.per_entity = scored.per_entity
     result.predictions.update(file=name, sentences=scored.sentences, seconds=round(scored.seconds, 3),
-                              figures=scored.figures)
+                              figures=scored.figures, compute_dtype=scored.compute_dtype)
     if split == "test":
         result.test_metrics = {**{f"test_{k}": v for k, v in scored.figures.items()},
                                "test_runtime": round(scored.seconds, 4),
                                "test_samples_per_second": round(scored.sentences / max(scored.seconds, 1e-9), 3)}
-    logger.info("%s split scored on the published model (inference core, %d sentences, %.1f s): f1 %.4f", split,
-                scored.sentences, scored.seconds, scored.figures["f1"])
+    logger.info("%s split scored on the published model (inference core, %s, %d sentences, %.1f s): f1 %.4f", split,
+                scored.compute_dtype, scored.sentences, scored.seconds, scored.figures["f1"])
 
 
 def _not_published(path: Path) -> bool:

@@ -138,9 +138,9 @@ def predict(config: PredictConfig) -> dict:
     write_file_atomic(target, write)  # a failure half-way leaves neither the output nor a temporary file
     seconds = time.perf_counter() - started
     summary = {"rows": rows, "words": words, "entities": entities, "model_format": kind,
-               "seconds": round(seconds, 2), "predictions": str(target)}
-    logger.info("predicted %d inputs (%d words, %d entities) with the %s model in %.1f s: %s", rows, words, entities,
-                kind, seconds, target)
+               "compute_dtype": classifier.compute_dtype, "seconds": round(seconds, 2), "predictions": str(target)}
+    logger.info("predicted %d inputs (%d words, %d entities) with the %s model (%s) in %.1f s: %s", rows, words,
+                entities, kind, classifier.compute_dtype, seconds, target)
     return summary
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Optional
 
 from trainer.config import UNFUSED_OPTIMIZER, FinetuneConfig
 from trainer.distributed import has_cuda, world_size
+from trainer.precision import precision_flags
 
 
 def steps_per_epoch(num_examples: int, config: FinetuneConfig, num_processes: int) -> int:
@@ -22,33 +22,6 @@ def resolve_eval_steps(config: FinetuneConfig, num_examples: int, num_processes:
     if config.evaluation_steps_interval > 0:
         return max(1, round(config.evaluation_steps_interval * steps_per_epoch(num_examples, config, num_processes)))
     return config.eval_steps
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "flags:")
-    return set(line.split(":", 1)[1].split())
-
-
-def cpu_has_native_bf16() -> bool:
-    """Native bf16 matmul instructions (AVX512-BF16 or AMX-BF16): where precision 16 pays on a CPU (bf16 matmuls
-    4-12x fp32's rate, bench/README.md); elsewhere CPU bf16 is emulated and slower than fp32."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def precision_flags(precision: str) -> dict:
-    """precision 16: bf16 where the hardware has it, else fp16 (CPU autocast is bf16-only)."""
-    if precision == "32":
-        return {}
-    import torch
-
-    if not has_cuda():
-        return {"bf16": True}
-    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
 
 
 def build_training_args(config: FinetuneConfig, num_train_examples: int, deepspeed_config: Optional[dict]):

@@ -374,7 +374,8 @@ def check_deepspeed(config, model_config, num_train_examples: int) -> dict:
 
     from trainer.deepspeed_config import load_deepspeed_config
     from trainer.distributed import has_cuda, world_size
-    from trainer.training_args import precision_flags, steps_per_epoch
+    from trainer.precision import precision_flags
+    from trainer.training_args import steps_per_epoch
 
     ds_config = load_deepspeed_config(config.deepspeed, config.deepspeed_preset)
     where = f"deepspeed config {config.deepspeed or config.deepspeed_preset}"
