@@ -7,8 +7,10 @@ then on the 1,287 test tweets:
 
   inference, batch 1     one tweet per call of TokenClassifier.predict (batch_size=1): median and p90 latency
   inference, batch 32    the whole test set in one call (batch_size=32, length-sorted windows): tweets/s
-  for each backend       PyTorch (torch.inference_mode, SDPA) and onnxruntime (the exported model.onnx)
-  parity                 max |Δlogit| between the two on every test tweet, and whether every word label agrees
+  for each backend       PyTorch (torch.inference_mode, SDPA) in fp32, PyTorch as a precision-16 model is served
+                         (bf16 autocast; where the CPU has native bf16) and onnxruntime (the exported model.onnx)
+  parity                 max |Δlogit| between ONNX and PyTorch fp32 on every test tweet, whether every word label
+                         agrees, and the share of word labels bf16 serving gives as fp32 does
   evaluate step          trainer.evaluate.evaluate on the test split, before (the foundation's version, read from
                          git: encoded rows, batches in file order) and now (the core: length-sorted, windows;
                          rescore=false reports the fine-tune's figures, rescore=true scores again)
@@ -34,6 +36,9 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from run_benchmark import cpu_model, emit_report  # noqa: E402
 BEFORE_COMMIT = "15e2822"  # the foundation's evaluate (encoded rows, file order)
+# (name, output folder, precision): PyTorch in fp32 (the model trains in 32 here), PyTorch as a precision-16 model is
+# served (bf16 autocast; only where the CPU has native bf16), onnxruntime (fp32)
+SERVED = (("pytorch", "pytorch", "auto"), ("pytorch_bf16", "pytorch", "16"), ("onnx", "onnx", "auto"))
 
 
 def prepare(work: Path) -> dict:
@@ -57,15 +62,15 @@ def prepare(work: Path) -> dict:
     return {"texts": [" ".join(r["tokens"]) for r in rows], "rows": rows}
 
 
-def time_inference(folder: Path, texts: list[str], threads: int, repeat: int) -> dict:
+def time_inference(folder: Path, texts: list[str], threads: int, repeat: int, precision: str = "auto") -> dict:
     from trainer.inference import load_classifier
 
-    single = load_classifier(folder, device="cpu", batch_size=1)
+    single = load_classifier(folder, device="cpu", batch_size=1, precision=precision)
     if hasattr(single.backend, "session"):  # onnxruntime: the same thread budget as torch
         from trainer.inference import OnnxBackend
 
         single.backend = OnnxBackend(folder / "model.onnx", device="cpu", threads=threads)
-    batched = load_classifier(folder, device="cpu", batch_size=32)
+    batched = load_classifier(folder, device="cpu", batch_size=32, precision=precision)
     batched.backend = single.backend
     single.predict(texts[:20])  # warm-up
     latencies = []
@@ -79,7 +84,7 @@ def time_inference(folder: Path, texts: list[str], threads: int, repeat: int) ->
         batched.predict(texts)
         batch_seconds.append(time.perf_counter() - started)
     latencies.sort()
-    return {"batch1_median_ms": 1000 * statistics.median(latencies),
+    return {"compute_dtype": single.compute_dtype, "batch1_median_ms": 1000 * statistics.median(latencies),
             "batch1_p90_ms": 1000 * latencies[int(0.9 * len(latencies))],
             "batch32_tweets_per_s": len(texts) / min(batch_seconds), "batch32_seconds": min(batch_seconds)}
 
@@ -99,8 +104,15 @@ def parity(work: Path, rows: list[dict], texts: list[str]) -> dict:
                  for k in ("input_ids", "attention_mask", "token_type_ids")}
         mask = batch["attention_mask"].astype(bool)
         worst = max(worst, float(abs(onnx.backend(batch) - torch_.backend(batch))[mask].max()))
-    same = [a.labels for a in onnx.predict(texts)] == [b.labels for b in torch_.predict(texts)]
-    return {"max_abs_logit_diff": worst, "same_word_labels": same}
+    exact = [b.labels for b in torch_.predict(texts)]
+    out = {"max_abs_logit_diff": worst, "same_word_labels": [a.labels for a in onnx.predict(texts)] == exact}
+    from trainer.precision import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():  # PyTorch served as a precision-16 model is (bf16 autocast) against fp32, word by word
+        bf16 = [b.labels for b in load_classifier(work / "pytorch", device="cpu", precision="16").predict(texts)]
+        pairs = [(x, y) for a, b in zip(bf16, exact) for x, y in zip(a, b)]
+        out["bf16_word_labels_as_fp32"] = sum(x == y for x, y in pairs) / len(pairs)
+    return out
 
 
 def evaluate_before_module():
@@ -146,6 +158,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    from trainer.precision import cpu_has_native_bf16
+
     torch.set_num_threads(args.threads)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
     data = prepare(work) if not (work / "onnx" / "model.onnx").exists() else {
@@ -158,8 +172,8 @@ def main(argv=None) -> int:
                     "onnxruntime": __import__("onnxruntime").__version__},
         "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
         "test_tweets": len(data["texts"]), "export": export,
-        "inference": {name: time_inference(work / name, data["texts"], args.threads, args.repeat)
-                      for name in ("pytorch", "onnx")},
+        "inference": {name: time_inference(work / folder, data["texts"], args.threads, args.repeat, precision)
+                      for name, folder, precision in SERVED if name != "pytorch_bf16" or cpu_has_native_bf16()},
         "parity": parity(work, data["rows"], data["texts"]),
         "evaluate_step": time_evaluate(work, args.repeat),
     }

@@ -11,6 +11,8 @@ One core serves every consumer (the MLflow model, the predict program, evaluate,
   the window in which it has the most context on both sides. No word is dropped.
 - The windows of all inputs are sorted by length and run in batches (`batch_size`) under `torch.inference_mode`
   (or onnxruntime); an input without words gives an empty result, never an exception.
+- A PyTorch model computes in the precision it was trained in, where the device computes it natively (bf16 autocast
+  for precision 16; `recorded_precision`, `trainer.precision`), else in fp32; `precision="32"` forces fp32.
 - Entity spans are read as the metrics read them, in the model's tag scheme (`trainer.schemes.spans`: seqeval
   strict mode, IOB1 converted to IOB2; each tagged word for plain tags). The scheme is the one preprocess recorded,
   carried by the model folder (`recorded_tag_scheme`), else the one its labels imply (`schemes.of_labels`).

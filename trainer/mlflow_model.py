@@ -2,15 +2,16 @@
 
 Layout (written by `save_mlflow_model`): `MLmodel` with a signature and an input example, `artifacts/model/` (the
 best model, merged, with its tokenizer and label map: a plain Hugging Face folder, plus tag_scheme.json: the
-scheme its entities follow), this file as the model's code
-(MLflow "models from code": no pickle), `code/trainer/` (this package: the loader and the core travel with the
-model) and explicit pip requirements.
+scheme its entities follow, and serving.json: the precision it was trained and is served in), this file as the
+model's code (MLflow "models from code": no pickle), `code/trainer/` (this package: the loader and the core travel
+with the model) and explicit pip requirements.
 
 `mlflow.pyfunc.load_model(path).predict(x)` takes a string, a list of strings, a pandas DataFrame (its `text`
 column, else its first) or Series, and returns one dict per input (offsets index the text):
 `{"text", "words", "labels", "scores", "offsets", "entities": [{"text", "label", "start", "end", "score"}]}`.
 Empty or missing text gives empty lists, never an exception. `mlflow models serve` answers `POST /invocations`
-with `{"predictions": [...]}` in the same shape.
+with `{"predictions": [...]}` in the same shape. `load_model(path, model_config={"precision": "32"})` serves a
+precision-16 model in fp32.
 
 We do not use the `transformers` flavor: its token-classification output parsing raises IndexError on a sentence
 without entities (mlflow 3.17), and it returns sub-token labels joined by commas. The signature declares the output
