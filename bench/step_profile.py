@@ -4,10 +4,12 @@
 The step is the one the local pipeline's fine-tune runs (its recipe, pipelines/local_run.py: batch 16; bf16 autocast
 on a bf16 CPU, as `ours_fast` in run_benchmark.py; ``--precision 32``: fp32, as `ours`): its model loaded by the
 trainer (`trainer.modeling.load_model`) with the speed features the trainer installs for the run
-(`trainer.speed.prepare`: allocator setting, trained-rows embedding, dropout masks), the trainer's token-weighted
-loss, the fused AdamW with the clipping inside its step (`trainer.speed.clip_in_fused_adam`), on the trainer's
-length-grouped batches of the preprocess output (`trainer.sampling`, padded by the collator the trainer uses). What
-the Trainer adds around a step (data loading, callbacks, the scheduler) is not in it.
+(`trainer.speed.prepare`: allocator setting, trained-rows embedding, dropout masks; `trainer.packing.enable`: the
+flat rows' attention), the fused AdamW with the clipping inside its step (`trainer.speed.clip_in_fused_adam`), on the
+trainer's batches of the preprocess output: by default random batches, flat (`trainer.packing`), with the stock
+per-batch mean loss; with ``group_by_length=true`` length-grouped ones (`trainer.sampling`) with the token-weighted
+loss, and with ``padding_free=false`` padded by the stock collator (KEY=VALUE arguments: any FinetuneConfig value over
+the local recipe). What the Trainer adds around a step (data loading, callbacks, the scheduler) is not in it.
 
 1. phases: the forward pass (with the loss), the backward pass, the clipping norm and the optimizer step (with
    zero_grad), timed for each of ``--steps`` steps after ``--warmup`` steps (default: one epoch, so that oneDNN has
@@ -21,7 +23,7 @@ the Trainer adds around a step (data loading, callbacks, the scheduler) is not i
    these steps longer (1.2 to 1.3x on a 2-core Xeon): compare shares, and take the step time from the phases.
 
   python bench/step_profile.py --run-dir RUN_DIR [--precision 16|32] [--steps 60] [--warmup STEPS]
-                               [--profile-steps 30] [--threads 2] [--output FILE]
+                               [--profile-steps 30] [--threads 2] [--output FILE] [KEY=VALUE ...]
 RUN_DIR: a local pipeline run folder (its preprocess and model-import outputs are read).
 """
 
@@ -50,6 +52,8 @@ CATEGORIES = {
     "layer norm and its backward": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
     "softmax and its backward": ("aten::_softmax", "aten::_softmax_backward_data"),
     "element-wise mul / add": ("aten::mul", "aten::mul_", "aten::add", "aten::add_"),
+    "flat rows: gathers and scatters (index_select, index_add, cat)": ("aten::index_select", "aten::index_add_",
+                                                                       "aten::index_add", "aten::cat"),
 }
 MATMULS = CATEGORIES["matmuls (mm, addmm, bmm)"]
 
@@ -73,33 +77,45 @@ def load_run(run_dir: Path, **values):
     return data, load_model(model_dir, data.class_names, config), config
 
 
-def build(run_dir: Path, precision: Optional[str], seed: int = 42):
-    """The fine-tune's model, optimizer, loss constant and epoch-0 batches for `run_dir`; see the docstring."""
+def build(run_dir: Path, precision: Optional[str], seed: int = 42, **overrides):
+    """The fine-tune's model, optimizer, loss weighting and epoch-0 batches for `run_dir` under the local recipe
+    (`overrides`: other FinetuneConfig values); see the docstring. Returns (model, params, optimizer, batches,
+    tokens per batch, labelled tokens per step for the token-weighted loss (None: the stock per-batch mean), the
+    undo of the speed features, config)."""
     import torch
     from transformers import AutoTokenizer, DataCollatorForTokenClassification
 
-    from trainer import speed
+    from trainer import packing, speed
     from trainer.sampling import length_grouped_batches
 
     from memory_profile import local_recipe
 
     data, model, config = load_run(run_dir, **{**local_recipe(), **({"precision": precision} if precision else {}),
-                                               "seed": seed})
+                                               "seed": seed, **overrides})
     prepared = speed.prepare(model, config, data.train)
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+    packed = packing.enable(model, data.train, tokenizer, config)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
-    collate = DataCollatorForTokenClassification(AutoTokenizer.from_pretrained(data.tokenizer_dir))
+    collate = packed.collator or DataCollatorForTokenClassification(tokenizer)
     rows = [data.train[i] for i in range(len(data.train))]
     size = config.per_device_train_batch_size
-    batches = [collate([rows[i] for i in batch]) for batch in length_grouped_batches(
-        [len(r["input_ids"]) for r in rows], size, seed, 0, config.length_group_batches) if len(batch) == size]
+    groups = config.length_group_batches if config.group_by_length else 1  # 1: random batches
+    batches, tokens = [], []
+    for batch in length_grouped_batches([len(r["input_ids"]) for r in rows], size, seed, 0, groups):
+        if len(batch) == size:
+            batches.append(collate([dict(rows[i]) for i in batch]))
+            batches[-1].pop(packing.PADDING_KEY, None)
+            tokens.append(sum(len(rows[i]["input_ids"]) for i in batch))
     labelled = sum(sum(1 for x in r["labels"] if x != -100) for r in rows) / len(rows) * size
-    return model, params, optimizer, batches, labelled, prepared, config
+    undo = lambda: (packed.restore(), prepared.restore())  # noqa: E731 - the order finetune.py undoes them in
+    return (model, params, optimizer, batches, tokens, labelled if config.group_by_length else None, undo, config)
 
 
-def make_step(model, params, optimizer, labelled: float, max_grad_norm: float, bf16: bool, timer=None):
-    """One training step as the trainer runs it; `timer(phase)` (a context manager) wraps each phase."""
+def make_step(model, params, optimizer, labelled: Optional[float], max_grad_norm: float, bf16: bool, timer=None):
+    """One training step as the trainer runs it (`labelled`: the token-weighted loss's labelled tokens per step;
+    None: the stock per-batch mean); `timer(phase)` (a context manager) wraps each phase."""
     import contextlib
 
     import torch
@@ -112,8 +128,11 @@ def make_step(model, params, optimizer, labelled: float, max_grad_norm: float, b
     def step(batch):
         with timer("forward"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
-                                   ignore_index=-100, reduction="sum") / labelled
+            flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1)
+            if labelled is None:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+            else:
+                loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum") / labelled
         with timer("backward"):
             loss.backward()
         with timer("clipping norm"):
@@ -183,7 +202,7 @@ def group_operators(averages, steps: int, wall_s: float, masks_s: float) -> dict
 
 
 def profile(run_dir: Path, precision: Optional[str] = None, steps: int = 60, warmup: Optional[int] = None,
-            profile_steps: int = 30, threads: int = 2) -> dict:
+            profile_steps: int = 30, threads: int = 2, overrides: Optional[dict] = None) -> dict:
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -192,12 +211,13 @@ def profile(run_dir: Path, precision: Optional[str] = None, steps: int = 60, war
     from trainer import speed
 
     torch.set_num_threads(threads)
-    model, params, optimizer, batches, labelled, prepared, config = build(run_dir, precision)
+    model, params, optimizer, batches, tokens, labelled, undo, config = build(run_dir, precision, **(overrides or {}))
     timer = PhaseTimer()
     step = make_step(model, params, optimizer, labelled, config.max_grad_norm, config.precision == "16", timer)
     warmup = len(batches) if warmup is None else warmup
     needed = warmup + steps + profile_steps
     feed = [batches[i % len(batches)] for i in range(needed)]
+    fed = [tokens[i % len(batches)] for i in range(needed)]
     for batch in feed[:warmup]:
         step(batch)
     timer.seconds = {phase: [] for phase in PHASES}
@@ -226,12 +246,15 @@ def profile(run_dir: Path, precision: Optional[str] = None, steps: int = 60, war
                 step(batch)
             wall = time.perf_counter() - started
     finally:
-        prepared.restore()
-    timed = feed[warmup:warmup + steps]
+        undo()
     report = {
         "cpu": cpu_model(), "threads": threads, "torch": torch.__version__, "precision": config.precision,
-        "speed_features": prepared.notes, "steps": steps, "warmup_steps": warmup, "profile_steps": profile_steps,
-        "tokens_per_step": round(statistics.mean(int(b["attention_mask"].sum()) for b in timed), 1),
+        "batches": ("length groups of %d" % config.length_group_batches if config.group_by_length else "random")
+        + (", flat" if "cu_seq_lens_q" in batches[0] else ", padded"),
+        "loss": "token-weighted" if labelled else "per-batch mean",
+        "steps": steps, "warmup_steps": warmup, "profile_steps": profile_steps,
+        "tokens_per_step": round(statistics.mean(fed[warmup:warmup + steps]), 1),
+        "positions_per_step": round(statistics.mean(b["input_ids"].numel() for b in feed[warmup:warmup + steps]), 1),
         "foreign_cpu_share": foreign,
         "step_ms": _ms(walls, 1),
         "phases_ms": {phase: _ms(seconds, 2) for phase, seconds in timer.seconds.items()},
@@ -256,11 +279,19 @@ def main(argv=None) -> int:
     parser.add_argument("--profile-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="FinetuneConfig values over the local recipe (group_by_length=true padding_free=false: "
+                        "the padded, length-grouped step of 2026-12-06)")
     args = parser.parse_args(argv)
     if min(args.steps, args.profile_steps) < 1 or (args.warmup or 0) < 0:
         parser.error("--steps and --profile-steps must be >= 1, --warmup >= 0")
-    emit_report(profile(args.run_dir, args.precision, args.steps, args.warmup, args.profile_steps, args.threads),
-                args.output)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"overrides are KEY=VALUE, got {bad}")
+    from run_benchmark import parse_overrides  # FinetuneConfig parses the values
+
+    emit_report(profile(args.run_dir, args.precision, args.steps, args.warmup, args.profile_steps, args.threads,
+                        parse_overrides(args.overrides)), args.output)
     return 0
 
 

@@ -206,9 +206,9 @@ def test_local_run_trains_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, fl
     import importlib
 
     import pipelines.local_run as local_run
-    from trainer import precision
+    from trainer import precision as precisions
 
-    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(precisions, "cpu_flags", lambda: flags)
     try:
         assert importlib.reload(local_run).LOCAL_RECIPE["precision"][0] == precision
         assert local_run.build_parser().parse_args([]).precision == precision
