@@ -40,7 +40,9 @@ def precision_flags(precision: str) -> dict:
         return {}
     import torch
 
-    if not torch.cuda.is_available():
+    from trainer.distributed import has_cuda
+
+    if not has_cuda():
         return {"bf16": True}
     return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
 
