@@ -51,7 +51,7 @@ class ContainerEngineUnavailable(RuntimeError):
 # kfp 2.17.3, kfp/local/docker_task_handler.py, run_docker_container(): the container is started with
 # auto_remove=True, then its logs are streamed and container.wait() is called. When the container is gone by then
 # (it exited and was auto-removed), Docker answers 404 and kfp *returns 0*: a failed component is reported as
-# SUCCESS. With podman's Docker-compatible API (4.3.1, measured here) the container is always gone by then:
+# SUCCESS. With podman's Docker-compatible API (4.3.1, measured here) the container is almost always gone by then:
 # podman removes it the moment it exits, and answers wait() or the log request 404 "no such container" or, when
 # the request races the removal, 500 "does not exist in database". On 404 every component, failed or not, is
 # reported as SUCCESS (and one that exits before the log stream attaches loses its logs); the 500 escapes kfp as a

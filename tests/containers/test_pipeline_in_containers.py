@@ -144,7 +144,7 @@ def test_run_container_says_how_to_build_a_missing_image(docker_client, docker_u
 def test_kfp_2_17_docker_runner_loses_the_exit_code_on_podman(docker_client, trainer_image):
     """Why pipelines/container_runner.py replaces kfp's run_docker_container: for a container that exits 3, kfp's own
     returns 0 (podman answered 404: the container was removed before wait()) or raises a docker APIError (podman
-    answered 500 while removing it). When this fails, kfp has fixed it: drop the replacement."""
+    answered 500 while removing it), in most tries. When this fails, kfp has fixed it: drop the replacement."""
     import docker
     from kfp.local import docker_task_handler
 
@@ -160,11 +160,18 @@ def test_kfp_2_17_docker_runner_loses_the_exit_code_on_podman(docker_client, tra
         except docker.errors.APIError:
             result["code"] = None
 
-    for _ in range(3):
+    # The defect is a race between podman's removal of the container and kfp's wait(): kfp usually loses, not always
+    # (a CI run on record saw it return 3 once in three). The canary asserts that it loses at all in five tries, and
+    # fails only when kfp gets every exit code right.
+    codes = []
+    for _ in range(5):
         result = {}
         # kfp's function follows the log with no deadline: where podman leaves that request open it never returns
         # (pipelines/container_runner.py), which loses the exit code too
         runner = threading.Thread(target=kfp_exit_code, args=(result,), daemon=True)
         runner.start()
         runner.join(60)
-        assert result.get("code") in (0, None)
+        codes.append(result.get("code"))
+        if codes[-1] != 3:
+            break
+    assert codes[-1] in (0, None), f"kfp 2.17's runner returned the exit code {codes}: drop the replacement"
