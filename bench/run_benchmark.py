@@ -8,8 +8,8 @@ same seed in up to six arms, each in a fresh subprocess (so peak RSS / peak GPU 
               `TrainingArguments` except the shared hyper-parameters (random sampler, fp32 on CPU); eval at the end.
   stock_best  the stock Trainer with its best flags: train_sampling_strategy="group_by_length", bf16 where the
               hardware has it (AVX512-BF16 / AMX CPUs, Ampere+ GPUs), fused AdamW.
-  ours        `trainer.finetune.finetune` with our defaults (precision 32 as in the spec, length-grouped seeded
-              sampler, CPU speed-ups, per-epoch eval + checkpoint, best model reloaded, ...).
+  ours        `trainer.finetune.finetune` with our defaults (precision 32 as in the spec, the stock random
+              sampler with padding-free batches, CPU speed-ups, per-epoch eval + checkpoint, best model reloaded, ...).
   ours_fast   the same in our fastest honest configuration: precision 16 where the hardware has bf16, plus
               --fast-override settings.
   ours_lora   `ours` with apply_lora=true (and --lora-lr, 5e-4 by default).
