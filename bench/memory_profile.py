@@ -177,10 +177,9 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="fine-tunes, each in a fresh process; medians reported")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        parser.error(f"overrides are KEY=VALUE, got {bad}")
-    from run_benchmark import cpu_model, emit_report, parse_overrides
+    from run_benchmark import cpu_model, emit_report, parse_key_values
+
+    overrides = parse_key_values(parser, args.overrides)  # FinetuneConfig parses the values, as for the benchmark's
 
     command = " ".join(["python", "bench/memory_profile.py", *(sys.argv[1:] if argv is None else argv)])
     if args.runs > 1:
@@ -196,7 +195,6 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        overrides = parse_overrides(args.overrides)  # FinetuneConfig parses the values, as for the benchmark's
         with tempfile.TemporaryDirectory(prefix="memory-profile-") as work:
             result = {"cpu": cpu_model(), "threads": args.threads, "run_dir": str(args.run_dir), "command": command,
                       **profile(args.run_dir, Path(work), overrides)}

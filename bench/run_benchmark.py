@@ -811,6 +811,15 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def parse_key_values(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """`parse_overrides` of a bench tool's positional KEY=VALUE arguments: one without "=" is a usage error (exit 2,
+    one line)."""
+    bad = [o for o in items if "=" not in o]
+    if bad:
+        parser.error(f"overrides are KEY=VALUE, got {bad}")
+    return parse_overrides(items)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",

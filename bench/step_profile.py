@@ -269,7 +269,7 @@ def profile(run_dir: Path, precision: Optional[str] = None, steps: int = 60, war
 
 
 def main(argv=None) -> int:
-    from run_benchmark import emit_report
+    from run_benchmark import emit_report, parse_key_values
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True, type=Path, help="a local pipeline run folder")
@@ -285,13 +285,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if min(args.steps, args.profile_steps) < 1 or (args.warmup or 0) < 0:
         parser.error("--steps and --profile-steps must be >= 1, --warmup >= 0")
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        parser.error(f"overrides are KEY=VALUE, got {bad}")
-    from run_benchmark import parse_overrides  # FinetuneConfig parses the values
-
+    overrides = parse_key_values(parser, args.overrides)  # FinetuneConfig parses the values
     emit_report(profile(args.run_dir, args.precision, args.steps, args.warmup, args.profile_steps, args.threads,
-                        parse_overrides(args.overrides)), args.output)
+                        overrides), args.output)
     return 0
 
 

@@ -29,7 +29,7 @@ def test_the_profiled_step_is_the_trainers_default_step(tiny_run_dir):
         assert model.config._attn_implementation.startswith(PACKED_PREFIX)
         assert batches and all(b["input_ids"].shape[0] == 1 and len(b["cu_seq_lens_q"]) >= 17 for b in batches)
         assert all(int(b["cu_seq_lens_q"][16]) == n for b, n in zip(batches, tokens))  # 16 rows, then the filling
-        batch = {k: v for k, v in batches[0].items()}
+        batch = dict(batches[0])
         torch.manual_seed(5)
         expected = model(**batch).loss
         step = step_profile.make_step(model, params, optimizer, labelled, config.max_grad_norm, bf16=False)
