@@ -165,3 +165,34 @@ def test_save_total_limit_deletes_a_checkpoint_only_once_the_next_is_complete(ma
     assert start.step == 10
     kept = [str(c) for c in list_checkpoints(root)]
     assert result.best_checkpoint in kept and len(kept) <= 2 and kept[-1].endswith("checkpoint-30")
+
+
+def test_a_rotation_cut_short_is_cleaned_up_by_the_next_resume(make_config, monkeypatch):
+    """save_total_limit=1, killed while the rotation deletes checkpoint-10 (its manifest already gone, the rest not):
+    the resumed run removes that torn, older folder, so the finished output holds only complete checkpoints. (Resume
+    used to remove torn checkpoints newer than the one it chose only, and rotation looks at complete ones only: the
+    half-deleted folder stayed for good.)"""
+    import dataclasses
+    import shutil
+
+    from trainer import checkpoints
+
+    real = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        if Path(path).name == "checkpoint-10" and not (Path(path) / MANIFEST).exists():
+            raise RuntimeError("killed while deleting checkpoint-10")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", killed)
+    config = make_config("rotated", num_train_epochs=3, save_total_limit=1, learning_rate=2e-3,
+                         metric_for_best_model="loss")
+    with pytest.raises(RuntimeError, match="killed while deleting checkpoint-10"):
+        finetune(config)
+    monkeypatch.undo()
+    root = Path(config.pytorch_model_folder)
+    torn = root / "checkpoint-10"
+    assert torn.is_dir() and not (torn / MANIFEST).exists() and (root / "checkpoint-20" / MANIFEST).exists()
+    finetune(dataclasses.replace(config, resume_from_checkpoint=True))
+    assert not torn.exists()
+    assert all(is_complete(c) for c in list_checkpoints(root)), [(c.name, problem(c)) for c in list_checkpoints(root)]

@@ -16,7 +16,8 @@ After every run:
 - a model file in pytorch_model_folder never stands without its config.json (weights are moved in last), and loads;
 - `metrics.json` present means finished: it is newer than every published file (no stale result beside a new model),
   the weights beside it are those of the best checkpoint it names, and the MLflow model is in place;
-- the MLflow folder is absent or complete (MLmodel and loadable weights).
+- the MLflow folder is absent or complete (MLmodel and loadable weights);
+- a finished run leaves no torn checkpoint (one that a killed rotation began deleting is gone).
 
 Each run (resume_from_checkpoint=true) must resume from the newest complete checkpoint — its log names it — and a
 finished run's weights must hash equal to the reference's.
@@ -268,6 +269,8 @@ def test_killed_at_random_instants_always_resumes_to_the_same_weights(tmp_path, 
                 continue
             assert status == 0, f"attempt {attempt} failed:\n{text[-3000:]}"
             finished += 1  # finished before the kill's instant: whole and right
+            torn = [c.name for c in list_checkpoints(run.pt) if not is_complete(c)]
+            assert not torn, f"attempt {attempt} finished beside torn checkpoints {torn}"
             assert weights_digest(run.pt) == expected
             metrics = json.loads((run.pt / "metrics.json").read_text())
             for key in ("validation_metrics", "test_metrics", "best_metric", "per_entity"):

@@ -8,7 +8,8 @@ save, every rank having finished (`trainer.hf_trainer.CheckpointManifestCallback
 - `is_complete` (cheap: the manifest parses and every file has its size) decides what is uploaded or kept;
 - `choose_resume_checkpoint` picks the newest checkpoint whose files also match their hashes and that holds no
   pickled object outside the allowlist (`trainer.safe_loading`), says which newer ones it skipped and why, and
-  removes the torn ones (they would be written into again when training reaches their step).
+  removes the torn ones: newer ones would be written into again when training reaches their step, older ones are
+  deletions that a kill cut short.
 """
 
 from __future__ import annotations
@@ -98,21 +99,28 @@ def is_complete(checkpoint: Path) -> bool:
 def choose_resume_checkpoint(folder: str | Path, remove_torn: bool = False) -> Optional[Path]:
     """The newest checkpoint that is complete, matches its hashes and holds only allowed pickled objects.
 
-    Newer ones are skipped with a warning saying why; torn ones (no valid manifest) are removed if asked.
+    Newer ones are skipped with a warning saying why. With `remove_torn`, torn ones (no valid manifest) are removed
+    at any step: a newer one would be written into again when training reaches its step; an older one is a deletion
+    by `rotate_checkpoints` (manifest first) that a kill cut short, which no later rotation would see.
     """
     from trainer.safe_loading import unsafe_pickles
 
+    chosen = None
     for checkpoint in reversed(list_checkpoints(folder)):
-        why = problem(checkpoint, verify_hashes=True)
-        if not why:
-            unsafe = unsafe_pickles(checkpoint)
-            if not unsafe:
-                return checkpoint
-            why = f"it holds pickled objects that are not on the allowlist: {unsafe}"
-        logger.warning("not resuming from %s: %s", checkpoint, why)
+        if chosen is None:
+            why = problem(checkpoint, verify_hashes=True)
+            if not why:
+                unsafe = unsafe_pickles(checkpoint)
+                if not unsafe:
+                    chosen = checkpoint
+                    continue
+                why = f"it holds pickled objects that are not on the allowlist: {unsafe}"
+            logger.warning("not resuming from %s: %s", checkpoint, why)
         if remove_torn and _read_manifest(checkpoint)[0] is None:
+            if chosen is not None:
+                logger.info("removing %s: a rotation's deletion cut short (no manifest)", checkpoint)
             shutil.rmtree(checkpoint, ignore_errors=True)
-    return None
+    return chosen
 
 
 def rotate_checkpoints(folder: str | Path, limit: int, best: Optional[str], current: Path) -> None:
