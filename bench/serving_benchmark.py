@@ -24,6 +24,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -153,7 +154,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of the batch-32 and evaluate timings (min)")
     parser.add_argument("--output", type=Path, default=None)
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="a folder kept for the next run, which reuses its model and exports (default: a "
+                             "temporary folder, removed at the end)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -178,6 +181,8 @@ def main(argv=None) -> int:
         "evaluate_step": time_evaluate(work, args.repeat),
     }
     emit_report(report, args.output)
+    if not args.workdir:  # a --workdir is kept: a second run reuses its trained model and exports
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

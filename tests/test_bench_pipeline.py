@@ -1,9 +1,10 @@
 """bench/pipeline_benchmark.py: the pipeline's wall time split into steps and fine-tune phases, read from a log
-written with kfp 2.17's own formatters (its orchestrator's and its executor's)."""
+written with kfp 2.17's own formatters (its orchestrator's and its executor's); what a run leaves on disk."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import sys
 from pathlib import Path
@@ -89,3 +90,40 @@ def test_median_of_takes_each_figures_median_over_the_runs():
     runs = [{"ratio": 1.5, "finetune": {"startup": 6.0}}, {"ratio": 1.4, "finetune": {"startup": 5.0}},
             {"ratio": 1.9, "finetune": {"startup": 9.0}, "extra": 1.0}]
     assert pb.median_of(runs) == {"ratio": 1.5, "finetune": {"startup": 6.0}, "extra": 1.0}
+
+
+def _fake_pipeline(monkeypatch):
+    """subprocess.call as a pipeline run that succeeds: it prints the log above and writes an output folder."""
+    def call(command, cwd, stdout, stderr):
+        out = Path(command[command.index("--output-dir") + 1])
+        (out / "finetune").mkdir(parents=True)
+        (out / "finetune" / "model.safetensors").write_bytes(b"0" * 1024)
+        stdout.write(_log())
+        return 0
+    monkeypatch.setattr(pb.subprocess, "call", call)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_run_keeps_only_its_log_unless_keep_outputs(monkeypatch, tmp_path, keep):
+    """Each run's pipeline outputs (~560 MB at 1 epoch) go once its figures are read; --keep-outputs keeps them."""
+    _fake_pipeline(monkeypatch)
+    work = tmp_path / "work"
+    assert pb.main(["--runs", "2", "--workdir", str(work), "--output", str(tmp_path / "r.json")]
+                   + (["--keep-outputs"] if keep else [])) == 0
+    for run in ("run0", "run1"):
+        assert (work / run / "pipeline.log").is_file()
+        assert (work / run / "out" / "finetune" / "model.safetensors").exists() == keep
+    assert json.loads((tmp_path / "r.json").read_text())["median"]["ratio"] == pytest.approx(61.2 / 40.2, abs=1e-3)
+
+
+def test_the_default_temporary_workdir_is_removed_at_the_end(monkeypatch, tmp_path):
+    _fake_pipeline(monkeypatch)
+    made = []
+
+    def mkdtemp(prefix):
+        made.append(tmp_path / (prefix + "x"))
+        made[-1].mkdir()
+        return str(made[-1])
+    monkeypatch.setattr(pb.tempfile, "mkdtemp", mkdtemp)
+    assert pb.main(["--runs", "1", "--output", str(tmp_path / "r.json")]) == 0
+    assert len(made) == 1 and not made[0].exists()

@@ -1,4 +1,5 @@
-"""bench/run_benchmark.py end to end on the tiny task: a second run into the same --workdir measures afresh."""
+"""bench/run_benchmark.py end to end on the tiny task: a second run into the same --workdir measures afresh, and a
+finished arm leaves only its records unless --keep-outputs."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bench(conll_dir: Path, model: Path, work: Path, output: Path, seed: int) -> subprocess.CompletedProcess:
+def _bench(conll_dir: Path, model: Path, work: Path, output: Path, seed: int, *extra: str
+           ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "bench" / "run_benchmark.py"), "--arms", "ours", "--data-dir", str(conll_dir),
          "--model-path", str(model), "--train-samples", "32", "--eval-samples", "16", "--max-steps", "2",
-         "--seeds", str(seed), "--torch-threads", "1", "--no-peaks", "--workdir", str(work), "--output", str(output)],
+         "--seeds", str(seed), "--torch-threads", "1", "--no-peaks", "--workdir", str(work), "--output", str(output),
+         *extra],
         capture_output=True, text=True, timeout=600, cwd=str(REPO))
 
 
@@ -22,7 +25,7 @@ def test_a_rerun_into_the_same_workdir_starts_each_arm_afresh(conll_dir, tiny_mo
     """The first run leaves the arm's checkpoints and result.json in the workdir; the second run (another seed)
     trains the arm again instead of failing on the folder our trainer refuses, and reports its own figures."""
     work = tmp_path / "work"
-    first = _bench(conll_dir, tiny_model_selector, work, tmp_path / "first.json", seed=1)
+    first = _bench(conll_dir, tiny_model_selector, work, tmp_path / "first.json", 1, "--keep-outputs")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     arm_dir = work / "ours"  # one seed: no seed sub-folder
     assert list((arm_dir / "pytorch_model").glob("checkpoint-*")) and (arm_dir / "result.json").exists()
@@ -35,3 +38,14 @@ def test_a_rerun_into_the_same_workdir_starts_each_arm_afresh(conll_dir, tiny_mo
     results = list(report["runs"]["1"].values())
     assert len(results) == 1 and "error" not in results[0]
     assert results[0]["test_f1"] <= 1.0 and results[0]["train_tokens_per_s"] < 1e9  # measured, not the stale file
+
+
+def test_a_finished_arm_keeps_its_records_but_not_its_models(conll_dir, tiny_model_selector, tmp_path):
+    """Without --keep-outputs, an arm's checkpoints, model and MLflow folders go once its figures are read (a
+    40-seed run kept ~13 GB of them and filled the disk CI shares); the spec, the log and the result stay."""
+    work = tmp_path / "work"
+    run = _bench(conll_dir, tiny_model_selector, work, tmp_path / "report.json", seed=1)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert sorted(p.name for p in (work / "ours").iterdir()) == ["log.txt", "result.json", "spec.json"]
+    result = json.loads((tmp_path / "report.json").read_text())["runs"]["1"]["ours"]
+    assert "error" not in result and 0.0 <= result["test_f1"] <= 1.0

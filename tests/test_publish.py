@@ -81,3 +81,33 @@ def test_an_mlflow_folder_changed_since_it_was_published_is_not_overwritten(kill
     with pytest.raises(InputError, match="mlflow_model_folder .* already exists and is not empty"):
         finetune(make_config("run", num_train_epochs=2, learning_rate=2e-3, resume_from_checkpoint=True))
     assert (Path(killed_before_metrics.mlflow_model_folder) / "notes.txt").read_text() == "someone's"
+
+
+def test_a_kill_in_the_mlflow_save_leaves_its_scratch_where_the_next_run_removes_it(make_config, tmp_path):
+    """SIGKILL while MLflow packs the model: the served copy it was packing sits in a staging folder of the MLflow
+    output, not in the system's temporary folder (where every such kill left a model copy for good), and the next
+    run's publication removes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config = make_config("run", num_train_epochs=1, learning_rate=2e-3)
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    script = ("import json, os, signal, sys\nimport mlflow.pyfunc\nfrom trainer.config import FinetuneConfig\n"
+              "from trainer.finetune import finetune\n"
+              "mlflow.pyfunc.save_model = lambda **kwargs: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "finetune(FinetuneConfig.from_dict(json.loads(sys.argv[1])))\n")
+    killed = subprocess.run([sys.executable, "-c", script, json.dumps(config.to_dict())], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "TMPDIR": str(system_tmp)},
+                            cwd=Path(__file__).resolve().parents[1])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not list(system_tmp.glob("mlflow-model-*")), "the kill left a model copy in the temporary folder"
+    mlflow_folder = Path(config.mlflow_model_folder)
+    stages = list(mlflow_folder.parent.glob(f".{mlflow_folder.name}.incomplete-*"))
+    assert any(any(stage.rglob("model.safetensors")) for stage in stages), stages  # the copy being packed
+
+    finetune(make_config("run", num_train_epochs=1, learning_rate=2e-3, resume_from_checkpoint=True))
+    assert (mlflow_folder / "MLmodel").exists()
+    assert not list(mlflow_folder.parent.glob(f".{mlflow_folder.name}.*")), "a staging folder outlived the run"

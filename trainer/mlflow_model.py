@@ -118,15 +118,16 @@ def serving_copy(model_dir: Path, target: Path) -> None:
     copy_precision(model_dir, target)
 
 
-def save_mlflow_model(model_dir: str | Path, path: str | Path) -> None:
-    """Write the MLflow model of a published fine-tune output into `path` (which must not exist yet)."""
+def save_mlflow_model(model_dir: str | Path, path: str | Path, scratch: str | Path | None = None) -> None:
+    """Write the MLflow model of a published fine-tune output into `path` (which must not exist yet). The served
+    copy is assembled in a temporary folder inside `scratch` (default: the system's), removed at the end."""
     from mlflow.models import ModelSignature
 
     import trainer
     from trainer.inference import load_classifier, recorded_precision
 
     model_dir = Path(model_dir)
-    with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mlflow-model-", dir=scratch) as tmp:
         served = Path(tmp) / MODEL_ARTIFACT
         serving_copy(model_dir, served)
         code = Path(tmp) / "code" / "trainer"

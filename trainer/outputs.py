@@ -94,7 +94,13 @@ def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, m
     return_free_memory()  # the scoring's buffers, before the MLflow and ONNX steps load the model again
     mlflow_stage = staging_dir(config.mlflow_model_folder)
     shutil.rmtree(mlflow_stage)  # mlflow wants to create the folder itself
-    save_mlflow_model(root, mlflow_stage)
+    # The model copy MLflow packs is assembled in a staging folder of the MLflow output too, not in /tmp: a run
+    # killed meanwhile leaves it where the next publication of that output removes it (remove_stale_stages).
+    scratch = staging_dir(config.mlflow_model_folder)
+    try:
+        save_mlflow_model(root, mlflow_stage, scratch=scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     publish_output(mlflow_stage, config.mlflow_model_folder, root)
     if config.onnx_model_folder:
         result.onnx_export = export_onnx_output(root, config)
