@@ -115,9 +115,11 @@ for target in "${targets[@]}"; do
     args+=("${build_contexts[@]}")
     echo "==> building $image from $dockerfile ($ENGINE${BASE_IMAGE:+, base $BASE_IMAGE})"
     started=$(date +%s)
+    replaced="$(tokcls_image_id "$image")"
     # shellcheck disable=SC2086
     "$ENGINE" build "${args[@]}" ${DOCKER_BUILD_ARGS:-} .
     echo "==> built $image in $(( $(date +%s) - started ))s"
+    tokcls_remove_replaced "$replaced" "$image"
     if [ "${PUSH:-0}" = "1" ]; then
         echo "==> pushing $image"
         "$ENGINE" push "$image"

@@ -39,3 +39,24 @@ tokcls_image_exists() {
         buildah) buildah inspect --type image "$1" >/dev/null 2>&1 ;;
     esac
 }
+
+# The ID of IMAGE in the engine's local store (empty when it is not there).
+tokcls_image_id() {
+    case "$ENGINE" in
+        docker|podman) "$ENGINE" image inspect --format '{{.Id}}' "$1" 2>/dev/null || true ;;
+        buildah) buildah inspect --type image --format '{{.FromImageID}}' "$1" 2>/dev/null || true ;;
+    esac
+}
+
+# After IMAGE was built again: remove OLD_ID, the image the name pointed to before, when no name is left on it.
+# Each rebuild otherwise leaves the old image in the store, untagged (the CPU trainer image's own layers are ~2.5 GB,
+# and CI rebuilds it on every run). An old image that another name still has stays (podman 4.3 removes an image by
+# its ID together with its one remaining name), as does one a container or a child image uses (the engine refuses).
+tokcls_remove_replaced() {
+    local old="${1#sha256:}" image="$2"
+    [ -n "$old" ] && [ "$old" != "$(tokcls_image_id "$image" | sed 's/^sha256://')" ] || return 0
+    "$ENGINE" images --filter dangling=true --no-trunc -q | sed 's/^sha256://' | grep -qx "$old" || return 0
+    if "$ENGINE" rmi "$old" >/dev/null 2>&1; then
+        echo "==> removed the image that $image replaced (${old:0:12})" >&2
+    fi
+}

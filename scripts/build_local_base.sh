@@ -72,6 +72,7 @@ $SUDO mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,python
 CHANGES=(--change 'ENV LANG=C.UTF-8' --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
          --change 'CMD ["/bin/bash"]')
 echo "==> importing as $IMAGE ($ENGINE)" >&2
+replaced="$(tokcls_image_id "$IMAGE")"
 case "$ENGINE" in
     podman|docker)
         quiet=(); [ "$ENGINE" = podman ] && quiet=(--quiet)
@@ -85,4 +86,5 @@ case "$ENGINE" in
         buildah commit --rm "$ctr" "$IMAGE" >/dev/null ;;
 esac
 echo "local base: $IMAGE built in $(( $(date +%s) - started ))s" >&2
+tokcls_remove_replaced "$replaced" "$IMAGE"  # kept while a trainer image built on it is in the store
 echo "$IMAGE"
