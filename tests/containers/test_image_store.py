@@ -1,6 +1,6 @@
 """A rebuild leaves no orphan in the engine's image store: images/engine.sh's `tokcls_remove_replaced`, which
 images/build.sh and scripts/build_local_base.sh call after building, removes the image a name pointed to before
-(CI rebuilt the 2.8 GB trainer image on every run and kept each old one untagged: 5 GB of them on one host), and
+(CI rebuilt the 2.8 GB trainer image on every run and kept each old one untagged: 5 GB of layers on one host), and
 keeps an old image that another name still uses."""
 
 from __future__ import annotations
