@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def engine(script: str, context: Path) -> str:
     """Run `script` in bash with images/engine.sh sourced and an engine picked; its stdout."""
-    result = subprocess.run(["bash", "-c", f'set -euo pipefail; . images/engine.sh; tokcls_pick_engine "$PWD"\n{script}'],
-                            capture_output=True, text=True, timeout=300, cwd=REPO,
+    prologue = 'set -euo pipefail; . images/engine.sh; tokcls_pick_engine "$PWD"\n'
+    result = subprocess.run(["bash", "-c", prologue + script], capture_output=True, text=True, timeout=300, cwd=REPO,
                             env={**os.environ, "CTX": str(context)})
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
@@ -40,9 +40,11 @@ def _build(context: Path, content: str, image: str) -> tuple[str, str]:
     """Build a one-file image FROM scratch as `image` the way images/build.sh does: (old ID, new ID)."""
     (context / "file").write_text(content)
     (context / "Containerfile").write_text("FROM scratch\nCOPY file /file\n")
-    return engine(f'old="$(tokcls_image_id {image})"\n'
-                  f'"$ENGINE" build -q -f "$CTX/Containerfile" -t {image} "$CTX" >/dev/null\n'
-                  f'tokcls_remove_replaced "$old" {image}\necho "$old|$(tokcls_image_id {image})"', context).split("|")
+    script = (f'old="$(tokcls_image_id {image})"\n'
+              f'"$ENGINE" build -q -f "$CTX/Containerfile" -t {image} "$CTX" >/dev/null\n'
+              f'tokcls_remove_replaced "$old" {image}\necho "$old|$(tokcls_image_id {image})"')
+    old, new = engine(script, context).split("|")
+    return old, new
 
 
 def test_a_rebuild_removes_the_image_it_replaced_but_not_one_another_name_uses(tmp_path, names):
