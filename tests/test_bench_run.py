@@ -42,7 +42,7 @@ def test_a_rerun_into_the_same_workdir_starts_each_arm_afresh(conll_dir, tiny_mo
 
 def test_a_finished_arm_keeps_its_records_but_not_its_models(conll_dir, tiny_model_selector, tmp_path):
     """Without --keep-outputs, an arm's checkpoints, model and MLflow folders go once its figures are read (a
-    40-seed run kept ~13 GB of them and filled the disk CI shares); the spec, the log and the result stay."""
+    40-seed run kept ~13 GB of them and filled the disk); the spec, the log and the result stay."""
     work = tmp_path / "work"
     run = _bench(conll_dir, tiny_model_selector, work, tmp_path / "report.json", seed=1)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

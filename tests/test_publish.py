@@ -1,9 +1,14 @@
-"""Publishing leaves no stale result beside a new one, and a resumed run replaces the MLflow model its own
-pytorch_model_folder published (a killed run's) — never anybody else's."""
+"""Publishing leaves no stale result beside a new one, a resumed run replaces the MLflow model its own
+pytorch_model_folder published (a killed run's) — never anybody else's — and a kill leaves nothing outside the
+outputs' folders."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,11 +92,6 @@ def test_a_kill_in_the_mlflow_save_leaves_its_scratch_where_the_next_run_removes
     """SIGKILL while MLflow packs the model: the served copy it was packing sits in a staging folder of the MLflow
     output, not in the system's temporary folder (where every such kill left a model copy for good), and the next
     run's publication removes it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     config = make_config("run", num_train_epochs=1, learning_rate=2e-3)
     system_tmp = tmp_path / "system_tmp"
     system_tmp.mkdir()
