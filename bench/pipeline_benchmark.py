@@ -170,9 +170,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = []
     for index in range(args.runs):
         started = time.time()
-        run = run_once(workdir / f"run{index}", extra)  # a failed run exits here and keeps its outputs
+        run_dir = workdir / f"run{index}"
+        run = run_once(run_dir, extra)  # a failed run exits here and keeps its outputs
         if not args.keep_outputs:
-            shutil.rmtree(workdir / f"run{index}" / "out", ignore_errors=True)
+            shutil.rmtree(run_dir / "out", ignore_errors=True)
         runs.append(run)
         print(f"[pipeline-bench] run {index}: pipeline {run['pipeline']:.1f} s, training {run['train_runtime']:.1f} s, "
               f"ratio {run['ratio']:.2f} ({time.time() - started:.0f} s)", flush=True)

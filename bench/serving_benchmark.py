@@ -116,10 +116,10 @@ def parity(work: Path, rows: list[dict], texts: list[str]) -> dict:
     return out
 
 
-def evaluate_before_module():
+def evaluate_before_module(work: Path):
     source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:trainer/evaluate.py"], cwd=REPO, check=True,
                             capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "evaluate_before.py"
+    path = work / "evaluate_before.py"  # in the run's folder, which goes with it (a mkdtemp here was never removed)
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("evaluate_before", path)
     module = importlib.util.module_from_spec(spec)
@@ -134,7 +134,7 @@ def time_evaluate(work: Path, repeat: int) -> dict:
 
     config = lambda **v: EvaluateConfig(model=str(work / "pytorch"), preprocess_output=str(work / "data"),  # noqa
                                         predictions=str(work / "predictions.jsonl"), batch_size=32, **v)
-    runs = {"before": lambda: evaluate_before_module().evaluate(config()),
+    runs = {"before": lambda: evaluate_before_module(work).evaluate(config()),
             "now_rescore_false": lambda: evaluate(config()),
             "now_rescore_true": lambda: evaluate(config(rescore=True))}
     out = {}
