@@ -887,13 +887,11 @@ def default_model_path() -> str:
 
 def remove_arm_outputs(out_dir: Path) -> None:
     """Everything of a finished arm but its records: models, checkpoints, the MLflow and Trainer folders."""
+    from trainer.publish import remove_entry
+
     for item in out_dir.iterdir():
-        if item.name in ARM_RECORDS:
-            continue
-        if item.is_dir() and not item.is_symlink():
-            shutil.rmtree(item)
-        else:
-            item.unlink()
+        if item.name not in ARM_RECORDS:
+            remove_entry(item)
 
 
 def run_arm(args, arm: str, hp: dict, precision: str, inputs: dict, overrides: dict, fast_overrides: dict,

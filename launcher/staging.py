@@ -27,7 +27,7 @@ from launcher.layout import RunLayout
 from launcher.manifest import ObjectStoreSpec
 from trainer import objstore
 from trainer.constants import SUCCESS_MARKER
-from trainer.publish import copy_tree_atomic
+from trainer.publish import copy_tree_atomic, remove_entry
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class SharedVolumeRun(RunLayout):
                          (self.mlflow_model_folder, Path(mlflow_model_folder))):
             dst.mkdir(parents=True, exist_ok=True)
             for child in dst.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                remove_entry(child)
             shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=False)
 
     def remove(self) -> None:

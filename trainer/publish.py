@@ -135,10 +135,15 @@ def remove_published(root: str | Path, marker: str, keep) -> None:
     (root / marker).unlink(missing_ok=True)
     entries = [p for p in root.iterdir() if not keep(p)]
     for entry in sorted(entries, key=lambda p: p.suffix not in WEIGHT_SUFFIXES):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        remove_entry(entry)
+
+
+def remove_entry(path: Path) -> None:
+    """Remove one entry of a folder: a directory with its contents, a file, or a link (never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def publish_dir(staged: Path, target: str | Path, *, replace: bool = False) -> None:
