@@ -103,24 +103,31 @@ def choose_resume_checkpoint(folder: str | Path, remove_torn: bool = False) -> O
     at any step: a newer one would be written into again when training reaches its step; an older one is a deletion
     by `rotate_checkpoints` (manifest first) that a kill cut short, which no later rotation would see.
     """
-    from trainer.safe_loading import unsafe_pickles
-
     chosen = None
     for checkpoint in reversed(list_checkpoints(folder)):
         if chosen is None:
-            why = problem(checkpoint, verify_hashes=True)
+            why = _resume_problem(checkpoint)
             if not why:
-                unsafe = unsafe_pickles(checkpoint)
-                if not unsafe:
-                    chosen = checkpoint
-                    continue
-                why = f"it holds pickled objects that are not on the allowlist: {unsafe}"
+                chosen = checkpoint
+                continue
             logger.warning("not resuming from %s: %s", checkpoint, why)
         if remove_torn and _read_manifest(checkpoint)[0] is None:
             if chosen is not None:
                 logger.info("removing %s: a rotation's deletion cut short (no manifest)", checkpoint)
             shutil.rmtree(checkpoint, ignore_errors=True)
     return chosen
+
+
+def _resume_problem(checkpoint: Path) -> str:
+    """Why training may not resume from `checkpoint` ('' when it may): `problem` with hashes, or pickled objects
+    outside the allowlist."""
+    from trainer.safe_loading import unsafe_pickles
+
+    why = problem(checkpoint, verify_hashes=True)
+    if why:
+        return why
+    unsafe = unsafe_pickles(checkpoint)
+    return f"it holds pickled objects that are not on the allowlist: {unsafe}" if unsafe else ""
 
 
 def rotate_checkpoints(folder: str | Path, limit: int, best: Optional[str], current: Path) -> None:
