@@ -17,6 +17,8 @@ first block is warm-up.
   byte_masks   autocast, with dropout masks drawn 8 bits an element instead of 32: an element is dropped when its
                byte is below the threshold's top byte, kept when above, and only on a tie (1 in 256) are 24 more bits
                drawn, so the keep probability is the trainer's, 1 - round(p * 2**32) / 2**32 (a candidate)
+  free_masks   autocast, with masks that cost nothing to draw: slices of one mask drawn before the steps (the same
+               keep probability, the same mask every step): the ceiling of any faster draw of the masks
   stock_dropout  autocast, with torch's own dropout (`bernoulli_` per call, SDPA's in attention) instead of the masks
   compiled     stock_dropout under `torch.compile(dynamic=True)` (torch's dropout: the masks' numpy draws would break
                the graph at every dropout); its first step compiles, so see its `first_step_s`
@@ -53,8 +55,9 @@ from trainer.labels import load_class_names  # noqa: E402
 from trainer import speed  # noqa: E402
 from trainer.speed import clip_in_fused_adam, install_fast_dropout, tune_cpu_allocator  # noqa: E402
 
-VARIANTS = ("autocast", "bf16_master", "fused_qkv", "stock_clip", "torch_masks", "byte_masks", "stock_dropout",
-            "compiled")
+VARIANTS = ("autocast", "bf16_master", "fused_qkv", "stock_clip", "torch_masks", "byte_masks", "free_masks",
+            "stock_dropout", "compiled")
+FREE_MASK_ELEMENTS = 1 << 24  # more than a step's largest mask (a flat step's ~290,000 elements, a padded one's more)
 
 
 def batches(train_jsonl: Path, size: int = 16) -> list[dict]:
@@ -122,6 +125,20 @@ def byte_keep_mask(shape, p: float) -> torch.Tensor:
     return torch.from_numpy(keep).view(shape)
 
 
+def free_keep_mask_source():
+    """A `keep_mask` at no cost per call: the first elements of one mask per dropout probability, drawn by the
+    trainer's `keep_mask` at its first use (and again only if a later call needs more elements)."""
+    pools, draw = {}, speed.keep_mask  # the trainer's, taken before a step swaps this one in for it
+
+    def free_keep_mask(shape, p: float) -> torch.Tensor:
+        numel = math.prod(shape)
+        if p not in pools or pools[p].numel() < numel:
+            pools[p] = draw((max(numel, FREE_MASK_ELEMENTS),), p)
+        return pools[p][:numel].view(shape)
+
+    return free_keep_mask
+
+
 def make_step(base: nn.Module, variant: str):
     model = copy.deepcopy(base)
     model.train()
@@ -153,13 +170,15 @@ def make_step(base: nn.Module, variant: str):
         return step
 
     optimizer = torch.optim.AdamW(params, lr=5e-5, fused=True)
+    free_keep_mask = free_keep_mask_source()  # drawn at a free_masks step's first dropout only
     forward = torch.compile(model, dynamic=True) if variant == "compiled" else model
 
     def step(batch):
         # The trainer's dropout modules call trainer.speed.fast_dropout, which draws with trainer.speed.keep_mask:
         # the mask variants run the block with one of them swapped.
         swap = {"torch_masks": ("fast_dropout", _torch_masks_dropout),
-                "byte_masks": ("keep_mask", byte_keep_mask)}.get(variant)
+                "byte_masks": ("keep_mask", byte_keep_mask),
+                "free_masks": ("keep_mask", free_keep_mask)}.get(variant)
         with mock.patch.object(speed, *swap) if swap else contextlib.nullcontext():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = forward(**batch).loss

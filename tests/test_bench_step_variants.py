@@ -80,6 +80,37 @@ def test_mask_variants_run_their_masks_and_put_the_trainers_back(monkeypatch, va
     assert getattr(speed, swapped) is trainers
 
 
+def test_free_masks_draw_one_mask_per_probability_and_serve_every_dropout_from_it(monkeypatch):
+    """`free_masks` draws with the trainer's `keep_mask` once (per dropout probability) and serves every later
+    dropout of every step the first elements of that mask, so the steps pay nothing for their masks; the trainer's
+    `keep_mask` is back after each step."""
+    from trainer import speed
+
+    draws, served = [], []
+    original = speed.keep_mask
+    trainers = lambda shape, p: draws.append((tuple(shape), p)) or original(shape, p)  # noqa: E731
+    monkeypatch.setattr(speed, "keep_mask", trainers)
+    source = step_variants.free_keep_mask_source
+
+    def spied_source():
+        free = source()
+        return lambda shape, p: served.append(tuple(shape)) or free(shape, p)
+
+    monkeypatch.setattr(step_variants, "free_keep_mask_source", spied_source)
+    step = step_variants.make_step(_tiny_bert(0.1), "free_masks")
+    step(dict(BATCH))
+    step(dict(BATCH))
+    assert len(served) == 2 * (2 * 3 + 2)  # two steps of the dropouts counted above
+    assert draws == [((step_variants.FREE_MASK_ELEMENTS,), 0.1)]
+    assert speed.keep_mask is trainers
+    free = source()
+    first, again = free((4, 8), 0.1), free((4, 8), 0.1)
+    assert torch.equal(first, again) and first.shape == (4, 8)
+    assert draws[-1] == ((step_variants.FREE_MASK_ELEMENTS,), 0.1) and len(draws) == 2
+    free((2, 3), 0.5)
+    assert draws[-1] == ((step_variants.FREE_MASK_ELEMENTS,), 0.5)
+
+
 def test_stock_dropout_keeps_torchs_dropout_and_compiled_compiles_that_step(monkeypatch):
     """`stock_dropout` and `compiled` leave torch's dropout in place (no trainer masks); `compiled` runs its forward
     through torch.compile(dynamic=True), the others do not."""
