@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+from conftest import tiny_token_classifier
 from trainer import packing
 from trainer.data import load_preprocess_output
 from trainer.finetune import finetune
@@ -23,25 +24,6 @@ ROWS = [  # [CLS] ... [SEP]; a labelled first position and token types of 1 too,
     {"input_ids": [2, 16, 17, 18, 19, 20, 21, 22, 23, 3], "attention_mask": [1] * 10, "token_type_ids": [0] * 10,
      "labels": [-100, 1, 1, 0, 0, 1, 0, 1, 0, -100]},
 ]
-
-
-def _tiny(kind: str = "bert", **extra):
-    import transformers
-
-    torch.manual_seed(0)
-    common = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                  max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0,
-                  attention_probs_dropout_prob=0.0, type_vocab_size=2, **extra)
-    config_class, model_class = {
-        "bert": (transformers.BertConfig, transformers.BertForTokenClassification),
-        "roberta": (transformers.RobertaConfig, transformers.RobertaForTokenClassification),
-        "deberta-v2": (transformers.DebertaV2Config, transformers.DebertaV2ForTokenClassification),
-    }[kind]
-    if kind == "roberta":
-        common["pad_token_id"] = 1
-    model = model_class(config_class(**common))
-    model.train()
-    return model
 
 
 class _Tokenizer:
@@ -72,7 +54,7 @@ def test_flat_batch_has_the_padded_batch_loss_and_gradients(chunk_cost, monkeypa
     from transformers import DataCollatorForTokenClassification
 
     monkeypatch.setattr(packing, "CHUNK_COST", chunk_cost)
-    model = _tiny()
+    model = tiny_token_classifier()
     assert packing.install_packed_attention(model) is not None
     padded = DataCollatorForTokenClassification(_Tokenizer())([dict(r) for r in ROWS])
     flat = packing.FlatTokenClassificationCollator()([dict(r) for r in ROWS])
@@ -112,7 +94,7 @@ def test_row_chunks_cover_every_row_once_in_groups_of_about_one_length():
 
 
 def test_roberta_positions_start_after_the_padding_index():
-    model = _tiny("roberta")
+    model = tiny_token_classifier("roberta")
     assert packing.position_ids_start(model) == 2
     packed = packing.enable(model, ROWS, _Tokenizer(pad_token_id=1))
     assert packed.collator is not None and packed.reason is None
@@ -129,7 +111,7 @@ def test_a_model_that_drops_the_row_boundaries_keeps_padded_batches():
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                                    position_ids=position_ids, labels=labels)
 
-    model = DropsKwargs(_tiny().config)
+    model = DropsKwargs(tiny_token_classifier().config)
     before = model.config._attn_implementation
     packed = packing.enable(model, ROWS, _Tokenizer())
     assert packed.collator is None and packed.reason.startswith("bert: ") and "differ" in packed.reason
@@ -137,14 +119,14 @@ def test_a_model_that_drops_the_row_boundaries_keeps_padded_batches():
 
 
 def test_a_model_without_sdpa_attention_keeps_padded_batches():
-    model = _tiny("deberta-v2", relative_attention=True, position_biased_input=False)  # its own attention
+    model = tiny_token_classifier("deberta-v2", relative_attention=True, position_biased_input=False)  # its own attention
     packed = packing.enable(model, ROWS, _Tokenizer())
     assert packed.collator is None and "is not SDPA" in packed.reason
 
 
 def test_rows_that_carry_padding_keep_padded_batches():
     rows = [dict(ROWS[0], attention_mask=[1] * 6 + [0])] + ROWS[1:]
-    packed = packing.enable(_tiny(), rows, _Tokenizer())
+    packed = packing.enable(tiny_token_classifier(), rows, _Tokenizer())
     assert packed.collator is None and "padding" in packed.reason
 
 

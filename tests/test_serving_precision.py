@@ -5,15 +5,18 @@ record rewritten to 16: serving reads the record, not the weights, which are fp3
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_token_classifier
 from trainer import precision
 from trainer.errors import InputError
-from trainer.inference import load_classifier
+from trainer.inference import TorchBackend, load_classifier
 
 NATIVE = {"avx2", "avx512f", "avx512_bf16"}
 EMULATED = {"avx2", "avx512f"}
@@ -64,6 +67,39 @@ def test_a_model_trained_in_16_is_served_under_bf16_autocast_on_a_native_bf16_cp
         assert ours.words == exact.words and len(ours.labels) == len(exact.labels)
     monkeypatch.setattr(precision, "cpu_flags", lambda: EMULATED)  # emulated bf16 is slower than fp32
     assert linear_dtypes(load_classifier(trained_in_16)) == {torch.float32}
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "deberta-v2"])
+def test_served_linear_weights_are_stored_in_bf16_and_compute_exactly_what_autocast_computes(monkeypatch, kind):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: NATIVE)
+    model = tiny_token_classifier(kind).eval()
+    batch = {"input_ids": np.array([[2, 7, 8, 9, 10, 3], [2, 12, 13, 3, 5, 5]]),
+             "attention_mask": np.array([[1] * 6, [1, 1, 1, 1, 0, 0]]), "token_type_ids": np.zeros((2, 6), np.int64)}
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 weights, cast per forward
+        expected = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+    backend = TorchBackend(copy.deepcopy(model), device="cpu", precision="16")
+    served = backend.model
+    assert {m.weight.dtype for m in served.modules() if isinstance(m, torch.nn.Linear)} == {torch.bfloat16}
+    assert {p.dtype for n, p in served.named_parameters() if "embeddings" in n or "LayerNorm" in n} == {torch.float32}
+    np.testing.assert_array_equal(backend(batch), expected)
+    fp32 = TorchBackend(copy.deepcopy(model), device="cpu", precision="32").model  # precision 32: nothing stored
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+
+
+def test_a_tied_weight_and_the_first_parameter_keep_their_dtype():
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = torch.nn.Linear(4, 4)  # its weight is the model's dtype, which models read
+            self.embed = torch.nn.Embedding(10, 4)
+            self.hidden = torch.nn.Linear(4, 4)
+            self.decoder = torch.nn.Linear(4, 10, bias=False)
+            self.decoder.weight = self.embed.weight  # tied: the embedding reads it outside any autocast op
+
+    toy = Toy()
+    assert precision.store_linear_weights_in(toy, torch.bfloat16) == 1
+    assert toy.hidden.weight.dtype == toy.hidden.bias.dtype == torch.bfloat16
+    assert toy.first.weight.dtype == toy.embed.weight.dtype == toy.decoder.weight.dtype == torch.float32
 
 
 def test_the_mlflow_model_carries_the_precision_and_serves_in_it(trained_in_16, tmp_path, monkeypatch):

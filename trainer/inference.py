@@ -133,7 +133,8 @@ def _entities(text: str, offsets: list[tuple[int, int]], labels: list[str], scor
 # --------------------------------------------------------------------------------------------------
 class TorchBackend:
     """A transformers token-classification model (CPU, or the GPU when there is one and device allows), computing in
-    fp32, or under the autocast a model trained in precision 16 is served in on this device (trainer.precision)."""
+    fp32, or under the autocast a model trained in precision 16 is served in on this device (trainer.precision),
+    its linear layers' weights then stored in the autocast dtype (`store_linear_weights_in`)."""
 
     def __init__(self, model, device: str = "auto", precision: str = "32"):
         import contextlib
@@ -141,7 +142,7 @@ class TorchBackend:
 
         import torch
 
-        from trainer.precision import serving_dtype
+        from trainer.precision import serving_dtype, store_linear_weights_in
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -150,6 +151,8 @@ class TorchBackend:
         accepted = inspect.signature(self.model.forward).parameters
         self.input_names = tuple(n for n in MODEL_INPUT_NAMES if n in accepted)
         dtype = serving_dtype(precision, self.device)
+        if dtype:  # the casts autocast would make for every batch, made once (bit-identical outputs)
+            store_linear_weights_in(self.model, dtype)
         self.compute_dtype = str(dtype or torch.float32).removeprefix("torch.")
         self._autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
 

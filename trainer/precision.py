@@ -4,8 +4,8 @@ served in.
 precision 16 trains under autocast (bf16 where the device has it, else fp16 on GPUs; CPU autocast is bf16-only); the
 weights stay fp32 and the Trainer evaluates under the same autocast, so the best checkpoint is chosen on its autocast
 figures. The served model computes as it was validated: under the same autocast where the device computes it
-natively (a GPU; a CPU with AVX512-BF16 or AMX), else in fp32 (emulated CPU bf16 is slower than fp32). precision 32
-serves in fp32.
+natively (a GPU; a CPU with AVX512-BF16 or AMX), else in fp32 (emulated CPU bf16 is slower than fp32), its linear
+weights stored in the autocast dtype once (`store_linear_weights_in`). precision 32 serves in fp32.
 """
 
 from __future__ import annotations
@@ -56,3 +56,29 @@ def serving_dtype(precision: str, device) -> Optional["torch.dtype"]:  # noqa: F
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+
+
+def store_linear_weights_in(model, dtype) -> int:
+    """Store the weights and biases of `model`'s plain linear layers in `dtype`, the autocast dtype it is served
+    under; returns how many layers were stored so.
+
+    Autocast casts every argument of a linear layer to its dtype, and keeps a weight's cast only until its region
+    ends: a served model opens one region per batch, so every request cast every weight again (MiniLM: 10.6 M
+    weights, ~2.3 ms of a ~10 ms single-sentence request on a 2-core AMD EPYC; torch 2.13). Stored in that dtype,
+    the same values reach the same kernel: the outputs are bit-identical and the request skips the cast. Layers
+    that are not plain `nn.Linear` (a PEFT wrapper, a subclass with its own forward), parameters that another module
+    shares (tied weights) and the model's first parameter (its `dtype`, which some models read) stay as they are."""
+    import torch
+
+    linear = [m for m in model.modules() if type(m).forward is torch.nn.Linear.forward]
+    linear_ids = {id(m) for m in linear}
+    shared = {id(p) for m in model.modules() if id(m) not in linear_ids for p in m.parameters(recurse=False)}
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    stored = 0
+    for module in linear:
+        params = list(module.parameters(recurse=False))
+        if any(p is first or id(p) in shared or p.dtype != torch.float32 for p in params):
+            continue
+        module.to(dtype)
+        stored += 1
+    return stored
