@@ -38,7 +38,6 @@ def test_the_before_evaluate_is_read_and_loaded_outside_its_timed_repeats(monkey
         "before": 1.0, "now_rescore_false": 1.0, "now_rescore_true": 1.0}
 
 
-
 def test_the_cast_per_batch_row_serves_fp32_weights_for_autocast_to_cast_and_the_served_row_bf16_ones(
         monkeypatch, tiny_finetuned, tmp_path):
     import torch

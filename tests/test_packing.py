@@ -119,7 +119,8 @@ def test_a_model_that_drops_the_row_boundaries_keeps_padded_batches():
 
 
 def test_a_model_without_sdpa_attention_keeps_padded_batches():
-    model = tiny_token_classifier("deberta-v2", relative_attention=True, position_biased_input=False)  # its own attention
+    # its own attention
+    model = tiny_token_classifier("deberta-v2", relative_attention=True, position_biased_input=False)
     packed = packing.enable(model, ROWS, _Tokenizer())
     assert packed.collator is None and "is not SDPA" in packed.reason
 
