@@ -96,6 +96,11 @@ def load_served(work: Path, threads: int) -> dict:
     return served
 
 
+def _turn(names: list[str], k: int) -> list[str]:
+    """The order of the k-th turn: `names` rotated by k, so each goes first in its turn."""
+    return names[k % len(names):] + names[:k % len(names)]
+
+
 def time_inference(served: dict, texts: list[str], repeat: int) -> dict:
     """The backends take turns, on blocks of BATCH1_BLOCK tweets at batch 1 and on each repeat of the whole set at
     batch 32 (the order rotated each time), so the host's drift reaches every row alike: rows timed one after the
@@ -110,14 +115,14 @@ def time_inference(served: dict, texts: list[str], repeat: int) -> dict:
     latencies = {name: [] for name in names}
     tweets = texts[:300]
     for b, start in enumerate(range(0, len(tweets), BATCH1_BLOCK)):
-        for name in names[b % len(names):] + names[:b % len(names)]:
+        for name in _turn(names, b):
             for text in tweets[start:start + BATCH1_BLOCK]:
                 started = time.perf_counter()
                 served[name].predict([text])
                 latencies[name].append(time.perf_counter() - started)
     batch_seconds = {name: [] for name in names}
     for r in range(repeat):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in _turn(names, r):
             started = time.perf_counter()
             batched[name].predict(texts)
             batch_seconds[name].append(time.perf_counter() - started)

@@ -39,15 +39,16 @@ TEMPLATES = [
 
 
 def tiny_token_classifier(kind: str = "bert", **extra):
-    """A randomly initialised 2-layer token classifier (bert, roberta or deberta-v2; `extra` config fields), seed 0,
-    no dropout, in train mode."""
+    """A randomly initialised 2-layer token classifier (bert, roberta or deberta-v2), seed 0, no dropout, in train
+    mode; `extra` config fields are added or replace these."""
     import torch
     import transformers
 
     torch.manual_seed(0)
     common = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0,
-                  attention_probs_dropout_prob=0.0, type_vocab_size=2, **extra)
+                  attention_probs_dropout_prob=0.0, type_vocab_size=2)
+    common.update(extra)
     config_class, model_class = {
         "bert": (transformers.BertConfig, transformers.BertForTokenClassification),
         "roberta": (transformers.RobertaConfig, transformers.RobertaForTokenClassification),

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_token_classifier
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -15,13 +17,8 @@ import step_variants  # noqa: E402
 
 
 def _tiny_bert(dropout: float):
-    from transformers import BertConfig, BertForTokenClassification
-
-    torch.manual_seed(0)
-    return BertForTokenClassification(BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=32, num_labels=3, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-        attn_implementation="sdpa"))
+    return tiny_token_classifier(num_labels=3, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                                 attn_implementation="sdpa")
 
 
 BATCH = {"input_ids": torch.tensor([[2, 7, 9, 11, 3], [2, 8, 3, 0, 0]]),
