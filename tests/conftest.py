@@ -48,14 +48,14 @@ def tiny_token_classifier(kind: str = "bert", **extra):
     common = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0,
                   attention_probs_dropout_prob=0.0, type_vocab_size=2)
+    if kind == "roberta":
+        common["pad_token_id"] = 1
     common.update(extra)
     config_class, model_class = {
         "bert": (transformers.BertConfig, transformers.BertForTokenClassification),
         "roberta": (transformers.RobertaConfig, transformers.RobertaForTokenClassification),
         "deberta-v2": (transformers.DebertaV2Config, transformers.DebertaV2ForTokenClassification),
     }[kind]
-    if kind == "roberta":
-        common["pad_token_id"] = 1
     model = model_class(config_class(**common))
     model.train()
     return model
