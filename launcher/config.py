@@ -54,8 +54,9 @@ class LaunchConfig(Params):
     gpus_per_node: int = param(1, "GPUs per pod (nvidia.com/gpu limit and torchrun --nproc_per_node); 0 for CPU "
                                "pods.", group="pods", minimum=0)
     procs_per_node: int = param(0, "Processes per pod when gpus_per_node is 0 (0: one).", group="pods", minimum=0)
-    image: str = param("", "Trainer image of the pods; empty: the component's default (the CUDA image for GPU pods, "
-                       "the CPU image for gpus_per_node=0).", group="pods")
+    image: str = param("", "Trainer image of the pods. The component's default is the CUDA image, for CPU pods too "
+                       "(it runs there; the CPU image is smaller: pass it for gpus_per_node=0); empty: the CUDA "
+                       "image for GPU pods, the CPU image for gpus_per_node=0.", group="pods")
     namespace: str = param("", "Namespace of the job; empty: this step's own namespace.", group="pods")
     shared_mount_path: str = param("/mnt/shared", "Where the PVC is mounted, in this step and in the trainer pods.",
                                    group="staging")
@@ -86,14 +87,16 @@ class LaunchConfig(Params):
     service_account: str = param("", "Service account of the trainer pods (empty: the namespace default).",
                                  group="scheduling")
     shm_size: str = param("16Gi", "Size of the in-memory /dev/shm of each pod.", group="scheduling")
-    timeout_seconds: int = param(86400, "Fail (and clean up per policy) if the job has not finished after this many "
-                                 "seconds.", group="watch", minimum=1)
+    timeout_seconds: int = param(86400, "Fail if the job has not finished after this many seconds, and delete it "
+                                 "unless cleanup_policy=never (the job also gets this plus 120 s as its "
+                                 "activeDeadlineSeconds).", group="watch", minimum=1)
     poll_interval_seconds: int = param(30, "Seconds between status polls (rank 0's log is followed as it is "
                                        "written).", group="watch", minimum=1)
     checkpoint_sync_interval_seconds: int = param(300, "With staging_uri: seconds between the master pod's uploads "
                                                   "of new complete checkpoints.", group="staging", minimum=1)
     cleanup_policy: str = param("on_success", "When to delete the job: always, on_success (keep a failed job's "
-                                "pods and logs) or never.", choices=CLEANUP_POLICIES, group="watch")
+                                "pods and logs) or never. A job still running when the launcher stops following it "
+                                "(timeout) is deleted unless never.", choices=CLEANUP_POLICIES, group="watch")
     run_id: str = param("", "Folder name of the run on the shared volume or in the store; reuse a failed run's id "
                         "with resume_from_checkpoint=true to resume it. Empty: a new unique id.", group="watch")
 

@@ -16,10 +16,13 @@ configs are the whole input: `LaunchConfig` (backend, pods, staging, scheduling,
    the staging storage (mounted and writable / bucket reachable).
 2. The input artifacts are staged in the run's folder (`launcher.layout.RunLayout`) on the PVC or in the store.
 3. The job is created (`backend`: a PyTorchJob, or a Trainer v2 TrainJob) with an ownerReference to this step's
-   pod, and followed (`launcher.watch`) until it ends or `timeout_seconds` pass; rank 0's log is streamed.
+   pod and an `activeDeadlineSeconds` of `timeout_seconds` + JOB_DEADLINE_GRACE_SECONDS (the cluster's own limit,
+   should this process be gone), and followed (`launcher.watch`) until it ends or `timeout_seconds` pass; rank 0's
+   log is streamed.
 4. On success rank 0's outputs are checked (in the object store: the master's completion marker too) and copied
    into the output folders.
 5. The job is deleted per `cleanup_policy`; after a success the staged run is removed too (except with 'never').
+   A job still unfinished when this process stops following it (timeout, API errors) is deleted unless 'never'.
 
 A Failed job, a timeout, or a Succeeded job whose outputs are missing raises `JobFailed` (`JobTimeout`) with the
 reason and the failing pod's last log lines. SIGTERM / SIGINT (a run terminated in the KFP UI) deletes the job
@@ -52,6 +55,10 @@ from trainer.validation import check_io, validate_inputs
 
 log = logging.getLogger(__name__)
 
+# The job's activeDeadlineSeconds is timeout_seconds plus this: the launcher times out first, reads the failing pod's
+# last lines and deletes the job; the deadline is the backstop should the launcher be gone (Trainer v2 terminates the
+# pods, as recent Training Operator releases do).
+JOB_DEADLINE_GRACE_SECONDS = 120
 IO_FIELDS = ("preprocess_output", "model_selector_output", "pytorch_model_folder", "mlflow_model_folder")
 SECRET_LIKE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|_KEY$|^AWS_ACCESS_KEY_ID$)", re.I)
 
@@ -190,6 +197,7 @@ def plan(config: LaunchConfig, finetune: FinetuneConfig, options: Optional[Launc
         secret_env=config.secret_env, shm_size=config.shm_size, service_account=config.service_account,
         image_pull_policy=options.image_pull_policy, restart_policy=options.restart_policy,
         backoff_limit=options.backoff_limit,
+        active_deadline_seconds=config.timeout_seconds + JOB_DEADLINE_GRACE_SECONDS,
         labels={"tokcls.run-id": re.sub(r"[^A-Za-z0-9._-]", "-", run_id)[:63].strip("-_.") or "run"})
     the_plan = Plan(config, finetune, BACKENDS[config.backend], run, spec, {}, deepspeed_json)
     the_plan.manifest = the_plan.build()
@@ -290,7 +298,12 @@ class _Launch:
                  spec.num_nodes, spec.nproc_per_node,
                  f", owned by pod {spec.owner_references[0]['name']}" if spec.owner_references else "")
         self.created = True
-        create_job(self.custom_api, backend, self.plan.manifest)
+        try:
+            create_job(self.custom_api, backend, self.plan.manifest)
+        except JobFailed as err:
+            if 400 <= (getattr(err.__cause__, "status", None) or 0) < 500:
+                self.created = False  # refused: no job of ours exists (409: the name is someone else's job)
+            raise
 
     def _watch(self) -> None:
         config, options, backend = self.plan.config, self.options, self.plan.backend
@@ -319,12 +332,16 @@ class _Launch:
 
     def _cleanup(self, cancelled: Optional[Cancelled]) -> None:
         policy, kind = self.plan.config.cleanup_policy, self.plan.backend.kind
-        if self.created and (cancelled is not None or policy == "always" or (policy == "on_success"
-                                                                             and self.succeeded)):
+        # A job left unfinished (timeout, API errors) would hold its nodes with nobody to collect its outputs:
+        # on_success keeps a *failed* job to debug, not a running one. Only `never` keeps it (its own
+        # activeDeadlineSeconds still ends it).
+        abandoned = self.state not in ("Succeeded", "Failed") and policy != "never"
+        if self.created and (cancelled is not None or abandoned or policy == "always"
+                             or (policy == "on_success" and self.succeeded)):
             try:
                 self.deleted = delete_job(self.custom_api, self.plan.backend, self.name, self.namespace)
-                log.info("%s %s %s/%s", "cancelled: deleted" if cancelled else "deleted", kind, self.namespace,
-                         self.name)
+                log.info("%s%s %s %s/%s", "cancelled: " if cancelled else "not finished: " if abandoned else "",
+                         "deleted" if self.deleted else "already gone:", kind, self.namespace, self.name)
             except Exception as err:  # never mask the job's own outcome with a cleanup error
                 log.warning("could not delete %s %s/%s: %s", kind, self.namespace, self.name, err)
         elif self.created:

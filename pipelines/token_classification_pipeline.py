@@ -16,6 +16,9 @@ Everything a run needs is a run parameter; the compiled YAML runs on a cluster a
   `data_uri`, that the fine-tuned model labels in a `predict` step.
 - Every parameter of the preprocess and finetune components (generated from `trainer/config.py`, same names and
   defaults), `run_evaluation`, and the fine-tune step's placement (CPU/memory limits, node selector, tolerations).
+  The finetune component's optional `deepspeed` input is an artifact (a DeepSpeed JSON), not a parameter, so these
+  runs pick `deepspeed_preset`; a custom JSON goes to `finetune` in a pipeline of your own (e.g. from
+  `dsl.importer`).
 
 Two compiled variants ship: `token_classification_pipeline.yaml` (no volume) and
 `token_classification_pipeline_pvc.yaml`, whose import steps also mount the PersistentVolumeClaim named by the run

@@ -134,8 +134,9 @@ def finetune_pytorchjob(
         gpus_per_node: GPUs per pod (nvidia.com/gpu limit and torchrun --nproc_per_node); 0 for CPU pods. Must be >=
             0.
         procs_per_node: Processes per pod when gpus_per_node is 0 (0: one). Must be >= 0.
-        image: Trainer image of the pods; empty: the component's default (the CUDA image for GPU pods, the CPU image
-            for gpus_per_node=0).
+        image: Trainer image of the pods. The component's default is the CUDA image, for CPU pods too (it runs
+            there; the CPU image is smaller: pass it for gpus_per_node=0); empty: the CUDA image for GPU pods, the
+            CPU image for gpus_per_node=0.
         namespace: Namespace of the job; empty: this step's own namespace.
         shared_mount_path: Where the PVC is mounted, in this step and in the trainer pods.
         staging_uri: Object-store staging instead of a PVC, for single-node jobs (num_nodes=1): s3://bucket/prefix
@@ -160,14 +161,15 @@ def finetune_pytorchjob(
             {"name": "mlflow", "key": "token"}}.
         service_account: Service account of the trainer pods (empty: the namespace default).
         shm_size: Size of the in-memory /dev/shm of each pod.
-        timeout_seconds: Fail (and clean up per policy) if the job has not finished after this many seconds. Must be
-            >= 1.
+        timeout_seconds: Fail if the job has not finished after this many seconds, and delete it unless
+            cleanup_policy=never (the job also gets this plus 120 s as its activeDeadlineSeconds). Must be >= 1.
         poll_interval_seconds: Seconds between status polls (rank 0's log is followed as it is written). Must be >=
             1.
         checkpoint_sync_interval_seconds: With staging_uri: seconds between the master pod's uploads of new complete
             checkpoints. Must be >= 1.
-        cleanup_policy: When to delete the job: always, on_success (keep a failed job's pods and logs) or never. One
-            of always, on_success, never.
+        cleanup_policy: When to delete the job: always, on_success (keep a failed job's pods and logs) or never. A
+            job still running when the launcher stops following it (timeout) is deleted unless never. One of always,
+            on_success, never.
         run_id: Folder name of the run on the shared volume or in the store; reuse a failed run's id with
             resume_from_checkpoint=true to resume it. Empty: a new unique id.
         apply_lora: If true, enables LoRA (peft). One of true, false.

@@ -109,6 +109,17 @@ def test_component_runs_a_trainjob_when_the_backend_says_so(artifacts, monkeypat
     assert outputs["metrics"].metadata["test_f1"] == 0.4
 
 
+@pytest.mark.parametrize("gpus,expected", [(0, "TRAINER_CPU_IMAGE"), (2, "TRAINER_CUDA_IMAGE")])
+def test_an_empty_image_runs_the_pods_on_the_image_for_their_device(artifacts, monkeypatch, gpus, expected):
+    import components.images
+
+    server = FakeApiServer(["succeeded"])
+    _run_component(artifacts, monkeypatch, server, image="", gpus_per_node=gpus)
+    (job,) = server.created
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == getattr(components.images, expected)
+
+
 def test_a_terminated_step_deletes_its_job_and_exits_143(artifacts, monkeypatch):
     import os
     import signal

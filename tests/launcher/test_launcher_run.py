@@ -184,8 +184,9 @@ def test_cleanup_never_keeps_a_succeeded_job_and_its_folder(artifacts):
     assert (Path(artifacts["mlflow_model_folder"]) / "MLmodel").exists()
 
 
-@pytest.mark.parametrize("policy,deleted", [("always", 1), ("on_success", 0), ("never", 0)])
-def test_timeout_raises_and_deletes_per_policy(artifacts, policy, deleted):
+@pytest.mark.parametrize("policy,deleted", [("always", 1), ("on_success", 1), ("never", 0)])
+def test_timeout_raises_and_deletes_the_unfinished_job_unless_never(artifacts, policy, deleted):
+    """on_success keeps a failed job to debug, never a running one nobody will collect."""
     server = FakeApiServer(["created", "running"])  # stays Running for ever
     clock = FakeClock()
     with pytest.raises(JobTimeout) as info:
@@ -219,12 +220,14 @@ def test_restarting_is_not_terminal(artifacts):
     ("trainjob", "status_404_no_route.txt", "Kubeflow Trainer v2"),
     ("pytorchjob", "status_409_exists.json", "already exists"),
 ])
-def test_create_errors_fail_with_a_hint(artifacts, backend, error, text):
+@pytest.mark.parametrize("policy", ["on_success", "always"])
+def test_create_errors_fail_with_a_hint(artifacts, backend, error, text, policy):
     server = FakeApiServer(["running"], create_error=error)
     with pytest.raises(JobFailed) as info:
-        launch(server, artifacts, backend=backend)
+        launch(server, artifacts, backend=backend, cleanup_policy=policy)
     assert info.value.reason == "CreateFailed" and text in str(info.value)
-    assert [m for m, _, _ in server.requests] == ["POST"]  # no watching of a job that does not exist
+    # no watching of a job that does not exist, and no delete: a 409's name is another run's job
+    assert [m for m, _, _ in server.requests] == ["POST"]
 
 
 def test_api_server_rejects_an_invalid_job(artifacts, monkeypatch):
@@ -452,13 +455,27 @@ def test_transient_api_errors_are_retried(artifacts):
     assert launch(server, artifacts).state == "Succeeded"
 
 
-def test_persistent_api_errors_fail(artifacts):
+@pytest.mark.parametrize("policy,deleted", [("always", 1), ("on_success", 1), ("never", 0)])
+def test_persistent_api_errors_fail_and_stop_the_job_unless_never(artifacts, policy, deleted):
     server = FakeApiServer(["running"])
     server.fail_gets = 100
     with pytest.raises(JobFailed) as info:
-        launch(server, artifacts, cleanup_policy="always")
+        launch(server, artifacts, cleanup_policy=policy)
     assert info.value.reason == "ApiError" and "503" in info.value.message
-    assert len(server.deleted) == 1
+    assert len(server.deleted) == deleted
+
+
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_the_job_carries_the_timeout_as_its_own_deadline(artifacts, backend):
+    """Should the launcher step die, the cluster still ends the job a little after the launcher would have."""
+    from launcher.launch import JOB_DEADLINE_GRACE_SECONDS
+
+    server = FakeApiServer(["succeeded"])
+    launch(server, artifacts, backend=backend, timeout_seconds=5000)
+    (job,) = server.created
+    spec = job["spec"]["runPolicy"] if backend == "pytorchjob" else job["spec"]
+    assert spec["activeDeadlineSeconds"] == 5000 + JOB_DEADLINE_GRACE_SECONDS
+    assert 0 < JOB_DEADLINE_GRACE_SECONDS <= 600
 
 
 def test_a_job_deleted_under_us_fails(artifacts):
