@@ -244,6 +244,7 @@ def prepare_inputs(args, work: Path) -> dict:
     from trainer.config import ModelImportConfig, PreprocessConfig
     from trainer.model_import import model_import
     from trainer.preprocess import preprocess
+    from trainer.publish import remove_entry
 
     data_dir = work / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -251,9 +252,11 @@ def prepare_inputs(args, work: Path) -> dict:
     for split, limit in (("train", args.train_samples), ("validation", args.eval_samples),
                          ("test", args.eval_samples)):
         sizes[split] = write_subset(Path(args.data_dir) / f"{split}.conll", data_dir / f"{split}.conll", limit)
-    model_out = work / "model_import"
+    model_out, pre_out = work / "model_import", work / "preprocessed"
+    for folder in (model_out, pre_out):  # an earlier run's, made again (the programs never overwrite an output)
+        if folder.exists():
+            remove_entry(folder)
     model_import(ModelImportConfig(model_selector_output=str(model_out), model_path=str(args.model_path)))
-    pre_out = work / "preprocessed"
     started = time.perf_counter()
     preprocess(PreprocessConfig(train_data=str(data_dir / "train.conll"),
                                 validation_data=str(data_dir / "validation.conll"),

@@ -195,6 +195,7 @@ def time_evaluate(work: Path, repeat: int) -> dict:
     for name, run in runs.items():
         seconds = []
         for _ in range(repeat):
+            (work / "predictions.jsonl").unlink(missing_ok=True)  # the last run's: evaluate never overwrites it
             started = time.perf_counter()
             result = run()
             seconds.append(time.perf_counter() - started)

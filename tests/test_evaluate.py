@@ -93,13 +93,14 @@ def test_a_different_split_is_scored_even_without_rescore(tiny_finetuned, tiny_p
     (data / "test.jsonl").write_text("\n".join(lines[:30]) + "\n")
     result = evaluate(_config(tiny_finetuned["pytorch"], data, tmp_path))
     assert result.source == "evaluate" and result.sentences == 30
-    validation = evaluate(_config(tiny_finetuned["pytorch"], tiny_preprocess_output, tmp_path, split="validation"))
+    validation = evaluate(_config(tiny_finetuned["pytorch"], tiny_preprocess_output, tmp_path / "validation",
+                                  split="validation"))
     assert validation.source == "evaluate"  # metrics.json's per-entity figures are the test split's
 
 
 def test_every_model_format_scores_alike(tiny_finetuned, tiny_preprocess_output, tmp_path):
-    f1 = {kind: evaluate(_config(tiny_finetuned[kind], tiny_preprocess_output, tmp_path, rescore=True)).figures["f1"]
-          for kind in ("pytorch", "mlflow", "onnx")}
+    f1 = {kind: evaluate(_config(tiny_finetuned[kind], tiny_preprocess_output, tmp_path / kind,
+                                 rescore=True)).figures["f1"] for kind in ("pytorch", "mlflow", "onnx")}
     assert f1["pytorch"] == f1["mlflow"] == f1["onnx"] > 0.9
 
 
@@ -118,7 +119,7 @@ def test_bad_input_is_exit_2(tiny_finetuned, tiny_preprocess_output, tmp_path, c
     assert evaluate_main(argv[:3] + [str(tiny_preprocess_output), "--predictions", str(out), "--split",
                                      "validation"]) == 0
     assert evaluate_main(["--model", str(tiny_finetuned["pytorch"]), "--preprocess_output", str(data),
-                          "--predictions", str(out), "--split", "validation"]) == 2
+                          "--predictions", str(tmp_path / "p2.jsonl"), "--split", "validation"]) == 2
     assert "predicts" in capsys.readouterr().err
 
 

@@ -188,9 +188,12 @@ def test_every_program_checks_its_folders_when_called_from_python(tmp_path, tiny
          ConfigError, inside, pre / "p.jsonl"),
         (predict, PredictConfig(model=str(model), data=str(data / "train.conll"), predictions=str(model / "p.jsonl")),
          ConfigError, inside, model / "p.jsonl"),
-        (data_import, DataImportConfig(data_uri=str(data), data_output=str(data / "train.conll" / "copy")),
-         InputError, "is a file, not a folder", data / "train.conll" / "copy"),
+        (data_import, DataImportConfig(data_uri=str(data), data_output=str(data / "copy")),
+         ConfigError, inside, data / "copy"),
+        (data_import, DataImportConfig(data_uri=str(data), data_output=str(tmp_path / "notes.txt" / "copy")),
+         InputError, "is a file, not a folder", tmp_path / "notes.txt" / "copy"),
     ]
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for program, config, error, message, output in calls:
         with pytest.raises(error, match=message):

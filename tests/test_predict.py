@@ -127,7 +127,7 @@ def test_bad_paths_are_exit_2(tiny_finetuned, tmp_path, capsys):
 def test_a_prediction_that_fails_half_way_leaves_no_output_and_no_temporary(tiny_finetuned, tmp_path, capsys,
                                                                            monkeypatch):
     """The predictions appear whole or not at all: a model failing on its second chunk of inputs leaves neither the
-    target nor a temporary file beside it, and an earlier complete file stays as it was."""
+    target nor a temporary file beside it, and an earlier complete file beside it stays as it was."""
     import trainer.inference
     import trainer.predict
 
@@ -154,7 +154,7 @@ def test_a_prediction_that_fails_half_way_leaves_no_output_and_no_temporary(tiny
 
     monkeypatch.setattr(trainer.inference, "load_classifier", failing_on_the_second_chunk)
     monkeypatch.setattr(trainer.predict, "CHUNK", 2)  # three inputs: two chunks
-    rc, _, err = _run(capsys, *argv)
+    rc, _, err = _run(capsys, *argv[:-1], str(out.with_name("again.jsonl")))
     assert rc == 1 and "No space left on device" in err, err
     assert out.read_bytes() == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["predictions.jsonl"]

@@ -111,3 +111,38 @@ def test_a_kill_in_the_mlflow_save_leaves_its_scratch_where_the_next_run_removes
     finetune(make_config("run", num_train_epochs=1, learning_rate=2e-3, resume_from_checkpoint=True))
     assert (mlflow_folder / "MLmodel").exists()
     assert not list(mlflow_folder.parent.glob(f".{mlflow_folder.name}.*")), "a staging folder outlived the run"
+
+
+# --- the programs that write one new output folder (preprocess, model import, data import) --------------------------
+def test_a_new_output_folder_first_removes_what_a_killed_run_left_beside_it(tmp_path):
+    from trainer.publish import new_output_folder
+
+    out = tmp_path / "pre"
+    left = [tmp_path / f".pre.{kind}-x1" for kind in ("incomplete", "old", "download")]
+    for stage in left:
+        (stage / "sub").mkdir(parents=True)
+        (stage / "sub" / "train.jsonl").write_text("{}\n")
+    others = [tmp_path / ".pre2.incomplete-x1", tmp_path / ".pre.cache"]  # another output's, and not a stage
+    for folder in others:
+        folder.mkdir()
+    with new_output_folder(out, "preprocess_output"):
+        assert not any(stage.exists() for stage in left)
+    assert all(folder.is_dir() for folder in others)
+
+
+def test_a_failed_program_removes_the_folders_it_created_for_its_output(tmp_path):
+    from trainer.publish import new_output_folder
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "notes.txt").write_text("keep me")
+    with pytest.raises(RuntimeError):
+        with new_output_folder(tmp_path / "a" / "b" / "c" / "out", "data_output"):
+            (tmp_path / "a" / "b" / "c").mkdir(parents=True)  # what staging does first
+            raise RuntimeError("the download failed")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["notes.txt"]  # b/c gone, a and its file stay
+    with pytest.raises(RuntimeError):
+        with new_output_folder(tmp_path / "x" / "out", "data_output"):
+            (tmp_path / "x").mkdir()
+            (tmp_path / "x" / "written-by-someone-else").write_text("")
+            raise RuntimeError("failed")
+    assert (tmp_path / "x" / "written-by-someone-else").exists()  # a folder that is not empty stays

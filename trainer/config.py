@@ -349,6 +349,7 @@ class DataImportConfig(Params):
     """Bring the labelled data (CoNLL / JSON Lines / CSV files) from where it lives into a Dataset folder."""
 
     GROUPS = {"io": "output", "source": "data source", "access": "hub and object-store access"}
+    INPUT_VALUES = ("data_uri",)
 
     data_output: str = path("Folder with the data: a source folder's files as they are, or a single source file "
                             "as train.<ext> (then split by preprocess).", output=True, artifact="Dataset")

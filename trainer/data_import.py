@@ -14,8 +14,8 @@ from pathlib import Path
 from trainer.config import DataImportConfig
 from trainer.errors import InputError
 from trainer.input_tree import check_file, copy_tree
-from trainer.publish import publish_dir, staging_dir
-from trainer.sources import fetch, parse_source, workdir_beside
+from trainer.publish import new_output_folder, publish_dir, staging_dir
+from trainer.sources import Source, fetch, parse_source, workdir_beside
 from trainer.validation import check_io
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,11 @@ def data_import(config: DataImportConfig) -> dict:
     source = parse_source(config.data_uri, "data_uri", revision=config.data_revision,
                           s3_endpoint_url=config.s3_endpoint_url)
     out = Path(config.data_output)
+    with new_output_folder(out, "data_output"):
+        return _import(config, source, out)
+
+
+def _import(config: DataImportConfig, source: Source, out: Path) -> dict:
     workdir = workdir_beside(out) if source.kind != "path" else None
     try:
         fetched = fetch(source, workdir or out.parent, hf_endpoint=config.hf_endpoint)
@@ -41,7 +46,7 @@ def data_import(config: DataImportConfig) -> dict:
                 files = copy_tree(fetched.path, stage)
                 if not files:
                     raise InputError(f"data_uri {config.data_uri} holds no files")
-            publish_dir(stage, out, replace=True)
+            publish_dir(stage, out)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     finally:

@@ -29,7 +29,7 @@ import numpy as np
 from trainer.config import EvaluateConfig
 from trainer.constants import METRICS_FILE, PREPROCESS_ARGS_FILE, SPLIT_FILES
 from trainer.errors import InputError
-from trainer.publish import write_file_atomic
+from trainer.publish import ensure_new_file, write_file_atomic
 from trainer.validation import check_io
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     """Write the predictions of `config.split` by `config.model` and report its figures: the fine-tune's own
     predictions and figures when it scored this very split (no model is loaded then), else predicted here."""
     check_io(config)  # inputs exist, outputs are writable and never inside an input or each other
+    ensure_new_file(config.predictions, "predictions")
     started = time.perf_counter()
     data_dir = Path(config.preprocess_output)
     _split_file(data_dir, config.split)
@@ -173,6 +174,8 @@ def _preprocess_args(data_dir: Path) -> dict:
 
 
 def _split_file(data_dir: Path, split: str) -> Path:
+    if not data_dir.is_dir():
+        raise InputError(f"preprocess_output {data_dir} is a file; give the preprocess output folder")
     split_file = data_dir / SPLIT_FILES[split]
     if not split_file.exists():
         raise InputError(f"preprocess output {data_dir} has no {split} split ({split_file.name}); "

@@ -30,7 +30,7 @@ from trainer.constants import MODEL_MARKERS, MODEL_SELECTOR_ARGS, TOKENIZER_FILE
 from trainer.errors import InputError
 from trainer.input_tree import boundary, iter_files
 from trainer.model_io import read_model_selector_args, resolve_model_dir
-from trainer.publish import publish_dir, staging_dir
+from trainer.publish import new_output_folder, publish_dir, staging_dir
 from trainer.sources import fetch, parse_source, workdir_beside
 from trainer.validation import check_io
 
@@ -147,13 +147,14 @@ def model_import(config: ModelImportConfig) -> dict:
     what = "model" if config.model else ("model_path" if config.model_path else "mlflow_model_path")
     source = parse_source(given, what, revision=config.model_revision, s3_endpoint_url=config.s3_endpoint_url)
     out = Path(config.model_selector_output)
-    workdir = workdir_beside(out) if source.kind != "path" else None
-    try:
-        fetched = fetch(source, workdir or out.parent, hf_endpoint=config.hf_endpoint)
-        return _import(config, fetched.path, what, fetched.provenance, move=fetched.downloaded)
-    finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with new_output_folder(out, "model_selector_output"):
+        workdir = workdir_beside(out) if source.kind != "path" else None
+        try:
+            fetched = fetch(source, workdir or out.parent, hf_endpoint=config.hf_endpoint)
+            return _import(config, fetched.path, what, fetched.provenance, move=fetched.downloaded)
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _import(config: ModelImportConfig, src: Path, what: str, provenance: dict, *, move: bool) -> dict:
@@ -204,7 +205,7 @@ def _import(config: ModelImportConfig, src: Path, what: str, provenance: dict, *
             raise InputError(f"no config.json or adapter_config.json in {model_dir}")
         meta["has_tokenizer"] = any((stage / f).exists() for f in TOKENIZER_FILES)
         (stage / MODEL_SELECTOR_ARGS).write_text(json.dumps(meta, indent=2))
-        publish_dir(stage, out, replace=True)
+        publish_dir(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     logger.info("imported %s (%s) from %s into %s: %s", meta["model_name"], family, meta.get("source_uri", model_dir),

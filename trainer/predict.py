@@ -22,7 +22,7 @@ from typing import Iterator
 
 from trainer.config import PredictConfig
 from trainer.errors import InputError
-from trainer.publish import write_file_atomic
+from trainer.publish import ensure_new_file, write_file_atomic
 from trainer.validation import check_io
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def predict(config: PredictConfig) -> dict:
     from trainer.inference import load_classifier, model_format
 
     check_io(config)  # inputs exist, outputs are writable and never inside an input or each other
+    ensure_new_file(config.predictions, "predictions")
     source, target = data_file(config.data).resolve(), Path(config.predictions)
     if target.resolve() == source:
         raise InputError(f"predictions {target} is the data file: give another path (outputs never overwrite inputs)")

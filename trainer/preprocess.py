@@ -37,7 +37,7 @@ from trainer.constants import CLASS_NAMES_FILE, IGNORE_INDEX, PREPROCESS_ARGS_FI
 from trainer.errors import InputError, preview
 from trainer.jsonio import write_jsonl
 from trainer.model_io import read_model_selector_args, resolve_model_dir
-from trainer.publish import publish_dir, staging_dir
+from trainer.publish import new_output_folder, publish_dir, staging_dir
 from trainer.readers import Corpus, ReadOptions, Sentence, read, resolve_sources
 from trainer.validation import check_io
 
@@ -316,6 +316,11 @@ def preprocess(config: PreprocessConfig) -> dict:
     Returns a summary: split sizes, class names, tag scheme, model name, windows.
     """
     check_io(config)  # inputs exist, outputs are writable and never inside an input or each other
+    with new_output_folder(config.preprocess_output, "preprocess_output"):
+        return _preprocess(config)
+
+
+def _preprocess(config: PreprocessConfig) -> dict:
     # The tokenizer first: a model folder without one fails before any data is read.
     tokenizer, tok_folder, prefix = load_tokenizer(config.model_selector_output,
                                                    parse_auto_bool(config.add_prefix_space, "add_prefix_space"))
@@ -400,7 +405,7 @@ def preprocess(config: PreprocessConfig) -> dict:
             split_sentences=split_count, windowing=windowed, labels_not_in_train=unseen,
             num_labels=len(class_names), class_names=class_names)
         (stage / PREPROCESS_ARGS_FILE).write_text(json.dumps(record, indent=2, default=str))
-        publish_dir(stage, config.preprocess_output, replace=True)
+        publish_dir(stage, config.preprocess_output)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

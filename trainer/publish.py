@@ -6,17 +6,19 @@ with `os.replace`, the one atomic step POSIX filesystems give.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from trainer.errors import InputError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+STAGE_KINDS = ("incomplete", "old", "download")  # .NAME.<kind>-XXXX folders beside an output NAME while it is written
 PUBLISHED_RECORD = ".published.json"  # in a model folder: the outputs it published beside itself (publish_output)
 
 
@@ -61,10 +63,42 @@ def ensure_empty_or_absent(folder: str | Path, name: str, published_from: str | 
     """`folder` can take a new output: absent, empty, or the one `published_from` published earlier (a killed or
     resumed run of the same output, replaced as a whole when published again)."""
     folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{name} {folder} is a file; give a folder")
+    if folder.is_dir() and any(folder.iterdir()):
         if published_from is not None and published_by(folder, published_from):
             return
         raise InputError(f"{name} {folder} already exists and is not empty; give an empty or new folder")
+
+
+def ensure_new_file(path: str | Path, name: str) -> None:
+    """`path` can take a new output file: nothing is there (an existing file is never overwritten)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{name} {path} is a folder; give a file path")
+    if path.exists() or path.is_symlink():
+        raise InputError(f"{name} {path} already exists; give a new path (outputs are never overwritten)")
+
+
+@contextlib.contextmanager
+def new_output_folder(folder: str | Path, name: str) -> Iterator[None]:
+    """Around a program that writes one new output folder: `folder` must be absent or empty (InputError), what a
+    killed earlier run left beside it goes (`remove_stale_stages`), and if the program fails, the parent folders
+    it created for `folder` are removed again (when empty): a failed run leaves nothing behind."""
+    folder = Path(os.path.abspath(folder))
+    ensure_empty_or_absent(folder, name)
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    remove_stale_stages(folder)
+    try:
+        yield
+    except BaseException:
+        for created in missing:  # deepest first
+            try:
+                created.rmdir()
+            except OSError:  # not empty (or already gone): leave it
+                if created.exists():
+                    break
+        raise
 
 
 def tree_fingerprint(folder: str | Path) -> str:
@@ -115,13 +149,13 @@ def publish_output(staged: Path, target: str | Path, root: str | Path) -> None:
 
 
 def remove_stale_stages(target: str | Path, keep: Path | None = None) -> None:
-    """Remove the staging folders a killed run left beside `target` (`.NAME.incomplete-*`, `.NAME.old-*`), all but
-    `keep` (the one being published)."""
+    """Remove the staging folders a killed run left beside `target` (`.NAME.incomplete-*`, `.NAME.old-*`,
+    `.NAME.download-*`), all but `keep` (the one being published)."""
     target = Path(target)
     if target.parent.is_dir():
         for stale in target.parent.glob(f".{target.name}.*"):
-            if stale != keep and stale.is_dir() and stale.name.startswith((f".{target.name}.incomplete-",
-                                                                          f".{target.name}.old-")):
+            if stale != keep and stale.is_dir() and stale.name.startswith(tuple(
+                    f".{target.name}.{kind}-" for kind in STAGE_KINDS)):
                 shutil.rmtree(stale, ignore_errors=True)
 
 
