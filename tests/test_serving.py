@@ -46,6 +46,69 @@ def test_mlflow_model_returns_words_labels_and_entities(pyfunc, tiny_finetuned):
     assert "torchvision" not in requirements and "transformers==" in requirements and "torch==" in requirements
 
 
+SERVE = """
+import json, sys
+import mlflow.pyfunc
+
+[result] = mlflow.pyfunc.load_model(sys.argv[1]).predict(["alice lives in paris ."])
+print(json.dumps(result["entities"]))
+"""
+
+
+def _site_with_only(distributions: set[str], folder: Path) -> Path:
+    """A site-packages folder holding only `distributions` (links to their installed files), like an environment
+    pip built from those names."""
+    from importlib import metadata
+
+    folder.mkdir()
+    for name in distributions:
+        try:
+            files = metadata.distribution(name).files or []
+        except metadata.PackageNotFoundError:
+            continue
+        dist = metadata.distribution(name)
+        for top in {f.parts[0] for f in files if f.parts and f.parts[0] != ".."}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (folder / top).exists():
+                (folder / top).symlink_to(source)
+    return folder
+
+
+def _with_dependencies(names: set[str]) -> set[str]:
+    """`names` and every distribution they require, recursively (extras left out): what pip would install."""
+    import re
+    from importlib import metadata
+
+    seen, todo = set(), [n.lower().replace("_", "-") for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [re.split(r"[ ;<>=!~\\[(]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requires
+                 if "extra ==" not in r]
+    return seen
+
+
+def test_the_mlflow_model_serves_with_only_what_its_requirements_install(tiny_finetuned, tmp_path):
+    """An environment built from requirements.txt (`mlflow models serve`'s default) is enough: with only those
+    distributions and their dependencies importable (python -S: no site-packages), the model loads from its own code
+    and predicts entity spans."""
+    pinned = {line.split("==")[0].strip() for line in (tiny_finetuned["mlflow"] / "requirements.txt").read_text()
+              .splitlines() if line.strip() and not line.startswith("#")}
+    site = _site_with_only(_with_dependencies(pinned), tmp_path / "site")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-S", "-c", SERVE, str(tiny_finetuned["mlflow"])], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    entities = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [(e["text"], e["label"]) for e in entities] == [("alice", "person"), ("paris", "location")]
+
+
 @pytest.mark.parametrize("given,expected_words", [
     ([""], [[]]), (["   "], [[]]), ([None], [[]]), ([], []),
     (pd.DataFrame({"text": ["bob in rome", None]}), [["bob", "in", "rome"], []]),

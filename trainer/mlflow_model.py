@@ -36,7 +36,8 @@ from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
 from trainer.constants import PREDICTIONS_FILES
 
-SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas")
+# What the served code imports (trainer.inference; seqeval reads the entity spans: trainer.schemes).
+SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "seqeval")
 MODEL_ARTIFACT = "model"
 # What load_model(..., model_config={...}) may override: "precision": "auto" serves in the training precision where
 # the device computes it natively (trainer.precision), "32" in fp32.
