@@ -116,6 +116,12 @@ def test_the_mlflow_model_serves_with_only_what_its_requirements_install(tiny_fi
     (pd.DataFrame({"text": pd.Series([], dtype=object)}), []),
     (pd.Series(["oslo"]), [["oslo"]]),
     (["alice 😀 東京 москва"], [["alice", "😀", "東", "京", "москва"]]),
+    # what `mlflow models serve` passes for {"inputs": "a text"}: a 0-d array, one text (not one per character)
+    (np.array("bob in rome"), [["bob", "in", "rome"]]),
+    ([["bob", "in", "rome"], ["oslo"]], [["bob", "in", "rome"], ["oslo"]]),  # pre-split words, kept as words
+    (np.array([["bob", "in", "rome"]]), [["bob", "in", "rome"]]),
+    ({"text": ["bob in rome", "oslo"]}, [["bob", "in", "rome"], ["oslo"]]),  # a dict: its columns
+    ({"text": "bob in rome"}, [["bob", "in", "rome"]]),
 ])
 def test_mlflow_model_takes_every_input_shape_and_never_raises(pyfunc, given, expected_words):
     results = pyfunc.predict(given)
@@ -193,6 +199,10 @@ def test_mlflow_models_serve_answers_invocations(tiny_finetuned, tmp_path):
         assert empty["words"] == [] and none["entities"] == []
         status, body = _post(port, {"inputs": []})
         assert (status, body["predictions"]) == (200, [])
+        status, body = _post(port, {"inputs": "bob in rome"})
+        assert status == 200 and [p["labels"] for p in body["predictions"]] == [["B-person", "O", "B-location"]]
+        status, body = _post(port, {"inputs": [["bob", "in", "rome"]]})
+        assert status == 200 and [p["words"] for p in body["predictions"]] == [["bob", "in", "rome"]]
         status, body = _post(port, {"dataframe_split": {"columns": ["text"], "data": [["bob in rome"], [None]]}})
         assert status == 200 and [p["labels"] for p in body["predictions"]] == [["B-person", "O", "B-location"], []]
     finally:

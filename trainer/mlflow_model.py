@@ -6,8 +6,9 @@ scheme its entities follow, and serving.json: the precision it was trained and i
 model's code (MLflow "models from code": no pickle), `code/trainer/` (this package: the loader and the core travel
 with the model) and explicit pip requirements.
 
-`mlflow.pyfunc.load_model(path).predict(x)` takes a string, a list of strings, a pandas DataFrame (its `text`
-column, else its first) or Series, and returns one dict per input (offsets index the text):
+`mlflow.pyfunc.load_model(path).predict(x)` takes a string, a list of strings or of word lists (pre-split), a pandas
+DataFrame (its `text` column, else its first), a dict of such columns or a Series, and returns one dict per input
+(offsets index the text):
 `{"text", "words", "labels", "scores", "offsets", "entities": [{"text", "label", "start", "end", "score"}]}`.
 Empty or missing text gives empty lists, never an exception. `mlflow models serve` answers `POST /invocations`
 with `{"predictions": [...]}` in the same shape. `load_model(path, model_config={"precision": "32"})` serves a
@@ -30,6 +31,7 @@ from typing import Any, Optional
 
 import mlflow.models
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
@@ -69,20 +71,37 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def as_inputs(model_input: Any) -> list[Optional[str]]:
-    """The texts a pyfunc call means: one per row; missing values (None, NaN) are empty texts."""
+def as_inputs(model_input: Any) -> list[Optional[str | list[str]]]:
+    """The inputs a pyfunc call means, one per row: a text, or a list of words (pre-split, as the inference core
+    takes it); missing values (None, NaN) are empty texts. A DataFrame gives its `text` column (else its first), a
+    dict is read as such columns, and a 0-d array (what `mlflow models serve` makes of `{"inputs": "a text"}`) is
+    its one value."""
     if model_input is None:
         return []
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame({k: v if isinstance(v, (list, tuple, pd.Series, np.ndarray)) else [v]
+                                    for k, v in model_input.items()})
+    if isinstance(model_input, np.ndarray) and model_input.ndim == 0:
+        model_input = [model_input.item()]
     if isinstance(model_input, str):
         return [model_input]
     if isinstance(model_input, pd.DataFrame):
         if model_input.shape[1] == 0:
             return []
         model_input = model_input["text" if "text" in model_input.columns else model_input.columns[0]]
-    if hasattr(model_input, "tolist"):  # pandas Series, numpy array
+    if hasattr(model_input, "tolist"):  # pandas Series, numpy array (a 2-D one: one word list per row)
         model_input = model_input.tolist()
-    return [v if isinstance(v, str) else None if v is None or (isinstance(v, float) and v != v) else str(v)
-            for v in model_input]
+    return [_one_input(v) for v in model_input]
+
+
+def _one_input(value: Any) -> Optional[str | list[str]]:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(word) for word in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    return str(value)
 
 
 class TokenClassificationModel(mlflow.pyfunc.PythonModel):
