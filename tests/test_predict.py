@@ -65,6 +65,23 @@ def test_jsonl_conll_and_csv_inputs(tiny_finetuned, tmp_path, capsys):
     assert _rows(tmp_path / "data-csv.jsonl")[0]["labels"] == ["B-person", "O", "B-location", "O"]
 
 
+@pytest.mark.parametrize("name,content", [
+    ("texts.txt", "alice lives in paris .\n"),
+    ("rows.jsonl", json.dumps({"text": "alice lives in paris ."}) + "\n"),
+    ("words.conll", "alice\nlives\nin\nparis\n.\n"),
+    ("table.csv", "text\nalice lives in paris .\n"),  # Excel's "CSV UTF-8" starts with the mark
+])
+def test_a_utf8_byte_order_mark_is_not_data(tiny_finetuned, tmp_path, capsys, name, content):
+    data = tmp_path / name
+    data.write_text("\ufeff" + content, encoding="utf-8")
+    out = tmp_path / "predictions.jsonl"
+    rc, _, err = _run(capsys, "--model", str(tiny_finetuned["pytorch"]), "--data", str(data), "--predictions", str(out))
+    assert rc == 0, err
+    [row] = _rows(out)
+    assert row["words"] == ["alice", "lives", "in", "paris", "."]
+    assert [e["text"] for e in row["entities"]] == ["alice", "paris"]
+
+
 def test_pytorch_mlflow_and_onnx_folders_predict_alike(tiny_finetuned, tmp_path, capsys):
     from conftest import make_sentences
 

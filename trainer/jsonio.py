@@ -24,7 +24,7 @@ def iter_jsonl(path: str | Path, *, objects: bool = True) -> Iterator[tuple[int,
     """(line number, value) of each non-blank line; with `objects`, each value must be a JSON object."""
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark (Windows editors write one) is not data
             for line_no, line in enumerate(handle, 1):
                 if not line.strip():
                     continue

@@ -55,7 +55,8 @@ def data_format(path: Path, requested: str) -> str:
 
 
 def read_inputs(config: PredictConfig) -> Iterator[tuple[object, object]]:
-    """(id, raw text or word list) of every input, in file order; InputError naming the line of a bad one."""
+    """(id, raw text or word list) of every input, in file order; InputError naming the line of a bad one. A UTF-8
+    byte-order mark (Excel's "CSV UTF-8", Windows editors) is skipped, as the training data readers do."""
     path = data_file(config.data)
     kind = data_format(path, config.data_format)
     try:
@@ -65,7 +66,7 @@ def read_inputs(config: PredictConfig) -> Iterator[tuple[object, object]]:
 
 
 def _text_lines(path: Path, config: PredictConfig):
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line_no, line in enumerate(handle, 1):
             yield line_no, line.rstrip("\r\n")
 
@@ -84,7 +85,7 @@ def _jsonl(path: Path, config: PredictConfig):
 
 def _conll(path: Path, config: PredictConfig):
     words, first_line = [], 1
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line_no, line in enumerate(handle, 1):
             token = line.split()[0] if line.strip() else None
             if token is None or token == "-DOCSTART-":
@@ -98,7 +99,7 @@ def _conll(path: Path, config: PredictConfig):
 
 
 def _csv(path: Path, config: PredictConfig):
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         if config.text_column not in (reader.fieldnames or []):
             raise InputError(f"{path}: no column {config.text_column!r} (text_column); columns: {reader.fieldnames}")
