@@ -55,6 +55,20 @@ def test_resume_mid_epoch_after_the_first_is_bit_identical(make_config, group_by
         Path(straight.best_checkpoint).name)
 
 
+def test_resuming_a_run_that_trained_all_its_steps_trains_no_more(make_config):
+    """max_steps ending mid-epoch: the resumed run publishes the same model from the last checkpoint (stock
+    transformers 5.24 trained one step more, to checkpoint-3, and published that)."""
+    values = dict(max_steps=2, per_device_train_batch_size=4, num_train_epochs=1, lr_scheduler_type="constant",
+                  export_onnx=False)
+    first = finetune(make_config("done", **values))
+    root = Path(first.pytorch_model_folder)
+    published = weights_digest(root)
+    assert [p.name for p in root.glob("checkpoint-*")] == ["checkpoint-2"]
+    again = finetune(make_config("done", resume_from_checkpoint=True, **values))
+    assert [p.name for p in root.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert weights_digest(root) == published and again.best_checkpoint == first.best_checkpoint
+
+
 def test_rerun_into_a_folder_with_checkpoints_needs_resume(make_config):
     from trainer.errors import InputError
 

@@ -40,6 +40,21 @@ class TokenClassificationTrainer(Trainer):
             self.meter.add(loss, inputs.get("attention_mask"), inputs["input_ids"], padding)
         return loss
 
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial):
+        """Resuming from a checkpoint that already reached `max_steps` trains nothing: no epoch is left to run, so
+        the loop goes straight to its end (the best model loaded, as after the last step). Stock transformers 5.24
+        runs the rest of that epoch's loop and checks the step limit only after a step, so it trained one step more
+        than asked (and published that model) whenever max_steps ended mid-epoch."""
+        epochs_trained, steps_trained = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial)
+        if resume_from_checkpoint is not None and self.state.global_step >= max_steps:
+            if self.is_world_process_zero():
+                logger.info("%s already reached step %d of %d: nothing left to train", resume_from_checkpoint,
+                            self.state.global_step, max_steps)
+            return num_train_epochs, 0
+        return epochs_trained, steps_trained
+
     def _load_best_model(self):
         """The best checkpoint's weights, unless it is the checkpoint saved at the last step: the model in memory
         holds exactly those weights (nothing trains after that save), and reading them again would only add a
