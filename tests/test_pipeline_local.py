@@ -117,6 +117,45 @@ def test_local_run_helpers(tmp_path, conll_dir):
     assert data is not None and (data / "train.conll").exists() and (data / "README.md").exists()
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--precision", "8"], "precision='8' is not one of ['32', '16']"),
+    (["--apply_lora", "yes"], "apply_lora='yes' is not one of ['true', 'false']"),
+    (["--tag_scheme", "xyz"], "tag_scheme='xyz' is not one of"),
+    (["--learning_rate", "-1"], "learning_rate must be > 0"),
+    (["--finetune_tolerations", '{"key": "gpu"}'], "expected a JSON list, got dict"),
+    (["--finetune_node_selector", "{bad"], "--finetune_node_selector/--finetune-node-selector: not valid JSON"),
+    (["--runner", "foo"], "invalid choice: 'foo'"),
+    (["--data-dir", "{tmp}/nowhere"], "--data-dir {tmp}/nowhere not found"),
+    (["--data-dir", "{data}/train.conll"], "is a file; give the folder"),
+    (["--output-dir", "{data}/run"], "overlap: the run's outputs never go into its inputs"),
+])
+def test_a_bad_local_run_fails_in_one_line_before_any_step(conll_dir, tiny_model_selector, tmp_path, capsys, flags,
+                                                           message):
+    """Exit 2 and one line before the first step runs (each step would refuse the value only when reached, after
+    the steps before it had run), and nothing created."""
+    import shutil
+
+    from pipelines.local_run import main
+
+    data = tmp_path / "data"
+    shutil.copytree(conll_dir, data)
+    before = sorted(tmp_path.rglob("*"))
+    def fill(text: str) -> str:
+        return text.replace("{tmp}", str(tmp_path)).replace("{data}", str(data))
+
+    flags = [fill(f) for f in flags]
+    argv = ["--data-dir", str(data), "--model_path", str(tiny_model_selector), "--output-dir", str(tmp_path / "out"),
+            *flags]
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        rc = exit_.code
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert fill(message) in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_every_help_explains_each_option_once(capsys):
     """--help of each command: every option described, no empty or doubled "(default: ...)"."""
     import re
