@@ -331,6 +331,33 @@ def test_a_byte_level_bpe_model_with_merged_lora_serves_real_words(byte_level_mo
     assert scores(gold, [p.labels for p in predictions], "iob2")[0]["f1"] > 0.8  # an empty tokenizer scores ~0
 
 
+def test_every_output_serves_in_the_window_it_was_trained_on(conll_dir, tiny_model_selector, tmp_path):
+    """Trained on windows of 24 sub-tokens (preprocess max_seq_length; the tiny model's own limit is 64), every output
+    windows long texts at 24 too unless told otherwise, says so (metrics.json, MLflow metadata), and still labels
+    every word of a text many windows long."""
+    import mlflow.models
+
+    from trainer.config import FinetuneConfig, PreprocessConfig
+    from trainer.preprocess import preprocess
+
+    data = tmp_path / "data"
+    preprocess(PreprocessConfig(train_data=str(conll_dir / "train.conll"), test_data=str(conll_dir / "test.conll"),
+                                model_selector_output=str(tiny_model_selector), preprocess_output=str(data),
+                                max_seq_length=24))
+    out = {kind: tmp_path / kind for kind in ("pytorch", "mlflow", "onnx")}
+    finetune(FinetuneConfig(preprocess_output=str(data), model_selector_output=str(tiny_model_selector),
+                            pytorch_model_folder=str(out["pytorch"]), mlflow_model_folder=str(out["mlflow"]),
+                            onnx_model_folder=str(out["onnx"]), max_steps=2, per_device_train_batch_size=16))
+    for kind, folder in out.items():
+        assert load_classifier(folder).max_length == 24, kind
+        assert load_classifier(folder, max_length=64).max_length == 64, kind  # the model's limit, when asked
+    assert mlflow.models.Model.load(str(out["mlflow"])).metadata["max_length"] == 24
+    assert json.loads((out["pytorch"] / "metrics.json").read_text())["max_seq_length"] == 24
+    long_text = " ".join(["alice lives in paris ."] * 40)  # 200 words
+    served = load_classifier(out["mlflow"]).predict([long_text])[0]
+    assert len(served.words) == len(served.labels) == 200
+
+
 def test_onnx_export_matches_pytorch(tiny_finetuned):
     import onnx
 

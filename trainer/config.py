@@ -423,7 +423,8 @@ class PredictConfig(Params):
                               "text_column).", group="data")
     batch_size: int = param(32, "Inference batch size (windows are sorted by length first).", group="inference",
                             minimum=1)
-    max_length: int = param(0, "Sub-tokens per window; 0: the model's maximum.", group="inference", minimum=0)
+    max_length: int = param(0, "Sub-tokens per window; 0: the window the model was trained on (its preprocess "
+                            "max_seq_length), else the model's maximum.", group="inference", minimum=0)
     stride: int = param(128, "Sub-tokens repeated between neighbouring windows of a long input (at most half a "
                         "window).", group="inference", minimum=0)
     device: str = param("auto", "Where the model runs: auto (a GPU when there is one), cpu or cuda.",

@@ -34,6 +34,9 @@ class FinetuneResult:
     train_tokens: int
     train_metrics: dict = field(default_factory=dict)
     tag_scheme: Optional[str] = None  # what precision/recall/f1 mean: trainer.metrics.describe(tag_scheme)
+    # the window the model trained on (preprocess's max_seq_length as it took effect): what it is served in
+    # (trainer.inference.recorded_window)
+    max_seq_length: Optional[int] = None
     onnx_export: dict = field(default_factory=dict)  # filled when onnx_model_folder is given
     scored_splits: dict = field(default_factory=dict)  # split -> sha256 of the file scored above
     # the split the published model was scored on through the inference core (test, else validation): its
@@ -194,6 +197,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         train_tokens=data.train.num_tokens,
         train_metrics=train_output.metrics,
         tag_scheme=trainer.compute_metrics.scheme,
+        max_seq_length=data.preprocess_args.get("effective_max_seq_length"),
         scored_splits=split_digests(config.preprocess_output, ["validation"] + (["test"] if data.test else [])),
         predictions={"split": "test" if data.test is not None else "validation"},
     )

@@ -41,7 +41,7 @@ DEFAULT_STRIDE = 128  # sub-tokens repeated between neighbouring windows of a lo
 ONNX_FILE = "model.onnx"
 EXPORT_INFO = "onnx_export.json"
 TAG_SCHEME_FILE = "tag_scheme.json"  # {"tag_scheme": ...} beside a served model that has no run records
-SERVING_FILE = "serving.json"  # {"precision": ...} beside a served model that has no run records
+SERVING_FILE = "serving.json"  # {"precision", "max_length"} beside a served model that has no run records
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 # --------------------------------------------------------------------------------------------------
@@ -391,7 +391,8 @@ def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int =
     """A TokenClassifier for a pytorch_model_folder (merged, or unmerged LoRA), an MLflow model folder of ours or an
     onnx_model_folder; each carries its tokenizer and label map, and its tag scheme where recorded. precision "auto"
     serves a PyTorch model in the precision it was trained in (`recorded_precision`, `trainer.precision`); "32"
-    forces fp32. An ONNX model computes in fp32."""
+    forces fp32. An ONNX model computes in fp32. Windows hold `max_length` sub-tokens, by default the window the
+    model was trained on (`recorded_window`), else the model's limit."""
     path = Path(path)
     if precision not in ("auto", *PRECISIONS):
         raise InputError(f"precision must be auto, 32 or 16, got {precision!r}")
@@ -417,8 +418,8 @@ def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int =
     limit = getattr(config, "max_position_embeddings", None) or 512
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
         limit -= 2  # positions start after the padding index
-    return TokenClassifier(backend, tokenizer, config.id2label, max_length=max_length, stride=stride,
-                           batch_size=batch_size, model_max_length=limit,
+    return TokenClassifier(backend, tokenizer, config.id2label, max_length=max_length or recorded_window(path),
+                           stride=stride, batch_size=batch_size, model_max_length=limit,
                            tag_scheme=recorded_tag_scheme(path))
 
 
@@ -458,6 +459,28 @@ def recorded_precision(folder: Path) -> str:
     return "32"
 
 
+def recorded_window(folder: Path) -> Optional[int]:
+    """The window, in sub-tokens, a model folder was trained on (preprocess's max_seq_length as it took effect):
+    its serving.json (a served copy), else its metrics.json (a finished pytorch_model_folder), else the
+    preprocess_args.json of the data its finetune_args.json names (one being published); None when none records it
+    (an imported model). Served in longer windows, positions the fine-tune never saw cost recall on long texts."""
+    from trainer.constants import FINETUNE_ARGS, METRICS_FILE, PREPROCESS_ARGS_FILE
+    from trainer.jsonio import read_json
+
+    def recorded(file: Path, key: str) -> Optional[int]:
+        data = read_json(file) if file.is_file() else {}
+        value = data.get(key) if isinstance(data, dict) else None
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InputError(f"{file}: {key}={value!r} is not a positive whole number")
+        return value
+
+    window = recorded(folder / SERVING_FILE, "max_length") or recorded(folder / METRICS_FILE, "max_seq_length")
+    if window is None and (folder / FINETUNE_ARGS).is_file():
+        data = read_json(folder / FINETUNE_ARGS).get("preprocess_output")
+        window = recorded(Path(data) / PREPROCESS_ARGS_FILE, "effective_max_seq_length") if data else None
+    return window
+
+
 def copy_tag_scheme(model_dir: Path, target: Path) -> Optional[str]:
     """Write the tag scheme `model_dir` records into `target`/tag_scheme.json (a served copy without the run
     records: the MLflow model's folder, the ONNX folder); returns it (None: nothing recorded, nothing written)."""
@@ -469,14 +492,18 @@ def copy_tag_scheme(model_dir: Path, target: Path) -> Optional[str]:
     return scheme
 
 
-def copy_precision(model_dir: Path, target: Path) -> str:
-    """Write the precision `model_dir` was trained in into `target`/serving.json (a served copy without the run
-    records); returns it."""
+def copy_serving_settings(model_dir: Path, target: Path, *, precision: bool = True) -> dict:
+    """Write how `model_dir` is served into `target`/serving.json (a served copy without the run records): the
+    precision it was trained in (not for an ONNX copy: it computes in fp32) and the window it was trained on
+    (`recorded_window`, when recorded); returns them."""
     import json
 
-    precision = recorded_precision(Path(model_dir))
-    (Path(target) / SERVING_FILE).write_text(json.dumps({"precision": precision}) + "\n")
-    return precision
+    settings = {"precision": recorded_precision(Path(model_dir))} if precision else {}
+    window = recorded_window(Path(model_dir))
+    if window is not None:
+        settings["max_length"] = window
+    (Path(target) / SERVING_FILE).write_text(json.dumps(settings) + "\n")
+    return settings
 
 
 def load_serving_tokenizer(model_dir: Path):

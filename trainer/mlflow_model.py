@@ -1,10 +1,10 @@
 """The MLflow model: a pyfunc on the inference core (trainer.inference), self-contained and served offline.
 
 Layout (written by `save_mlflow_model`): `MLmodel` with a signature and an input example, `artifacts/model/` (the
-best model, merged, with its tokenizer and label map: a plain Hugging Face folder, plus tag_scheme.json: the
-scheme its entities follow, and serving.json: the precision it was trained and is served in), this file as the
-model's code (MLflow "models from code": no pickle), `code/trainer/` (this package: the loader and the core travel
-with the model) and explicit pip requirements.
+best model, merged, with its tokenizer and label map: a plain Hugging Face folder, plus tag_scheme.json: the scheme
+its entities follow, and serving.json: the precision and window it was trained on and is served in), this file as
+the model's code (MLflow "models from code": no pickle), `code/trainer/` (this package: the loader and the core
+travel with the model) and explicit pip requirements.
 
 `mlflow.pyfunc.load_model(path).predict(x)` takes a string, a list of strings or of word lists (pre-split), a pandas
 DataFrame (its `text` column, else its first), a dict of such columns or a Series, and returns one dict per input
@@ -120,8 +120,9 @@ class TokenClassificationModel(mlflow.pyfunc.PythonModel):
 def serving_copy(model_dir: Path, target: Path) -> None:
     """The served model alone: the root model files of a fine-tune output (no checkpoints, no run records), an
     unmerged LoRA output merged into a plain model, always with the tokenizer, and what the output's run records say
-    of serving (they stay behind): its tag scheme in tag_scheme.json, its training precision in serving.json."""
-    from trainer.inference import copy_precision, copy_tag_scheme, load_serving_tokenizer
+    of serving (they stay behind): its tag scheme in tag_scheme.json, its training precision and window in
+    serving.json."""
+    from trainer.inference import copy_serving_settings, copy_tag_scheme, load_serving_tokenizer
 
     tokenizer = load_serving_tokenizer(model_dir)
     target.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,7 @@ def serving_copy(model_dir: Path, target: Path) -> None:
             if item.is_file() and not item.name.startswith(NOT_SERVED):
                 shutil.copy2(item, target / item.name)
     copy_tag_scheme(model_dir, target)
-    copy_precision(model_dir, target)
+    copy_serving_settings(model_dir, target)
 
 
 def save_mlflow_model(model_dir: str | Path, path: str | Path, scratch: str | Path | None = None) -> None:

@@ -34,7 +34,7 @@ def export_onnx(model_dir: str | Path, target: str | Path, published_from: str |
     import onnxruntime
     import torch
 
-    from trainer.inference import copy_tag_scheme, load_serving_tokenizer
+    from trainer.inference import copy_serving_settings, copy_tag_scheme, load_serving_tokenizer
     from trainer.model_io import load_token_classification_model
     from trainer.publish import ensure_empty_or_absent, publish_dir, publish_output, staging_dir
 
@@ -53,7 +53,8 @@ def export_onnx(model_dir: str | Path, target: str | Path, published_from: str |
         diff = _verify(wrapper, inputs, sample["attention_mask"].astype(bool), stage / ONNX_FILE, model_dir)
         model.config.save_pretrained(stage)  # id2label / label2id for the served labels
         tokenizer.save_pretrained(stage)
-        copy_tag_scheme(model_dir, stage)  # the run records stay behind: the spans' scheme goes with the model
+        copy_tag_scheme(model_dir, stage)  # the run records stay behind: the spans' scheme goes with the model,
+        copy_serving_settings(model_dir, stage, precision=False)  # and the window it was trained on
         record = {"exporter": "torch.onnx.export (TorchScript)", "opset": OPSET, "inputs": list(inputs),
                   "outputs": ["logits"], "dynamic_axes": ["batch", "sequence"], "max_abs_logit_diff": diff,
                   "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,

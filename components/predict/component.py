@@ -40,7 +40,8 @@ def predict(
         text_column: JSON Lines / CSV column holding raw text (cut into words like the served model does).
         words_column: JSON Lines column holding pre-split words (used when a row has no text_column).
         batch_size: Inference batch size (windows are sorted by length first). Must be >= 1.
-        max_length: Sub-tokens per window; 0: the model's maximum. Must be >= 0.
+        max_length: Sub-tokens per window; 0: the window the model was trained on (its preprocess max_seq_length),
+            else the model's maximum. Must be >= 0.
         stride: Sub-tokens repeated between neighbouring windows of a long input (at most half a window). Must be >=
             0.
         device: Where the model runs: auto (a GPU when there is one), cpu or cuda. One of auto, cpu, cuda.
