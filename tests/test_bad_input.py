@@ -624,6 +624,8 @@ CASES = {
     "import-mlmodel-not-yaml": Case(mlmodel_invalid_yaml, ["MLmodel is not valid YAML"], "model-import"),
     "import-config-not-json": Case(write("ms", "config.json", "{"), ["config.json is not valid JSON"], "model-import"),
     # --- evaluate ----------------------------------------------------------------------------------------------------
+    "evaluate-model-of-other-classes": Case(flags(), ["predicts", "but the preprocess output has the classes"],
+                                            "evaluate"),  # an imported model: its label map, not its weights
     "evaluate-predictions-exist": Case(write("out", "predictions.jsonl", "keep me"),
                                        ["predictions", "already exists; give a new path"], "evaluate"),
     "evaluate-predictions-is-a-folder": Case(write("predictions", "notes.txt", "keep me"),

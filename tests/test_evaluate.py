@@ -78,11 +78,13 @@ def test_the_finetunes_predictions_are_reused_without_loading_a_model(tiny_finet
     written = (tmp_path / "reused" / "p.jsonl").read_bytes()
     assert written == (model / "test_predictions.jsonl").read_bytes() == (tmp_path / "rescored" / "p.jsonl").read_bytes()
     assert not list((tiny_finetuned["mlflow"] / "artifacts" / "model").glob("*predictions*"))  # not served
-    data = tmp_path / "data"  # the classes changed under the same test rows: predicted again, and refused
+    data = tmp_path / "data"  # the classes changed under the same test rows: not reused, refused before loading
     shutil.copytree(tiny_preprocess_output, data)
     names = json.loads((data / "class_names.json").read_text())["class_names"]
     (data / "class_names.json").write_text(json.dumps({"class_names": names + ["B-extra"]}))
-    with pytest.raises(AssertionError, match="the model was loaded"):
+    from trainer.errors import InputError
+
+    with pytest.raises(InputError, match="but the preprocess output has the classes"):
         evaluate(_config(model, data, tmp_path / "changed"))
 
 

@@ -89,7 +89,7 @@ def predict_split(model: str | Path, preprocess_output: str | Path, split: str, 
     predictions (atomically: a temporary sibling renamed into place) and score them. The fine-tune calls this on
     the model it publishes, the evaluate program on any model."""
     from trainer import schemes
-    from trainer.inference import load_classifier
+    from trainer.inference import load_classifier, model_config
     from trainer.labels import load_class_names
 
     started = time.perf_counter()
@@ -99,10 +99,12 @@ def predict_split(model: str | Path, preprocess_output: str | Path, split: str, 
     class_names = load_class_names(data_dir, preprocess_args)
     words, gold = read_words(split_file, class_names)
     scheme = preprocess_args.get("tag_scheme") or schemes.resolve("auto", gold)
+    id2label = model_config(model)[2].id2label  # its label map before its weights: a mismatch loads nothing
+    predicts = [id2label[i] for i in sorted(int(k) for k in id2label)]
+    if sorted(predicts) != sorted(class_names):
+        raise InputError(f"the model in {model} predicts {predicts} but the preprocess output has the classes "
+                         f"{class_names}")
     classifier = load_classifier(model, batch_size=batch_size)
-    if sorted(classifier.class_names) != sorted(class_names):
-        raise InputError(f"the model in {model} predicts {classifier.class_names} but the preprocess output "
-                         f"has the classes {class_names}")
     predicted = classifier.predict(words)
     write_file_atomic(predictions, lambda path: write_predictions(path, words, gold, predicted))
     figures, per_entity = score(gold, predicted, classifier.class_names, scheme)

@@ -400,13 +400,8 @@ def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int =
     if kind == "mlflow":
         return load_classifier(mlflow_model_dir(path), device=device, batch_size=batch_size, max_length=max_length,
                                stride=stride, precision=precision)
-    from transformers import AutoConfig
-
-    from trainer.model_io import resolve_model_dir
-
-    model_dir = path if kind == "onnx" else resolve_model_dir(path)
+    _, model_dir, config = model_config(path)
     tokenizer = load_serving_tokenizer(model_dir)
-    config = AutoConfig.from_pretrained(model_dir if (model_dir / "config.json").exists() else model_dir / "base_model")
     if kind == "onnx":
         backend: Any = OnnxBackend(model_dir / ONNX_FILE, device)
     else:
@@ -421,6 +416,22 @@ def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int =
     return TokenClassifier(backend, tokenizer, config.id2label, max_length=max_length or recorded_window(path),
                            stride=stride, batch_size=batch_size, model_max_length=limit,
                            tag_scheme=recorded_tag_scheme(path))
+
+
+def model_config(path: str | Path) -> tuple[str, Path, Any]:
+    """(format, the folder holding the model, its transformers config) of a model folder of any format (an MLflow
+    model: its served copy), without loading any weights."""
+    from transformers import AutoConfig
+
+    from trainer.model_io import resolve_model_dir
+
+    path = Path(path)
+    kind = model_format(path)
+    if kind == "mlflow":
+        return model_config(mlflow_model_dir(path))
+    model_dir = path if kind == "onnx" else resolve_model_dir(path)
+    config = AutoConfig.from_pretrained(model_dir if (model_dir / "config.json").exists() else model_dir / "base_model")
+    return kind, model_dir, config
 
 
 def recorded_tag_scheme(folder: Path) -> Optional[str]:
