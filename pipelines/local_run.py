@@ -185,8 +185,8 @@ def check_run(data_dir: Optional[Path], output_dir: Path, params: dict) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} is a file; give a folder")
     data, out = data_dir.resolve(), output_dir.resolve()
-    if data == out or data in out.parents or out in data.parents:
-        raise InputError(f"--output-dir {output_dir} and --data-dir {data_dir} overlap: the run's outputs never go "
+    if data == out or data in out.parents:
+        raise InputError(f"--output-dir {output_dir} is inside --data-dir {data_dir}: the run's outputs never go "
                          "into its inputs; give --output-dir a folder of its own")
     for config_cls in (DataImportConfig, ModelImportConfig, PreprocessConfig, FinetuneConfig):
         values = {f.name: params[f.name] for f in config_cls.parameter_fields() if f.name in params}
@@ -279,10 +279,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from trainer.errors import ConfigError, InputError
     from trainer.metrics import describe
     from trainer.schemes import is_span
-
-    from trainer.errors import ConfigError, InputError
     from trainer.validation import one_line
 
     args = build_parser().parse_args(argv)

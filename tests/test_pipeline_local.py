@@ -127,7 +127,8 @@ def test_local_run_helpers(tmp_path, conll_dir):
     (["--runner", "foo"], "invalid choice: 'foo'"),
     (["--data-dir", "{tmp}/nowhere"], "--data-dir {tmp}/nowhere not found"),
     (["--data-dir", "{data}/train.conll"], "is a file; give the folder"),
-    (["--output-dir", "{data}/run"], "overlap: the run's outputs never go into its inputs"),
+    (["--output-dir", "{data}/run"], "is inside --data-dir"),
+    (["--output-dir", "{data}"], "is inside --data-dir"),
 ])
 def test_a_bad_local_run_fails_in_one_line_before_any_step(conll_dir, tiny_model_selector, tmp_path, capsys, flags,
                                                            message):
