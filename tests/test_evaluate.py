@@ -100,6 +100,29 @@ def test_a_different_split_is_scored_even_without_rescore(tiny_finetuned, tiny_p
     assert validation.source == "evaluate"  # metrics.json's per-entity figures are the test split's
 
 
+def test_a_word_the_tokenizer_drops_is_predicted_and_scored_as_it_was_trained(tiny_finetuned, tiny_model_selector,
+                                                                               conll_dir, tmp_path):
+    """Preprocess trains a word with no sub-token (a lone zero-width space) as the unknown token; the served model
+    predicts it the same way, so a gold entity on it counts in the figures (it dropped out of them, unscored)."""
+    from trainer.config import PreprocessConfig
+    from trainer.preprocess import preprocess
+
+    data = tmp_path / "conll"
+    shutil.copytree(conll_dir, data)
+    with (data / "test.conll").open("a", encoding="utf-8") as handle:
+        handle.write("\nsaw\tO\n\u200b\tB-person\ntoday\tO\n")
+    pre = tmp_path / "pre"
+    preprocess(PreprocessConfig(train_data=str(data / "train.conll"), validation_data=str(data / "validation.conll"),
+                                test_data=str(data / "test.conll"), model_selector_output=str(tiny_model_selector),
+                                preprocess_output=str(pre), max_seq_length=64))
+    assert json.loads((pre / "preprocess_args.json").read_text())["windowing"]["test"]["empty_words"] == 1
+    result = evaluate(_config(tiny_finetuned["pytorch"], pre, tmp_path, rescore=True))
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    gold_persons = sum(tag == "B-person" for row in rows for tag in row["tags"])
+    assert result.per_entity["person"]["number"] == gold_persons
+    assert rows[-1]["tokens"] == ["saw", "\u200b", "today"] and None not in rows[-1]["scores"]
+
+
 def test_every_model_format_scores_alike(tiny_finetuned, tiny_preprocess_output, tmp_path):
     f1 = {kind: evaluate(_config(tiny_finetuned[kind], tiny_preprocess_output, tmp_path / kind,
                                  rescore=True)).figures["f1"] for kind in ("pytorch", "mlflow", "onnx")}

@@ -138,16 +138,17 @@ def test_mlflow_model_with_no_entity_found(pyfunc):
 
 
 def test_the_declared_output_holds_unscored_words_and_empty_results(pyfunc, tiny_finetuned):
-    """A word the tokenizer drops (no score), a text without entities and an empty text validate against the output
-    signature; so does an entity without a score (all its words unscored): `scores` and `score` are optional."""
+    """A word the tokenizer drops (scored as the unknown token), a text without entities and an empty text validate
+    against the output signature; so do a word and an entity without a score: `scores` and `score` are optional."""
     import mlflow.models
     from mlflow.types import DataType
 
     outputs = mlflow.models.Model.load(str(tiny_finetuned["mlflow"])).signature.outputs
     results = pyfunc.predict(["alice \u200b lives in paris .", "the visited said that .", ""])
-    assert results[0]["scores"][1] is None and results[1]["entities"] == [] and results[2]["words"] == []
+    assert results[0]["scores"][1] is not None and results[1]["entities"] == [] and results[2]["words"] == []
     mlflow.models.validate_schema(pd.DataFrame(results), outputs)
-    unscored = {**results[0], "entities": [{**results[0]["entities"][0], "score": None}]}
+    unscored = {**results[0], "scores": [None, *results[0]["scores"][1:]],
+                "entities": [{**results[0]["entities"][0], "score": None}]}
     mlflow.models.validate_schema(pd.DataFrame([unscored]), outputs)
     columns = {spec.name: spec for spec in outputs.inputs}
     assert not columns["scores"].required and columns["scores"].type.dtype == DataType.double

@@ -101,8 +101,9 @@ def _split_cjk(text: str, start: int, end: int) -> list[tuple[int, int]]:
 class Prediction:
     """One input's result. Offsets index `text` (for pre-split words, the words joined by single spaces).
 
-    A word that the tokenizer turns into no sub-token at all (e.g. a lone zero-width character) cannot be
-    predicted: its label is "O" and its score None (it is not scored in evaluation either, as in training)."""
+    A word that the tokenizer turns into no sub-token at all (e.g. a lone zero-width character) is encoded as the
+    unknown token, as preprocess trained it, so every word has a label and a score. A score is None only for a word
+    no window holds (none: kept for inputs built by hand)."""
 
     text: str
     words: list[str]
@@ -270,6 +271,9 @@ class TokenClassifier:
         if not present:
             return []
         whole = self._encode([words[i] for i in present], truncate=False)
+        encodable = self._with_placeholders(words, present, whole)
+        if encodable is not words:  # some words had no sub-token: encoded again with their placeholder
+            words, whole = encodable, self._encode([encodable[i] for i in present], truncate=False)
         windows: list[_Window] = []
         long_inputs = []
         for row, source in enumerate(present):
@@ -286,6 +290,21 @@ class TokenClassifier:
             for k, (a, b) in enumerate(spans):
                 windows.append(self._window(source, encoded, k, [w - a for w in range(a, b) if owner[w] == k], a))
         return windows
+
+    def _with_placeholders(self, words: list[list[str]], present: list[int], whole) -> list[list[str]]:
+        """`words` with each word the tokenizer turns into no sub-token (a lone U+FE0F, a blank word) replaced by
+        the placeholder preprocess trained it as (`trainer.preprocess.empty_word_placeholder`), so it is predicted
+        and scored as in training; `words` itself when there is none."""
+        from trainer.preprocess import empty_word_placeholder
+
+        replaced = None
+        for row, source in enumerate(present):
+            seen = {w for w in whole.word_ids(row) if w is not None}
+            if len(seen) < len(words[source]):
+                replaced = replaced or list(words)
+                placeholder = empty_word_placeholder(self.tokenizer)
+                replaced[source] = [w if k in seen else placeholder for k, w in enumerate(words[source])]
+        return replaced or words
 
     def _window(self, source: int, encoding, row: int, local_words: Iterable[int], offset: int) -> _Window:
         first: dict[int, int] = {}
@@ -322,7 +341,7 @@ def _as_words(item: TextOrWords) -> tuple[str, list[str], list[tuple[int, int]]]
     if isinstance(item, str):
         offsets = split_words(item)
         return item, [item[a:b] for a, b in offsets], offsets
-    words = ["" if w is None else str(w) for w in item]  # kept one for one: blank words are just unscored
+    words = ["" if w is None else str(w) for w in item]  # kept one for one (a blank word: the unknown token)
     offsets, position = [], 0
     for word in words:
         offsets.append((position, position + len(word)))

@@ -16,9 +16,9 @@ precision-16 model in fp32.
 
 We do not use the `transformers` flavor: its token-classification output parsing raises IndexError on a sentence
 without entities (mlflow 3.17), and it returns sub-token labels joined by commas. The signature declares the output
-(`OUTPUT_SCHEMA`: `scores` and an entity's `score` optional, since a word the tokenizer turns into no sub-token has
-no score); the input is shown by the input example but not declared: mlflow 3.17 enforces a declared string column
-before the model runs and rejects `[]` and an empty DataFrame with an exception.
+(`OUTPUT_SCHEMA`: `scores` and an entity's `score` declared optional, though every word is scored); the input is
+shown by the input example but not declared: mlflow 3.17 enforces a declared string column before the model runs and
+rejects `[]` and an empty DataFrame with an exception.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ INPUT_EXAMPLE = ["Alice lives in Paris .", "Nothing to see here"]
 # Files of a pytorch_model_folder that are not the served model.
 NOT_SERVED = ("checkpoint-", ".", "finetune_args.json", "metrics.json", "training_args.bin", "runs",
               *PREDICTIONS_FILES.values())
-# One prediction (Prediction.to_dict). mlflow cannot declare an array's items nullable: `scores` is optional, and its
-# None items (unscored words) pass mlflow's checks.
+# One prediction (Prediction.to_dict). mlflow cannot declare an array's items nullable: `scores` is optional, so a
+# None item (a word no window holds: none in practice) would pass mlflow's checks.
 OUTPUT_SCHEMA = Schema([
     ColSpec(DataType.string, "text"), ColSpec(Array(DataType.string), "words"),
     ColSpec(Array(DataType.string), "labels"), ColSpec(Array(DataType.double), "scores", required=False),

@@ -240,6 +240,12 @@ def _row(encoding: Any, index: int, sentence: Sentence, window: tuple[int, int, 
     return row
 
 
+def empty_word_placeholder(tokenizer: Any) -> str:
+    """What a word the tokenizer turns into nothing (a lone U+FE0F) is encoded as, in training and in serving: the
+    unknown token, so the word is trained on, predicted and scored like any other."""
+    return tokenizer.unk_token or "_"
+
+
 def encode_sentences(sentences: list[Sentence], tokenizer: Any, label_to_id: dict[str, int], max_seq_length: int,
                      label_all_tokens: bool = False, scheme: str = "iob2", stride: int = 32,
                      batch: int = 256) -> tuple[list[dict], dict]:
@@ -249,7 +255,7 @@ def encode_sentences(sentences: list[Sentence], tokenizer: Any, label_to_id: dic
     class_names = sorted(label_to_id, key=label_to_id.get)
     continuation = schemes.continuation_ids(class_names, scheme) if label_all_tokens else None
     budget = word_budget(tokenizer, max_seq_length)
-    placeholder = tokenizer.unk_token or "_"
+    placeholder = empty_word_placeholder(tokenizer)
     rows: list[dict] = []
     counts = {"split_sentences": 0, "windows": 0, "clipped_words": 0, "empty_words": 0}
     for first in range(0, len(sentences), batch):
