@@ -594,6 +594,10 @@ CASES = {
                                                "preprocess"),
     "preprocess-no-tokenizer": Case(remove("ms", "tokenizer.json", "tokenizer_config.json", "vocab.txt"),
                                     ["no tokenizer files"], "preprocess"),
+    "preprocess-iob2-read-as-bioes": Case(flags("--tag_scheme", "bioes"),
+                                          ["tag_scheme=bioes reads", "as no entity", "the tags look like IOB2"],
+                                          "preprocess"),
+    "preprocess-iob2-read-as-bilou": Case(flags("--tag_scheme", "bilou"), ["the tags look like IOB2"], "preprocess"),
     # an output folder is new or empty: what is in it is never replaced, nor is a file where it should be
     "preprocess-output-not-empty": Case(write("pre_out", "notes.txt", "keep me"),
                                         ["preprocess_output", "already exists and is not empty"], "preprocess"),

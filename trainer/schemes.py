@@ -142,7 +142,32 @@ def resolve(requested: str, sequences: Sequence[Sequence[str]]) -> str:
     if requested not in SCHEMES:
         raise InputError(f"unknown tag scheme {requested!r}: one of {', '.join(SCHEMES)} or auto")
     check(requested, {tag for tags in sequences for tag in tags})
+    if is_span(requested):
+        _check_spans(requested, sequences)
     return requested
+
+
+def _coverage(sequences: Sequence[Sequence[str]], scheme: str) -> tuple[int, int]:
+    """(tagged words, tagged words inside an entity of `scheme`, as the metrics read them)."""
+    tagged = covered = 0
+    for tags in sequences:
+        tagged += sum(tag != OUTSIDE for tag in tags)
+        covered += sum(end - start for start, end, _ in spans(tags, scheme))
+    return tagged, covered
+
+
+def _check_spans(scheme: str, sequences: Sequence[Sequence[str]]) -> None:
+    """An explicit span scheme must read the tags as entities: when most tagged words would fall outside every
+    entity under it (IOB2 data read as strict BIOES: B-PER alone is no entity there) while the scheme the tags show
+    reads them, InputError naming both, instead of training a model whose entity F1 is 0."""
+    tagged, covered = _coverage(sequences, scheme)
+    if not tagged or covered * 2 >= tagged:
+        return
+    detected = detect(sequences)
+    if detected != scheme and _coverage(sequences, detected)[1] > covered:
+        raise InputError(f"tag_scheme={scheme} reads {tagged - covered} of the {tagged} tagged words as no entity "
+                         f"({NAMES[scheme]} spans are strict); the tags look like {NAMES[detected]}: set "
+                         f"tag_scheme=auto or {detected}")
 
 
 def continuation_ids(class_names: Sequence[str], scheme: str) -> list[int]:
