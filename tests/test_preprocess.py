@@ -128,10 +128,10 @@ def test_jsonl_custom_columns_and_conll_variants(run, tmp_path):
     assert summary["train_size"] + summary["validation_size"] + summary["test_size"] == 20
     assert _rows(out, "train")[0]["tags"][0] in summary["class_names"]
 
-    # Whitespace-separated columns (tag last) and -DOCSTART- lines.
+    # Whitespace-separated columns (tag last), a tab-separated line among them, and -DOCSTART- lines.
     conll = tmp_path / "multi.txt"
     conll.write_text("-DOCSTART- -X- -X- O\n\nalice NNP B-NP B-person\nlives VBZ B-VP O\n\n"
-                     "bob NNP B-NP B-person\n.\t.\tO\n")
+                     "bob NNP B-NP B-person\n.\t.\tO\tO\n")
     assert read_conll(conll) == [(["alice", "lives"], ["B-person", "O"]), (["bob", "."], ["B-person", "O"])]
 
 
@@ -202,9 +202,17 @@ def test_label_only_in_validation_joins_the_label_set_with_a_warning(run, tmp_pa
     with caplog.at_level("WARNING", logger="trainer.preprocess"):
         summary, out = run(train_data=str(conll_dir / "train.conll"), validation_data=str(val))
     assert "B-weapon" in summary["class_names"] and summary["labels_not_in_train"] == ["B-weapon"]
-    assert "'B-weapon'" in caplog.text and "never in the training data" in caplog.text
+    assert "'B-weapon'" in caplog.text and "never occur in the training data" in caplog.text
     names = json.loads((out / "class_names.json").read_text())["class_names"]
     assert names.index("B-weapon") in _rows(out, "validation")[0]["labels"]
+
+
+def test_a_declared_label_never_in_the_data_is_kept_with_a_warning(run, conll_dir, caplog):
+    seen = ["O", "B-location", "B-organization", "B-person", "I-organization", "I-person"]
+    with caplog.at_level("WARNING", logger="trainer.preprocess"):
+        summary, _ = run(train_data=str(conll_dir / "train.conll"), label_names=",".join(seen + ["B-weapon"]))
+    assert summary["class_names"][-1] == "B-weapon" and summary["labels_not_in_train"] == ["B-weapon"]
+    assert "'B-weapon'" in caplog.text and "never occur in the training data" in caplog.text
 
 
 def test_fewer_than_two_classes(run, tmp_path):

@@ -102,6 +102,10 @@ def test_conll_columns_by_name_from_a_header_line(tmp_path):
     assert _read(plus, tag_column="ne") == _read(plus) == [(["Alice", "smiled"], ["B-PER", "O"])]
     with pytest.raises(InputError, match=r"tag_column='ner' is not a column of .*plus\.conll: one of form, upos, ne"):
         _read(plus, tag_column="ner")
+    for suffix in (".conllup", ".conllu"):  # the same file under a CoNLL-U name: its declared columns decide
+        named = plus.rename(plus.with_suffix(suffix))
+        assert detect_format(named) == "conll" and _read(named, tag_column="ne") == _read(named)
+        plus = named
     short = tmp_path / "short.txt"
     short.write_text("# columns = word pos ner\nEU NNP\n")
     with pytest.raises(InputError, match=r"short\.txt line 2 \(sentence 1\): expected the 3 columns of line 1 "

@@ -341,11 +341,10 @@ def _preprocess(config: PreprocessConfig) -> dict:
     if len(train_labels) < 2 or len(class_names) < 2:
         raise InputError(f"training data {files['train']} has {len(train_labels)} distinct tag(s) "
                          f"{preview(sorted(train_labels))}: token classification needs at least two")
-    unseen = sorted({t for role, sentences in splits.items() if role != "train" for _, tags in sentences
-                     for t in tags} - train_labels)
+    unseen = sorted(set(class_names) - train_labels)  # in the validation/test data, or declared (label_names...)
     if unseen:
-        logger.warning("label(s) %s occur in the validation/test data but never in the training data: the model "
-                       "cannot learn them (every occurrence counts as a miss)", preview(unseen))
+        logger.warning("label(s) %s never occur in the training data (declared, or in the validation/test data "
+                       "only): the model cannot learn them (every occurrence counts as a miss)", preview(unseen))
     scheme = schemes.resolve(config.tag_scheme, [tags for sentences in splits.values() for _, tags in sentences])
     for role, corpus in corpora.items():  # logged once the data passed its checks: bad input prints one line
         logger.info("%s data: %d sentences from %s (%s, columns %s)", role, len(corpus.sentences), files[role],

@@ -220,9 +220,11 @@ def detect_format(path: Path, options: ReadOptions = ReadOptions()) -> str:
     if magic == b"ARROW1" or magic[:4] == b"\xff\xff\xff\xff":
         return "hf"
     suffix = path.suffix.lower()
-    if suffix in (".conllu", ".conllup"):
-        return "conllu"
     head = _text_head(path)
+    if suffix in (".conllu", ".conllup"):  # CoNLL-U, unless its first line declares columns without an ID
+        first = next((line.strip() for line in (head or "").splitlines() if line.strip()), "")
+        declared = declared_columns(first)
+        return "conll" if declared is not None and "id" not in declared else "conllu"
     if head is None:
         raise InputError(f"{path} is neither UTF-8 text nor Parquet/Arrow: supported formats are "
                          f"{', '.join(FORMATS)}")
@@ -299,6 +301,7 @@ def read_conll(path: str | Path, token_column: str = AUTO, tag_column: str = AUT
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
+    first_word: Optional[tuple[int, int]] = None  # (line, columns) of the first word line
     with _open_text(path) as handle:
         for line_no, raw in enumerate(handle, start=1):
             line = raw.rstrip("\r\n")
@@ -317,6 +320,11 @@ def read_conll(path: str | Path, token_column: str = AUTO, tag_column: str = AUT
                 raise InputError(f"{path} line {line_no} (sentence {len(sentences) + 1}): expected a word and its tag "
                                  f"in {need}+ columns separated by tabs or spaces (token column {token_at}, tag column "
                                  f"{tag_at}), got {line[:SHOWN]!r}")
+            first_word = first_word or (line_no, len(parts))
+            if len(parts) != first_word[1]:  # else the last column of a shorter line would be read as its tag
+                raise InputError(f"{path} line {line_no} (sentence {len(sentences) + 1}) has {len(parts)} columns, "
+                                 f"the first word line (line {first_word[0]}) {first_word[1]}: every word line needs "
+                                 f"the same columns, got {line[:SHOWN]!r}")
             tokens.append(parts[token_at])
             tags.append(_misc_value(parts[tag_at], misc_key))
     if tokens:
