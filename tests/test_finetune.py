@@ -157,6 +157,30 @@ def test_precision_16_trains_in_bf16_on_cpu_and_accumulates_gradients(make_confi
     assert recorded["compute_dtype"] == result.predictions["compute_dtype"] == "bfloat16"
 
 
+class _LogObserver(TrainerCallback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def test_gradient_accumulation_reports_and_steps_on_the_mean_loss(make_config):
+    """Two accumulated batches of 8 make the step one batch of 16 makes, from the same weights and rows: the loss
+    and grad_norm logged at the first step agree (transformers 5.24 summed the two batch means: twice as large)."""
+    def first_step(**values) -> dict:
+        config = make_config(f"ga{values['gradient_accumulation_steps']}", max_steps=1, logging_steps=1,
+                             logging_strategy="steps", export_onnx=False, **values)
+        observer = _LogObserver()
+        finetune(config, callbacks=[observer])
+        return next(entry for entry in observer.logs if "loss" in entry)
+
+    whole = first_step(per_device_train_batch_size=16, gradient_accumulation_steps=1)
+    halves = first_step(per_device_train_batch_size=8, gradient_accumulation_steps=2)
+    assert halves["loss"] == pytest.approx(whole["loss"], rel=0.15)
+    assert halves["grad_norm"] == pytest.approx(whole["grad_norm"], rel=0.15)
+
+
 def test_precision_32_trains_in_fp32(make_config):
     observer = _Observer()
     result = finetune(make_config(num_train_epochs=1), callbacks=[observer])

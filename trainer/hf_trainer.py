@@ -30,6 +30,12 @@ class TokenClassificationTrainer(Trainer):
 
     def __init__(self, *args, meter: Optional[ProgressMeter] = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # The loss is the model's per-batch mean. transformers 5.24 takes a forward(**kwargs) for a loss that divides
+        # by num_items_in_batch, but its *ForTokenClassification heads take the batch mean (CrossEntropyLoss()):
+        # it then skipped the division by gradient_accumulation_steps and multiplied by the number of processes,
+        # so the loss, the gradients and grad_norm came out N times too large. (The token-normalised loss of
+        # length-grouped batches, trainer.speed, scales itself.)
+        self.model_accepts_loss_kwargs = False
         self.meter = meter
         self._eval_orders: dict[int, list[int]] = {}  # id(eval dataset) -> the order its rows are evaluated in
 
