@@ -5,6 +5,7 @@ resume that silently restarted from step 0 would reach the same weights (same se
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -67,6 +68,36 @@ def test_resuming_a_run_that_trained_all_its_steps_trains_no_more(make_config):
     again = finetune(make_config("done", resume_from_checkpoint=True, **values))
     assert [p.name for p in root.glob("checkpoint-*")] == ["checkpoint-2"]
     assert weights_digest(root) == published and again.best_checkpoint == first.best_checkpoint
+
+
+def test_a_resume_with_settings_its_checkpoint_cannot_take_is_refused_before_loading(make_config, tmp_path,
+                                                                                   tiny_preprocess_output, monkeypatch):
+    """LoRA switched on or off, another LoRA rank, other classes: one line naming the checkpoint and the setting,
+    before the model is loaded (loading it failed half way with a traceback)."""
+    import shutil
+
+    import transformers
+
+    from trainer.errors import InputError
+
+    values = dict(max_steps=2, per_device_train_batch_size=4, export_onnx=False)
+    finetune(make_config("full", **values))
+    finetune(make_config("lora", apply_lora=True, lora_r=4, **values))
+    other = tmp_path / "other_classes"
+    shutil.copytree(tiny_preprocess_output, other)
+    names = json.loads((other / "class_names.json").read_text())["class_names"]
+    (other / "class_names.json").write_text(json.dumps({"class_names": names + ["B-weapon"]}))
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForTokenClassification, "from_pretrained", loaded)
+    for run, changed, message in [("full", dict(apply_lora=True), "holds a full model but apply_lora=true"),
+                                  ("lora", dict(apply_lora=True, lora_r=8), "rank 4 but lora_r=8"),
+                                  ("lora", {}, "holds a LoRA adapter but apply_lora=false"),
+                                  ("full", dict(preprocess_output=str(other)), "B-weapon differ")]:
+        with pytest.raises(InputError, match=message):
+            finetune(make_config(run, resume_from_checkpoint=True, **{**values, **changed}))
 
 
 def test_rerun_into_a_folder_with_checkpoints_needs_resume(make_config):

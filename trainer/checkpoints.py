@@ -144,3 +144,28 @@ def rotate_checkpoints(folder: str | Path, limit: int, best: Optional[str], curr
             (checkpoint / MANIFEST).unlink()  # first: a deletion cut short leaves a torn checkpoint
             shutil.rmtree(checkpoint, ignore_errors=True)
             complete.remove(checkpoint)
+
+
+def check_resumable(checkpoint: Path, apply_lora: bool, lora_r: int, class_names: list[str]) -> None:
+    """A resume continues the run that wrote `checkpoint`: InputError, before anything is loaded, when the model it
+    holds cannot take this run's settings (LoRA on or off, another LoRA rank, other classes); loading it failed half
+    way with a traceback."""
+    from trainer.errors import InputError
+
+    adapter = checkpoint / "adapter_config.json"
+    fix = "resume with the settings of that run, or give a new pytorch_model_folder to start another"
+    if adapter.is_file() != bool(apply_lora):
+        raise InputError(f"{checkpoint} holds a {'LoRA adapter' if adapter.is_file() else 'full model'} but "
+                         f"apply_lora={str(bool(apply_lora)).lower()}: {fix}")
+    if adapter.is_file():
+        rank = json.loads(adapter.read_text(encoding="utf-8")).get("r")
+        if rank is not None and rank != lora_r:
+            raise InputError(f"{checkpoint} holds a LoRA adapter of rank {rank} but lora_r={lora_r}: {fix}")
+    model_config = checkpoint / "config.json"
+    if model_config.is_file():
+        labels = list((json.loads(model_config.read_text(encoding="utf-8")).get("id2label") or {}).values())
+        if labels and sorted(labels) != sorted(class_names):
+            raise InputError(f"{checkpoint} predicts {len(labels)} classes but the preprocess output has "
+                             f"{len(class_names)} ({', '.join(sorted(set(class_names) ^ set(labels))[:5])} differ): "
+                             f"{fix}")
+

@@ -79,7 +79,7 @@ def finetune(config: FinetuneConfig, callbacks: Optional[list] = None) -> Finetu
     # One run per output folder: the main process holds its lock until the outputs are published.
     with FolderLock(config.pytorch_model_folder) if is_main_process() else contextlib.nullcontext():
         validate_outputs(config)  # again, under the lock: another run may have written since prepare()
-        resume = _resume_checkpoint(config)
+        resume = _resume_checkpoint(config, data.class_names)
         return _train_and_publish(config, data, model_dir, deepspeed_config, resume, callbacks)
 
 
@@ -91,8 +91,8 @@ def _drop_optimizer_state(trainer) -> None:
         getattr(trainer.optimizer, "optimizer", trainer.optimizer).state.clear()  # accelerate wraps the torch one
 
 
-def _resume_checkpoint(config: FinetuneConfig) -> Optional[Path]:
-    from trainer.checkpoints import choose_resume_checkpoint
+def _resume_checkpoint(config: FinetuneConfig, class_names: list[str]) -> Optional[Path]:
+    from trainer.checkpoints import check_resumable, choose_resume_checkpoint
     from trainer.distributed import is_main_process
 
     if not config.resume_from_checkpoint:
@@ -102,6 +102,7 @@ def _resume_checkpoint(config: FinetuneConfig) -> Optional[Path]:
         logger.warning("resume_from_checkpoint=true but no usable checkpoint in %s: starting fresh",
                        config.pytorch_model_folder)
     else:
+        check_resumable(resume, config.apply_lora, config.lora_r, class_names)
         logger.info("resuming from %s", resume)
     return resume
 
