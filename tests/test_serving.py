@@ -220,7 +220,8 @@ VARIANTS = {
 
 
 def plain_classifier(folder: Path) -> TokenClassifier:
-    """The core over a model loaded with plain transformers (peft for an adapter) and the folder's own tokenizer."""
+    """The core over a model loaded with plain transformers (peft for an adapter) and the folder's own tokenizer, in
+    the windows the model was trained on (what metrics.json records)."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     if (folder / "adapter_config.json").exists():
@@ -230,7 +231,9 @@ def plain_classifier(folder: Path) -> TokenClassifier:
             AutoModelForTokenClassification.from_pretrained(folder / BASE_MODEL_SUBDIR), folder)
     else:
         model = AutoModelForTokenClassification.from_pretrained(folder)
-    return TokenClassifier(TorchBackend(model), AutoTokenizer.from_pretrained(folder), model.config.id2label)
+    window = json.loads((folder / "metrics.json").read_text())["max_seq_length"]
+    return TokenClassifier(TorchBackend(model), AutoTokenizer.from_pretrained(folder), model.config.id2label,
+                           max_length=window)
 
 
 def assert_self_contained_and_equal_to_mlflow(pytorch_folder: Path, mlflow_folder: Path, texts: list[str]) -> list:
