@@ -25,7 +25,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -453,25 +453,36 @@ def model_config(path: str | Path) -> tuple[str, Path, Any]:
     return kind, model_dir, config
 
 
-def recorded_tag_scheme(folder: Path) -> Optional[str]:
-    """The tag scheme a model folder records: its tag_scheme.json (our MLflow model's served folder), else its
-    metrics.json (a finished pytorch_model_folder), else the preprocess_args.json of the data its finetune_args.json
-    names (a pytorch_model_folder being published: metrics.json comes last); None when none does."""
+def _recorded(folder: Path, served: tuple[str, str], metrics_key: str, preprocess_key: str,
+              valid: Callable[[Any], bool], what: str) -> Any:
+    """One thing a model folder records about its run: `served` (file, key) of a served copy without the run
+    records (our MLflow model's served folder, the ONNX folder), else `metrics_key` of its metrics.json (a finished
+    pytorch_model_folder), else `preprocess_key` of the preprocess_args.json of the data its finetune_args.json names
+    (a pytorch_model_folder being published: metrics.json comes last); None when none does. A value that is not
+    `valid` is an InputError naming the file and `what` it must be."""
     from trainer.constants import FINETUNE_ARGS, METRICS_FILE, PREPROCESS_ARGS_FILE
     from trainer.jsonio import read_json
 
-    def recorded(file: Path) -> Optional[str]:
+    def read(file: Path, key: str) -> Any:
         data = read_json(file) if file.is_file() else {}
-        scheme = data.get("tag_scheme") if isinstance(data, dict) else None
-        if scheme is not None and scheme not in schemes.SCHEMES:
-            raise InputError(f"{file}: tag_scheme={scheme!r} is not one of {list(schemes.SCHEMES)}")
-        return scheme
+        value = data.get(key) if isinstance(data, dict) else None
+        if value is not None and not valid(value):
+            raise InputError(f"{file}: {key}={value!r} is not {what}")
+        return value
 
-    scheme = recorded(folder / TAG_SCHEME_FILE) or recorded(folder / METRICS_FILE)
-    if scheme is None and (folder / FINETUNE_ARGS).is_file():
+    value = read(folder / served[0], served[1])
+    if value is None:
+        value = read(folder / METRICS_FILE, metrics_key)
+    if value is None and (folder / FINETUNE_ARGS).is_file():
         data = read_json(folder / FINETUNE_ARGS).get("preprocess_output")
-        scheme = recorded(Path(data) / PREPROCESS_ARGS_FILE) if data else None
-    return scheme
+        value = read(Path(data) / PREPROCESS_ARGS_FILE, preprocess_key) if data else None
+    return value
+
+
+def recorded_tag_scheme(folder: Path) -> Optional[str]:
+    """The tag scheme a model folder records (`_recorded`: tag_scheme.json, metrics.json, preprocess_args.json)."""
+    return _recorded(folder, (TAG_SCHEME_FILE, "tag_scheme"), "tag_scheme", "tag_scheme",
+                     lambda scheme: scheme in schemes.SCHEMES, f"one of {list(schemes.SCHEMES)}")
 
 
 def recorded_precision(folder: Path) -> str:
@@ -490,25 +501,11 @@ def recorded_precision(folder: Path) -> str:
 
 
 def recorded_window(folder: Path) -> Optional[int]:
-    """The window, in sub-tokens, a model folder was trained on (preprocess's max_seq_length as it took effect):
-    its serving.json (a served copy), else its metrics.json (a finished pytorch_model_folder), else the
-    preprocess_args.json of the data its finetune_args.json names (one being published); None when none records it
-    (an imported model). Served in longer windows, positions the fine-tune never saw cost recall on long texts."""
-    from trainer.constants import FINETUNE_ARGS, METRICS_FILE, PREPROCESS_ARGS_FILE
-    from trainer.jsonio import read_json
-
-    def recorded(file: Path, key: str) -> Optional[int]:
-        data = read_json(file) if file.is_file() else {}
-        value = data.get(key) if isinstance(data, dict) else None
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise InputError(f"{file}: {key}={value!r} is not a positive whole number")
-        return value
-
-    window = recorded(folder / SERVING_FILE, "max_length") or recorded(folder / METRICS_FILE, "max_seq_length")
-    if window is None and (folder / FINETUNE_ARGS).is_file():
-        data = read_json(folder / FINETUNE_ARGS).get("preprocess_output")
-        window = recorded(Path(data) / PREPROCESS_ARGS_FILE, "effective_max_seq_length") if data else None
-    return window
+    """The window, in sub-tokens, a model folder was trained on (preprocess's max_seq_length as it took effect;
+    `_recorded`: serving.json, metrics.json, preprocess_args.json); None when none records it (an imported model).
+    Served in longer windows, positions the fine-tune never saw cost recall on long texts."""
+    return _recorded(folder, (SERVING_FILE, "max_length"), "max_seq_length", "effective_max_seq_length",
+                     lambda n: isinstance(n, int) and not isinstance(n, bool) and n >= 1, "a positive whole number")
 
 
 def copy_tag_scheme(model_dir: Path, target: Path) -> Optional[str]:
