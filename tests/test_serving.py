@@ -89,7 +89,7 @@ def _with_dependencies(names: set[str]) -> set[str]:
             requires = metadata.requires(name) or []
         except metadata.PackageNotFoundError:
             continue
-        todo += [re.split(r"[ ;<>=!~\\[(]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requires
+        todo += [re.split(r"[ ;<>=!~[(]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requires
                  if "extra ==" not in r]
     return seen
 
