@@ -602,6 +602,15 @@ CASES = {
                                           ["tag_scheme=bioes reads", "as no entity", "the tags look like IOB2"],
                                           "preprocess"),
     "preprocess-iob2-read-as-bilou": Case(flags("--tag_scheme", "bilou"), ["the tags look like IOB2"], "preprocess"),
+    "preprocess-mixed-prefixed-and-plain-tags": Case(write("conll", "train.conll",
+                                                           "alice\tB-person\nwent\tO\n\nbob\tB-person\nran\tVERB\n"),
+                                                     ["the tags mix span-prefixed labels", "'VERB' first in the train "
+                                                      "data", "train.conll, sentence 2, word 2 'ran'"], "preprocess"),
+    "preprocess-plain-tags-read-as-iob2": Case(write("conll", "train.conll", "alice\tNOUN\nwent\tVERB\n\nbob\tNOUN\n",
+                                                     ["--tag_scheme", "iob2"]),
+                                               ["tag_scheme=iob2 but the labels", "have no span prefix",
+                                                "'NOUN' first in the train data", "sentence 1, word 1 'alice'"],
+                                               "preprocess"),
     # an output folder is new or empty: what is in it is never replaced, nor is a file where it should be
     "preprocess-output-not-empty": Case(write("pre_out", "notes.txt", "keep me"),
                                         ["preprocess_output", "already exists and is not empty"], "preprocess"),

@@ -326,6 +326,18 @@ def preprocess(config: PreprocessConfig) -> dict:
         return _preprocess(config)
 
 
+def _first_use(labels: list[str], splits: dict[str, list[Sentence]], files: dict[str, str]) -> str:
+    """Where the first of `labels` is: '{label} first in the {role} data {file}, sentence {n}, word {i} {word}'."""
+    wanted = set(labels)
+    for role, sentences in splits.items():
+        for number, (words, tags) in enumerate(sentences, 1):
+            for position, tag in enumerate(tags):
+                if tag in wanted:
+                    return (f"{tag!r} first in the {role} data {files[role]}, sentence {number}, word {position + 1} "
+                            f"{words[position]!r}")
+    return "found in no sentence"
+
+
 def _preprocess(config: PreprocessConfig) -> dict:
     # The tokenizer first: a model folder without one fails before any data is read.
     tokenizer, tok_folder, prefix = load_tokenizer(config.model_selector_output,
@@ -341,11 +353,14 @@ def _preprocess(config: PreprocessConfig) -> dict:
     if len(train_labels) < 2 or len(class_names) < 2:
         raise InputError(f"training data {files['train']} has {len(train_labels)} distinct tag(s) "
                          f"{preview(sorted(train_labels))}: token classification needs at least two")
+    try:
+        scheme = schemes.resolve(config.tag_scheme, [tags for sentences in splits.values() for _, tags in sentences])
+    except schemes.LabelError as error:
+        raise InputError(f"{error} ({_first_use(error.labels, splits, files)})") from None
     unseen = sorted(set(class_names) - train_labels)  # in the validation/test data, or declared (label_names...)
     if unseen:
         logger.warning("label(s) %s never occur in the training data (declared, or in the validation/test data "
                        "only): the model cannot learn them (every occurrence counts as a miss)", preview(unseen))
-    scheme = schemes.resolve(config.tag_scheme, [tags for sentences in splits.values() for _, tags in sentences])
     for role, corpus in corpora.items():  # logged once the data passed its checks: bad input prints one line
         logger.info("%s data: %d sentences from %s (%s, columns %s)", role, len(corpus.sentences), files[role],
                     corpus.format, corpus.columns)

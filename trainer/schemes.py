@@ -33,6 +33,14 @@ _PREFIXED = re.compile(r"^([BIESLU])-(.+)$")
 _OTHER_SEPARATOR = re.compile(r"^[BIESLU][_.:].+$")
 
 
+class LabelError(InputError):
+    """An InputError about particular labels (`labels`), so that a caller holding the data can say where they are."""
+
+    def __init__(self, message: str, labels: Sequence[str]):
+        super().__init__(message)
+        self.labels = list(labels)
+
+
 def split_tag(tag: str) -> tuple[Optional[str], str]:
     """("B", "PER") for "B-PER"; (None, tag) for "O" and tags without a span prefix."""
     match = _PREFIXED.match(tag)
@@ -89,7 +97,7 @@ def _iob_starts(sequences: Iterable[Sequence[str]]) -> tuple[int, int, Optional[
 
 
 def detect(sequences: Sequence[Sequence[str]]) -> str:
-    """The scheme of tag sequences (see the module docstring); InputError when prefixed and plain tags mix."""
+    """The scheme of tag sequences (see the module docstring); LabelError when prefixed and plain tags mix."""
     labels = {tag for tags in sequences for tag in tags}
     prefixes, prefixed, plain = _label_prefixes(labels)
     if not prefixes:
@@ -98,12 +106,12 @@ def detect(sequences: Sequence[Sequence[str]]) -> str:
                            "plain tags; write them as B-PER, I-PER, ... for entity-level scores", preview(plain, 3))
         return "plain"
     if plain:
-        raise InputError(f"the tags mix span-prefixed labels {preview(prefixed, 3)} with labels without a B-/I- "
+        raise LabelError(f"the tags mix span-prefixed labels {preview(prefixed, 3)} with labels without a B-/I- "
                          f"prefix {preview(plain, 3)}: set tag_scheme=plain to score every tag on its own, or fix "
-                         f"the labels")
+                         f"the labels", plain)
     if prefixes & set("LU") and prefixes & set("ES"):
-        raise InputError(f"the tags mix BIOES (E-, S-) and BILOU (L-, U-) prefixes {preview(prefixed, 6)}: use one "
-                         f"scheme, or set tag_scheme=plain")
+        raise LabelError(f"the tags mix BIOES (E-, S-) and BILOU (L-, U-) prefixes {preview(prefixed, 6)}: use one "
+                         f"scheme, or set tag_scheme=plain", [t for t in prefixed if split_tag(t)[0] in "LU"])
     if prefixes & set("ES"):
         return "bioes"
     if prefixes & set("LU"):
@@ -121,18 +129,18 @@ def detect(sequences: Sequence[Sequence[str]]) -> str:
 
 
 def check(scheme: str, labels: Iterable[str]) -> None:
-    """An explicit scheme must fit the labels: InputError naming the labels that do not."""
+    """An explicit scheme must fit the labels: LabelError naming the labels that do not."""
     if scheme == "plain":
         return
     prefixes, prefixed, plain = _label_prefixes(labels)
     if plain:
-        raise InputError(f"tag_scheme={scheme} but the labels {preview(plain, 3)} have no span prefix "
-                         f"({'/'.join(PREFIXES[scheme])}-): use tag_scheme=plain or auto")
+        raise LabelError(f"tag_scheme={scheme} but the labels {preview(plain, 3)} have no span prefix "
+                         f"({'/'.join(PREFIXES[scheme])}-): use tag_scheme=plain or auto", plain)
     foreign = sorted(prefixes - set(PREFIXES[scheme]))
     if foreign:
         examples = [label for label in prefixed if split_tag(label)[0] in foreign]
-        raise InputError(f"tag_scheme={scheme} but the labels use the prefix(es) {', '.join(foreign)} "
-                         f"({preview(examples, 3)}): use tag_scheme=auto or the matching scheme")
+        raise LabelError(f"tag_scheme={scheme} but the labels use the prefix(es) {', '.join(foreign)} "
+                         f"({preview(examples, 3)}): use tag_scheme=auto or the matching scheme", examples)
 
 
 def resolve(requested: str, sequences: Sequence[Sequence[str]]) -> str:
