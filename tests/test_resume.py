@@ -54,6 +54,11 @@ def test_resume_mid_epoch_after_the_first_is_bit_identical(make_config, group_by
     assert figures(resumed.validation_metrics) == figures(straight.validation_metrics)
     assert resumed.best_metric == straight.best_metric and resumed.best_checkpoint.endswith(
         Path(straight.best_checkpoint).name)
+    # The run's training loss and time span both attempts (transformers' own figures cover the resumed steps only)
+    assert resumed.train_metrics["resumed_from_step"] == 12 and straight.train_metrics["resumed_from_step"] == 0
+    assert resumed.train_metrics["train_loss"] == pytest.approx(straight.train_metrics["train_loss"], rel=1e-6)
+    first_attempt = json.loads((root / "checkpoint-12" / "run_totals.json").read_text())["train_seconds"]
+    assert first_attempt > 0 and resumed.train_runtime > first_attempt + resumed.train_metrics["train_runtime"] * 0.9
 
 
 def test_resuming_a_run_that_trained_all_its_steps_trains_no_more(make_config):
@@ -68,6 +73,11 @@ def test_resuming_a_run_that_trained_all_its_steps_trains_no_more(make_config):
     again = finetune(make_config("done", resume_from_checkpoint=True, **values))
     assert [p.name for p in root.glob("checkpoint-*")] == ["checkpoint-2"]
     assert weights_digest(root) == published and again.best_checkpoint == first.best_checkpoint
+    # nothing trained in the second attempt: the run's loss is still the first attempt's (transformers: 0.0)
+    assert first.train_metrics["train_loss"] > 0
+    assert again.train_metrics["train_loss"] == pytest.approx(first.train_metrics["train_loss"], rel=1e-6)
+    assert json.loads((root / "metrics.json").read_text())["train_metrics"]["train_loss"] == pytest.approx(
+        first.train_metrics["train_loss"], rel=1e-6)
 
 
 def test_a_resume_with_settings_its_checkpoint_cannot_take_is_refused_before_loading(make_config, tmp_path,

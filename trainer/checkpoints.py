@@ -29,6 +29,16 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "checkpoint_manifest.json"
 COMPLETE_MARKER = MANIFEST  # written last; uploads and copies put it last too
 MANIFEST_FORMAT = 1
+RUN_TOTALS = "run_totals.json"  # the run's training so far (loss sum, seconds): a resume continues them
+
+
+def read_run_totals(checkpoint: Optional[str | Path]) -> dict:
+    """{"loss_sum", "train_seconds"} of the training up to `checkpoint` (every attempt before it included); zeros
+    without a checkpoint, None values for one written before these records existed."""
+    if checkpoint is None:
+        return {"loss_sum": 0.0, "train_seconds": 0.0}
+    path = Path(checkpoint) / RUN_TOTALS
+    return json.loads(path.read_text()) if path.is_file() else {"loss_sum": None, "train_seconds": None}
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

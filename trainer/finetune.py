@@ -182,6 +182,12 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         packed.restore()  # the model's own attention, then (speed hook) the stock modules and allocator back
         sped.restore()  # before evaluation and publishing
     train_runtime = time.perf_counter() - started
+    # transformers' train metrics cover this train() call; after a resume, train_loss and train_runtime cover the
+    # whole run (every attempt up to the checkpoint this one resumed from, then this one)
+    train_metrics = {**train_output.metrics, "resumed_from_step": trainer._initial_global_step}
+    if trainer.prior_totals["loss_sum"] is not None:
+        train_metrics["train_loss"] = trainer.run_totals()["loss_sum"] / max(trainer.state.global_step, 1)
+        train_runtime += trainer.prior_totals["train_seconds"]
 
     validation_metrics = best_validation_metrics(trainer) or trainer.evaluate(data.validation,
                                                                                metric_key_prefix="eval")
@@ -196,7 +202,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         train_runtime=train_runtime,
         train_samples=len(data.train),
         train_tokens=data.train.num_tokens,
-        train_metrics=train_output.metrics,
+        train_metrics=train_metrics,
         tag_scheme=trainer.compute_metrics.scheme,
         max_seq_length=data.preprocess_args.get("effective_max_seq_length"),
         scored_splits=split_digests(config.preprocess_output, ["validation"] + (["test"] if data.test else [])),

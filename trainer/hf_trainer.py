@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Optional
 
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
-from trainer.checkpoints import rotate_checkpoints, write_manifest
+from trainer.checkpoints import RUN_TOTALS, read_run_totals, rotate_checkpoints, write_manifest
 from trainer.metrics import in_dataset_order
 from trainer.packing import PADDING_KEY
 from trainer.progress import ProgressMeter
+from trainer.publish import write_json_atomic
 from trainer.speed import autocast_casts_kept, dataset_lengths
 
 logger = logging.getLogger(__name__)
@@ -54,12 +56,35 @@ class TokenClassificationTrainer(Trainer):
         than asked (and published that model) whenever max_steps ended mid-epoch."""
         epochs_trained, steps_trained = super()._init_training_state(
             max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial)
+        self.prior_totals = read_run_totals(resume_from_checkpoint)  # what the attempts before this one trained
+        self._loop_started = time.perf_counter()
         if resume_from_checkpoint is not None and self.state.global_step >= max_steps:
             if self.is_world_process_zero():
                 logger.info("%s already reached step %d of %d: nothing left to train", resume_from_checkpoint,
                             self.state.global_step, max_steps)
             return num_train_epochs, 0
         return epochs_trained, steps_trained
+
+    def run_totals(self) -> dict:
+        """The whole run's training so far, resumed attempts included (transformers 5.24's `train_loss` and
+        `train_runtime` cover only this `train()` call: after a resume that finished at once, a loss of 0.0):
+        {"loss_sum": the per-step losses summed, "train_seconds"}; None values when the checkpoint this call resumed
+        from predates these records."""
+        prior = getattr(self, "prior_totals", None) or read_run_totals(None)
+        loss = getattr(self, "_total_loss_scalar", 0.0)
+        if self.is_in_train and getattr(self, "_tr_loss", None) is not None:
+            loss += self._tr_loss.item()  # not yet drained by a logging step (it is, at the loop's end)
+        seconds = time.perf_counter() - getattr(self, "_loop_started", time.perf_counter())
+        return {"loss_sum": None if prior["loss_sum"] is None else prior["loss_sum"] + loss,
+                "train_seconds": None if prior["train_seconds"] is None else prior["train_seconds"] + seconds}
+
+    def _save_checkpoint(self, model, trial):
+        """The stock checkpoint, plus the run's totals (`run_totals`) for a resume to continue; written before
+        CheckpointManifestCallback seals the checkpoint."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            write_json_atomic(folder / RUN_TOTALS, self.run_totals())
 
     def _load_best_model(self):
         """The best checkpoint's weights, unless it is the checkpoint saved at the last step: the model in memory
