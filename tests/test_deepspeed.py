@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForTokenClassification
 
 from conftest import figures, weights_digest
@@ -48,6 +50,17 @@ def _zero_stage(optim_states: Path) -> int:
     return TorchCheckpointEngine().load(str(optim_states), map_location="cpu")["optimizer_state_dict"]["zero_stage"]
 
 
+def _fp32_masters(checkpoint: Path) -> dict:
+    """The fp32 master weights a DeepSpeed checkpoint's optimizer shards hold, read by DeepSpeed's zero_to_fp32."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from trainer import safe_loading
+
+    safe_loading.install()
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+
+
 def _trainer_flags(pre, model, out: Path, *extra: str) -> list[str]:
     return ["-m", "trainer.cli", "--preprocess_output", str(pre), "--model_selector_output", str(model),
             "--pytorch_model_folder", str(out / "pytorch"), "--mlflow_model_folder", str(out / "mlflow"),
@@ -62,6 +75,15 @@ def _check_outputs(out: Path, expected_steps: list[int]) -> dict:
     assert steps == expected_steps
     model = AutoModelForTokenClassification.from_pretrained(out / "pytorch")
     assert model.classifier.out_features == 6  # ZeRO-3 gathered the full weights, not a shard
+    # fp32 weights in every precision: under bf16 DeepSpeed keeps fp32 master weights beside a bf16 module, and the
+    # published ones are those masters (the best checkpoint's, as DeepSpeed's own zero_to_fp32 reads them back)
+    published = load_file(out / "pytorch" / "model.safetensors")
+    assert {str(w.dtype) for w in published.values()} == {"torch.float32"}
+    assert json.loads((out / "pytorch" / "config.json").read_text())["dtype"] == "float32"
+    if (out / "pytorch" / "adapter_config.json").exists():
+        return metrics
+    masters = _fp32_masters(Path(metrics["best_checkpoint"]))
+    assert set(masters) <= set(published) and all(torch.equal(masters[k], published[k]) for k in masters)
     # self-contained (its tokenizer) and served alike: the MLflow model predicts as the folder does, word for word
     from test_serving import TEST_TEXTS, assert_self_contained_and_equal_to_mlflow
 
@@ -90,9 +112,9 @@ def test_deepspeed_single_process_default_config(tmp_path, tiny_preprocess_outpu
 
 @pytest.mark.parametrize("preset,extra", [
     ("zero2", []),
-    ("zero3", []),
+    ("zero3", ["--precision", "16"]),  # bf16: the published weights are the fp32 masters (_check_outputs)
     ("zero3", ["--apply_lora", "true", "--learning_rate", "5e-2", "--lora_alpha", "16", "--num_train_epochs", "12"]),
-], ids=["zero2", "zero3", "zero3-lora"])
+], ids=["zero2", "zero3-bf16", "zero3-lora"])
 def test_torchrun_two_processes(tmp_path, tiny_preprocess_output, tiny_model_selector, preset, extra):
     # 160 rows / (batch 8 × 2 ranks) = 10 optimizer steps per epoch: both ranks share the data.
     epochs = 12 if extra else 8
@@ -103,13 +125,14 @@ def test_torchrun_two_processes(tmp_path, tiny_preprocess_output, tiny_model_sel
     # DeepSpeed really ran at that ZeRO stage on 2 ranks: each rank saved its own optimizer shard, and ZeRO-3
     # also its own parameter shard (ZeRO-2 keeps one whole copy of the model states).
     shards = {p.name for p in (tmp_path / "pytorch" / "checkpoint-10").glob("global_step10/*.pt")}
-    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= shards, shards
+    optim = "bf16_zero" if "16" in extra else "zero"  # DeepSpeed names bf16 optimizer shards apart
+    assert {f"{optim}_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= shards, shards
     partitioned = {f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)}
     assert (partitioned <= shards) if preset == "zero3" else ("mp_rank_00_model_states.pt" in shards), shards
     # ZeRO-1 writes the same file names as ZeRO-2: the stage the optimizer recorded tells them apart
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
-    shard = tmp_path / "pytorch" / "checkpoint-10" / "global_step10" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard = tmp_path / "pytorch" / "checkpoint-10" / "global_step10" / f"{optim}_pp_rank_1_mp_rank_00_optim_states.pt"
     assert _zero_stage(shard) == (ZeroStageEnum.weights if preset == "zero3" else ZeroStageEnum.gradients)
 
 

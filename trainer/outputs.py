@@ -67,16 +67,50 @@ def publish(trainer, config: FinetuneConfig, model_dir: Path, class_names: list[
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     model = original_module(unwrapped)
     peft = is_peft_model(model)
+    target = stage / "adapter" if peft else stage
+    masters = _deepspeed_master_weights(trainer, model)  # every rank: a collective
     if model is not unwrapped:  # apply_ort (one process): save the model inside ORTModule, with its config
         if trainer.args.should_save:
-            model.save_pretrained(stage / "adapter" if peft else stage)
-    else:
-        trainer.save_model(str(stage / "adapter" if peft else stage))
+            model.save_pretrained(target)
+    elif masters is None:
+        trainer.save_model(str(target))
+    elif trainer.args.should_save:
+        trainer._save(str(target), state_dict=masters)  # what save_model does under DeepSpeed, with fp32 weights
+        if (target / "config.json").is_file():  # save_pretrained records the module's (16-bit) dtype
+            write_json_atomic(target / "config.json", {**read_json(target / "config.json"), "dtype": "float32"})
     trainer.accelerator.wait_for_everyone()
     if not trainer.args.should_save:
         return
     with plain_loading(trainer.args):  # the main process alone reloads the model: no collective partitioning
         _publish_main(stage, root, peft, config, model_dir, class_names, result, trainer.processing_class)
+
+
+def _deepspeed_master_weights(trainer, model):
+    """The fp32 weights the optimizer trained, where the module holds 16-bit copies of them: DeepSpeed with bf16 or
+    fp16 (ZeRO-1/2/3 alike) casts the module, and transformers 5.24's `save_model` writes that module's weights, so
+    a `precision=16` run under DeepSpeed published bf16 weights while every other path publishes fp32. A collective
+    (ZeRO-3 gathers each weight): every rank calls it; the main process gets the state dict, the others {}.
+    Weights the optimizer does not hold (LoRA's frozen base) are the module's, cast to fp32. None without DeepSpeed
+    or when the module is fp32."""
+    import torch
+
+    if not trainer.is_deepspeed_enabled:
+        return None
+    params = list(model.named_parameters(remove_duplicate=False))
+    if all(param.dtype == torch.float32 for _, param in params):
+        return None
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module_weights = trainer.accelerator.get_state_dict(trainer.deepspeed)  # ZeRO-3: gathered to the main process
+    masters = {}
+    for name, param in params:
+        full = safe_get_full_fp32_param(param)
+        if full is not None and trainer.args.should_save:
+            masters[name] = full.detach().to("cpu", torch.float32)
+    if not trainer.args.should_save:
+        return {}
+    return {name: masters.get(name, value.float() if value.is_floating_point() else value)
+            for name, value in module_weights.items()}
 
 
 def _publish_main(stage: Path, root: Path, peft: bool, config: FinetuneConfig, model_dir: Path,
