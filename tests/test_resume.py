@@ -168,3 +168,8 @@ def test_resume_under_torchrun_is_bit_identical(tmp_path, tiny_preprocess_output
     assert steps and steps[0] == step + 1, (f"resumed run logged steps {steps[:3]}, expected {step + 1} first",
                                             done.stderr[-3000:])
     assert weights_digest(crashed / "pytorch") == weights_digest(straight / "pytorch")
+    # and what both published is their best checkpoint, whole: the trained-rows embedding (cpu_speedups) once put
+    # the trained rows back into a copy that DDP had made of the table, publishing untrained embeddings
+    for run in (straight, crashed):
+        best = json.loads((run / "pytorch" / "metrics.json").read_text())["best_checkpoint"]
+        assert weights_digest(run / "pytorch") == weights_digest(best), run.name

@@ -292,7 +292,7 @@ class TrainedRowsEmbedding(nn.Module):
         row_of[ids] = torch.arange(len(ids))
         self.register_buffer("ids", ids, persistent=False)
         self.register_buffer("row_of", row_of, persistent=False)
-        self.register_buffer("frozen", weight.detach(), persistent=False)  # the original storage, no copy
+        self.register_buffer("frozen", weight.detach(), persistent=False)  # the original storage, no copy (one process)
         self.trainable = nn.Parameter(weight.detach()[ids].clone(), requires_grad=weight.requires_grad)
         self.compact_padding_idx = int(row_of[self.padding_idx]) if self.padding_idx is not None else None
         self.register_state_dict_post_hook(TrainedRowsEmbedding._state_dict_hook)
@@ -328,10 +328,12 @@ class TrainedRowsEmbedding(nn.Module):
             state_dict[prefix + "trainable"] = full[module.ids]
 
     def restore(self) -> nn.Embedding:
-        """The original nn.Embedding, holding the trained rows."""
+        """The original nn.Embedding, holding the trained rows. The whole table is copied back: `frozen` starts as
+        original.weight's storage, but DDP's start-up broadcast of module buffers (torch 2.13, gloo) gives it storage
+        of its own, and writing the trained rows into `frozen` alone published a model with untrained embeddings."""
         original = self.original[0]
         with torch.no_grad():
-            self.frozen[self.ids] = self.trainable.detach()  # frozen *is* original.weight's storage
+            original.weight.copy_(self.weight)
         return original
 
 
