@@ -178,8 +178,9 @@ def test_training_args_loss_limit_and_sampling(paths, single_process_env):
 
 
 @pytest.mark.parametrize("examples,batch,accum,world,interval,expected", [
-    (1000, 8, 2, 2, 0.1, 3),  # ceil(1000/16)=63 batches // 2 = 31 steps/epoch; 0.1 × 31 = 3.1 -> 3
-    (1000, 8, 2, 2, 0.5, 16),  # 15.5 rounds to 16
+    (1000, 8, 2, 2, 0.1, 3),  # ceil(1000/16)=63 batches, ceil(63 / 2) = 32 steps/epoch; 0.1 × 32 = 3.2 -> 3
+    (1000, 8, 2, 2, 0.5, 16),  # 16 steps: half of the epoch's 32
+    (40, 4, 3, 1, 1.0, 4),  # 10 batches in steps of 3: 4 steps (the last one of a single batch), once per epoch
     (1000, 8, 1, 1, 0.25, 31),  # 125 steps/epoch × 0.25 = 31.25
     (10, 8, 4, 1, 0.1, 1),  # fewer batches than accumulation: still 1 step per epoch, at least 1 step
     (1000, 8, 2, 2, 0.0, 500),  # interval 0: eval_steps as given
@@ -191,7 +192,7 @@ def test_resolve_eval_steps(paths, examples, batch, accum, world, interval, expe
                             evaluation_steps_interval=interval)
     assert resolve_eval_steps(config, examples, world) == expected
     if (examples, batch, accum, world) == (1000, 8, 2, 2):
-        assert steps_per_epoch(examples, config, world) == 31
+        assert steps_per_epoch(examples, config, world) == 32
 
 
 @pytest.mark.parametrize("preset,stage", [("zero2", 2), ("zero3", 3), (None, 2)])

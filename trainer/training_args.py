@@ -12,9 +12,10 @@ from trainer.precision import precision_flags
 
 
 def steps_per_epoch(num_examples: int, config: FinetuneConfig, num_processes: int) -> int:
-    """Optimizer steps in one epoch, as the HF Trainer counts them."""
+    """Optimizer steps in one epoch, as the HF Trainer counts them (transformers 5.24: a last, partial
+    accumulation of batches is a step too)."""
     batches = math.ceil(num_examples / (config.per_device_train_batch_size * num_processes))
-    return max(1, batches // config.gradient_accumulation_steps)
+    return max(1, math.ceil(batches / config.gradient_accumulation_steps))
 
 
 def resolve_eval_steps(config: FinetuneConfig, num_examples: int, num_processes: int) -> int:
