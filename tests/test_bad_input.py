@@ -68,7 +68,7 @@ def ctx(tmp_path, tiny_preprocess_output, tiny_model_selector, conll_dir, monkey
     return {"tmp": tmp_path, "pre": tmp_path / "preprocess_output", "ms": tmp_path / "model_selector_output",
             "conll": tmp_path / "conll", "texts": tmp_path / "texts", "out": out, "pt": out / "pytorch_model_folder",
             "mlflow": out / "mlflow_model_folder", "import_out": out / "imported", "pre_out": out / "preprocessed",
-            "data_out": out / "data", "predictions": out / "predictions.jsonl"}
+            "data_out": out / "data", "predictions": out / "predictions.jsonl", "setenv": monkeypatch.setenv}
 
 
 def argv_of(program: str, c: dict, extra: list[str]) -> list[str]:
@@ -565,6 +565,10 @@ CASES = {
     "evaluation-interval-above-one": Case(flags("--evaluation_steps_interval", "1.5"),
                                          ["evaluation_steps_interval must be >= 0 and <= 1"]),
     "seed-negative": Case(flags("--seed", "-1"), ["seed must be >= 0"]),
+    "test-rows-without-words": Case(row("test", 2, lambda r: {k: r[k] for k in r if k not in ("tokens", "tags")}),
+                                    ["test.jsonl line 2: no 'tokens' and 'tags' lists"]),
+    "mlflow-file-store-refused": Case(lambda c: c["setenv"]("MLFLOW_TRACKING_URI", f"file://{c['tmp']}/mlruns") or [],
+                                      ["MLFLOW_TRACKING_URI=file://", "MLFLOW_ALLOW_FILE_STORE=true"]),
     # --- preprocess -------------------------------------------------------------------------------------------------
     "preprocess-train-missing": Case(remove("conll", "train.conll"), ["train_data not found"], "preprocess"),
     "preprocess-train-empty": Case(write("conll", "train.conll", ""), ["train.conll is empty"], "preprocess"),

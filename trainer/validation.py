@@ -7,11 +7,12 @@ A bad input ends a program with exit code 2 and one line naming the file (and li
   sit inside an input or each other (symlinks resolved), each can be created where it is asked for, and no
   symbolic link inside an input folder leads out of it (`check_links`);
 - a fine-tune (`validate_finetune`), in this order: the preprocess output (every row's JSON types, its ids against
-  the model's vocabulary, position and token-type tables, splits with labels to learn from and to score), the
+  the model's vocabulary, position and token-type tables, splits with labels to learn from and to score, the
+  words and tags of the split the published model is scored on), the
   model folder (config.json, a token-classification head for its family, the head's label count, intact weight
   files), the tokenizer, LoRA target modules (matched on a model built on the meta device from config.json: no
   weights loaded), the DeepSpeed JSON (its types, fp16 forced on a CPU, values that contradict ours, DeepSpeed's
-  own schema), ONNX Runtime, and the output folders (their contents, free space for what the run will write);
+  own schema), ONNX Runtime, the MLflow tracking store when MLFLOW_TRACKING_URI is set, and the output folders (their contents, free space for what the run will write);
   its input folders alone (`validate_inputs`) are what the distributed launcher checks before staging them.
 """
 
@@ -139,6 +140,7 @@ def validate_finetune(config) -> Validated:
 
     check_io(config)
     checked = validate_inputs(config)
+    check_tracking()
     if config.apply_deepspeed:
         checked.deepspeed_config = check_deepspeed(config, checked.model_config, len(checked.data.train))
     if config.apply_ort:
@@ -168,6 +170,7 @@ def validate_inputs(config) -> Validated:
         check_weights(model_dir, adapter=True)
     skeleton = meta_model(model_config, config_dir)
     check_rows(data, skeleton, Path(config.preprocess_output))
+    check_scored_words(data, Path(config.preprocess_output))
     check_tokenizer(data.tokenizer_dir)
     if config.apply_lora:
         check_lora_targets(skeleton, model_config.model_type, config.target_modules)
@@ -348,6 +351,30 @@ def check_rows(data, model, folder: Path) -> None:
             use = "learn from" if split == "train" else "score"
             raise InputError(f"{path}: every label is {IGNORE_INDEX}, so the {split} split has nothing to {use}; "
                              "re-run preprocess on tagged data")
+
+
+def check_scored_words(data, folder: Path) -> None:
+    """The split a fine-tune scores its published model on (test, else validation) carries the words and tags
+    beside the ids: the inference core scores words (trainer.evaluate.read_words), after training."""
+    from trainer.evaluate import read_words
+
+    read_words(folder / SPLIT_FILES["test" if data.test is not None else "validation"], data.class_names)
+
+
+def check_tracking() -> None:
+    """MLFLOW_TRACKING_URI, when set (the HF Trainer then reports to MLflow), names a store MLflow opens: mlflow
+    3.17 refuses a file store unless MLFLOW_ALLOW_FILE_STORE=true, which surfaced as a traceback once the model
+    had loaded."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri)
+    except MlflowException as err:
+        raise InputError(f"MLFLOW_TRACKING_URI={uri}: {one_line(err.message)}") from None
 
 
 def check_tokenizer(folder: Path) -> None:
