@@ -236,3 +236,49 @@ def test_python_m_trainer_help_lists_every_group():
     assert "(default: false)" in out and "(default: true)" in out  # bools rendered as the spec writes them
     # each default shown once (argparse's own "(default: ...)" would double them)
     assert " ".join(out.split()).count("(default: ") == sum(spec_default(f) is not None for f in FIELDS)
+
+
+@pytest.mark.parametrize("program", ["finetune", "preprocess", "model_import", "data_import", "evaluate", "predict"])
+def test_each_program_help_describes_it_in_whole_sentences(program, capsys):
+    """--help opens with the config's docstring's first paragraph, whole (model-import's once stopped at the end of
+    its docstring's first line, mid-sentence)."""
+    from trainer import cli
+
+    with pytest.raises(SystemExit) as done:
+        getattr(cli, f"{program}_main")(["--help"])
+    assert done.value.code == 0
+    config_cls = {"finetune": cli.FinetuneConfig, "preprocess": cli.PreprocessConfig,
+                  "model_import": cli.ModelImportConfig, "data_import": cli.DataImportConfig,
+                  "evaluate": cli.EvaluateConfig, "predict": cli.PredictConfig}[program]
+    summary = " ".join(config_cls.__doc__.split("\n\n")[0].split())
+    assert summary.endswith(".") and summary in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_the_main_process_prints_the_result_and_logs_info(rank, monkeypatch, capsys, caplog):
+    """Under torchrun every process runs the program: one result on stdout and one set of setup lines, the main
+    process's (the others keep their warnings)."""
+    import logging
+
+    from trainer import cli
+
+    class Config:
+        @classmethod
+        def from_cli(cls, argv, prog, description):
+            return cls()
+
+    def program(config):
+        logging.getLogger("trainer.setup").info("a setup line")
+        logging.getLogger("trainer.setup").warning("a warning")
+        return {"eval_f1": 1.0}
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.INFO)  # the root logger's level, restored after
+    caplog.set_level(logging.INFO)
+    assert cli.run(Config, program, [], "prog") == 0
+    printed = capsys.readouterr().out
+    said = [r.getMessage() for r in caplog.records if r.name == "trainer.setup"]
+    if rank == "0":
+        assert json.loads(printed) == {"eval_f1": 1.0} and said == ["a setup line", "a warning"]
+    else:
+        assert printed == "" and said == ["a warning"]

@@ -32,11 +32,17 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def configure_logging(level: int = logging.INFO) -> None:
     """Logging of a program run (the CLIs and the KFP components); library use leaves logging to the caller.
 
-    Progress bars (weights loading/saving, downloads) are off: a pod log has no terminal to redraw them in, and
-    trainer.progress logs the training progress as lines.
+    Progress bars (weights loading/saving, downloads, MLflow artifacts) are off: a pod log has no terminal to redraw
+    them in, and trainer.progress logs the training progress as lines. Processes other than the main one (torchrun)
+    log warnings and errors only.
     """
+    from trainer.distributed import is_main_process
+
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    if not is_main_process():  # under torchrun the main process speaks for all; the others' warnings still show
+        logging.getLogger().setLevel(max(level, logging.WARNING))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # saving an MLflow model drew one
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
@@ -49,13 +55,15 @@ def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]]
     `trainer.validation.check_io`), print `show(result)` as JSON. Bad input (ConfigError / InputError): one line,
     exit code 2. A full disk or exhausted memory while running (`trainer.failures`): one line naming what is left to
     resume from, exit code 1."""
+    from trainer.distributed import is_main_process
     from trainer.failures import failure_line
     from trainer.validation import one_line
 
     configure_logging()
     config = None
     try:
-        config = config_cls.from_cli(argv, prog=prog, description=(config_cls.__doc__ or "").split("\n")[0])
+        summary = " ".join((config_cls.__doc__ or "").split("\n\n")[0].split())  # the docstring's first paragraph
+        config = config_cls.from_cli(argv, prog=prog, description=summary)
         result = program(config)
     except (ConfigError, InputError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
@@ -68,7 +76,7 @@ def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]]
         print(f"error: {line}", file=sys.stderr)
         return 1
     shown = show(result)
-    if shown is not None:
+    if shown is not None and is_main_process():  # one result on stdout under torchrun
         print(json.dumps(asdict(shown) if is_dataclass(shown) else shown, indent=2, default=str))
     if argv is None:  # the process's own command line (a console script, python -m trainer): it exits next
         from trainer.process_exit import freeze_for_exit

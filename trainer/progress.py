@@ -2,7 +2,7 @@
 
     step 120/636 (19%) | epoch 0.19 | loss 0.4121 | 1,523 tok/s | elapsed 1m20s | ETA 5m44s
     evaluation at step 636: loss 0.2210 | f1 0.4312 | precision 0.5120 | recall 0.3724 | accuracy 0.9411
-    trained 636 steps in 7m02s: 642,310 tokens, 1,521 tok/s; final loss 0.1833
+    trained 636 steps in 7m02s: 642,310 tokens, 1,521 tok/s; mean loss 0.3120, last 28 steps 0.1833
 
 `ProgressMeter` counts what the training steps really process (tokens under the attention mask, the loss);
 `trainer.hf_trainer.TokenClassificationTrainer` feeds it. Device values stay on the device between lines, so
@@ -27,6 +27,7 @@ class ProgressMeter:
         self._loss = None
         self._tokens = None
         self.total_tokens = 0
+        self.total_loss = 0.0
 
     def add(self, loss, attention_mask, input_ids, padding: int = 0) -> None:
         """One step: its loss, and its real tokens (under the attention mask; without one, all but `padding`)."""
@@ -40,6 +41,7 @@ class ProgressMeter:
         tokens = 0 if self._tokens is None else int(self._tokens)
         self._loss = self._tokens = None
         self.total_tokens += tokens
+        self.total_loss += loss or 0.0
         return loss, tokens
 
 
@@ -58,7 +60,8 @@ class ProgressCallback(TrainerCallback):
         self.meter, self.interval_s, self.world_size, self.clock, self.log = meter, interval_s, world_size, clock, log
         self._started = self._last_time = 0.0
         self._first_step = self._last_step = 0
-        self._last_loss: Optional[float] = None
+        self._last_loss: Optional[float] = None  # the mean loss of the steps the last line covered
+        self._last_steps = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._started = self._last_time = self.clock()
@@ -77,6 +80,7 @@ class ProgressCallback(TrainerCallback):
         loss_sum, tokens = self.meter.take()
         steps = max(1, step - self._last_step)
         self._last_loss = None if loss_sum is None else loss_sum / steps
+        self._last_steps = steps
         window = max(now - self._last_time, 1e-9)
         rate = tokens * self.world_size / window
         done = step - self._first_step
@@ -115,7 +119,11 @@ class ProgressCallback(TrainerCallback):
             return
         elapsed = self.clock() - self._started
         tokens = self.meter.total_tokens * self.world_size
-        final = f"; final loss {self._last_loss:.4f}" if self._last_loss is not None else ""
-        self.log.info("trained %d steps in %s: %s%s tokens, %s%s tok/s%s", state.global_step - self._first_step,
+        trained = state.global_step - self._first_step
+        # the mean over every step, whatever the pace of the lines; then the last line's window, named by its span
+        final = (f"; mean loss {self.meter.total_loss / trained:.4f}, last {self._last_steps} step"
+                 f"{'s' if self._last_steps > 1 else ''} {self._last_loss:.4f}"
+                 if self._last_loss is not None and trained > 0 else "")
+        self.log.info("trained %d steps in %s: %s%s tokens, %s%s tok/s%s", trained,
                       duration(elapsed), "~" if self.world_size > 1 else "", f"{tokens:,}",
                       "~" if self.world_size > 1 else "", f"{tokens / max(elapsed, 1e-9):,.0f}", final)
