@@ -70,8 +70,8 @@ ACCESS = [
          "exist."),
 ]
 PLACEMENT = [
-    _own("run_evaluation", bool, True, "Evaluate the fine-tuned model on the test split (metrics, report, "
-                                       "predictions)."),
+    _own("run_evaluation", bool, True, "Evaluate the fine-tuned model on the test split, or the validation split "
+                                       "when the data has none (metrics, report, predictions)."),
     _own("predict_data_uri", str, "", "Unlabelled data that the fine-tuned model labels in a predict step (text "
          "lines, JSON Lines with a 'text' or 'tokens' column, CoNLL without tags, CSV with a 'text' column), fetched "
          "like data_uri (path, object-store URI or hub dataset); empty: no predict step."),
@@ -124,7 +124,7 @@ def build_pipeline(*, gpus: int = 0, accelerator_type: str = "nvidia.com/gpu", p
 
         with dsl.If(values["run_evaluation"] == True):  # noqa: E712 - a KFP condition, not a Python comparison
             evaluate(model=tuned.outputs["pytorch_model_folder"], preprocess_output=prep.outputs["preprocess_output"],
-                     split="test", batch_size=values["per_device_eval_batch_size"])
+                     split="auto", batch_size=values["per_device_eval_batch_size"])
 
         with dsl.If(values["predict_data_uri"] != ""):
             unlabelled = _import_step(data_import(**{**_values(DataImportConfig, values),

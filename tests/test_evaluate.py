@@ -100,6 +100,30 @@ def test_a_different_split_is_scored_even_without_rescore(tiny_finetuned, tiny_p
     assert validation.source == "evaluate"  # metrics.json's per-entity figures are the test split's
 
 
+def test_split_auto_is_the_test_split_else_validation(tiny_finetuned, tiny_preprocess_output, tmp_path):
+    """The pipeline evaluates with split=auto: data without a test split (test_ratio 0, no test file) is scored on
+    its validation split, as the fine-tune scored it, instead of failing after training."""
+    with_test = evaluate(_config(tiny_finetuned["pytorch"], tiny_preprocess_output, tmp_path / "a", split="auto"))
+    assert with_test.split == "test" and with_test.source == "finetune"
+    data = tmp_path / "no_test"
+    shutil.copytree(tiny_preprocess_output, data)
+    (data / "test.jsonl").unlink()
+    result = evaluate(_config(tiny_finetuned["pytorch"], data, tmp_path / "b", split="auto"))
+    validation = evaluate(_config(tiny_finetuned["pytorch"], data, tmp_path / "c", split="validation"))
+    assert result.split == "validation" and result.figures == validation.figures
+    assert result.sentences == len((data / "validation.jsonl").read_text().splitlines())
+
+
+def test_the_pipeline_evaluates_the_split_its_finetune_scored():
+    from pipelines.token_classification_pipeline import token_classification_pipeline
+
+    spec = token_classification_pipeline.pipeline_spec
+    tasks = {name: task for dag in [spec.root.dag] + [c.dag for c in spec.components.values() if c.dag.tasks]
+             for name, task in dag.tasks.items()}
+    split = tasks["evaluate"].inputs.parameters["split"].runtime_value.constant.string_value
+    assert split == "auto"
+
+
 def test_a_word_the_tokenizer_drops_is_predicted_and_scored_as_it_was_trained(tiny_finetuned, tiny_model_selector,
                                                                                conll_dir, tmp_path):
     """Preprocess trains a word with no sub-token (a lone zero-width space) as the unknown token; the served model

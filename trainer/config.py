@@ -390,7 +390,8 @@ class EvaluateConfig(Params):
     predictions: str = path("JSON Lines, one sentence a line: {\"tokens\", \"tags\", \"predicted_tags\", "
                             "\"scores\"} (a word's score is its label's probability; null for a word without "
                             "sub-tokens).", output=True, artifact="Dataset")
-    split: str = param("test", "Which split to evaluate.", choices=("test", "validation", "train"),
+    split: str = param("test", "Which split to evaluate; auto: test, or validation when the preprocess output has no "
+                       "test split (the split the fine-tune scores).", choices=("test", "validation", "train", "auto"),
                        group="evaluation")
     batch_size: int = param(16, "Inference batch size (windows are sorted by length first).", group="evaluation",
                             minimum=1)

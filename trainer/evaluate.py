@@ -155,15 +155,19 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     ensure_new_file(config.predictions, "predictions")
     started = time.perf_counter()
     data_dir = Path(config.preprocess_output)
-    _split_file(data_dir, config.split)
-    reused = None if config.rescore else finetune_predictions_for(Path(config.model), data_dir, config.split)
+    split = config.split
+    if split == "auto":  # what the fine-tune scored: a pipeline whose data has no test split still evaluates
+        _split_file(data_dir, "validation")
+        split = "test" if (data_dir / SPLIT_FILES["test"]).exists() else "validation"
+    _split_file(data_dir, split)
+    reused = None if config.rescore else finetune_predictions_for(Path(config.model), data_dir, split)
     if reused is not None:
         write_file_atomic(config.predictions, lambda path: shutil.copyfile(reused.predictions_file, path))
         result = reused
     else:
-        result = predict_split(config.model, data_dir, config.split, config.batch_size, config.predictions)
+        result = predict_split(config.model, data_dir, split, config.batch_size, config.predictions)
     result.seconds = time.perf_counter() - started
-    logger.info("%s split, %d sentences (%s figures and predictions, %.1f s): %s", config.split, result.sentences,
+    logger.info("%s split, %d sentences (%s figures and predictions, %.1f s): %s", split, result.sentences,
                 result.source, result.seconds, result.figures)
     return result
 

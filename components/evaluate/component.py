@@ -36,7 +36,8 @@ def evaluate(
         metrics: <split>_f1, <split>_precision, <split>_recall, <split>_accuracy, <split>_loss and per-entity F1
             (metadata: source = finetune when the fine-tune's own figures for this split are reported).
         report: Markdown report with the overall figures and the per-entity (per-tag) table.
-        split: Which split to evaluate. One of test, validation, train.
+        split: Which split to evaluate; auto: test, or validation when the preprocess output has no test split (the
+            split the fine-tune scores). One of test, validation, train, auto.
         batch_size: Inference batch size (windows are sorted by length first). Must be >= 1.
         rescore: Predict and score again even when the model's fine-tune already did so on this very split (same
             file content, same classes): by default its predictions and figures are reused without loading the
