@@ -195,6 +195,20 @@ def test_resolve_eval_steps(paths, examples, batch, accum, world, interval, expe
         assert steps_per_epoch(examples, config, world) == 32
 
 
+@pytest.mark.parametrize("given", [{}, {"stage3_gather_16bit_weights_on_model_save": False}])
+def test_a_custom_zero3_config_gathers_the_model_when_it_is_saved(tmp_path, given):
+    """DeepSpeed's default (false) left a custom ZeRO-3 JSON to fail at publishing, after the whole training:
+    accelerate refuses the state dict of a model that is not gathered on save."""
+    from trainer.deepspeed_config import load_deepspeed_config
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3, **given}, "train_micro_batch_size_per_gpu": "auto"}))
+    config = load_deepspeed_config(str(path))
+    assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert "stage3_gather_16bit_weights_on_model_save" not in load_deepspeed_config(str(path))["zero_optimization"]
+
+
 @pytest.mark.parametrize("preset,stage", [("zero2", 2), ("zero3", 3), (None, 2)])
 def test_deepspeed_presets(preset, stage):
     from trainer.deepspeed_config import load_deepspeed_config

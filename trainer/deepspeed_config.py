@@ -8,6 +8,7 @@ Precision stays "auto": it follows `precision`, never hard-coded fp16.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +16,8 @@ from trainer.config import DEEPSPEED_PRESETS
 from trainer.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "deepspeed_configs"
+GATHER_ON_SAVE = "stage3_gather_16bit_weights_on_model_save"
+logger = logging.getLogger(__name__)
 
 
 def load_deepspeed_config(source: Optional[str], preset: str = "zero2") -> dict:
@@ -42,4 +45,11 @@ def load_deepspeed_config(source: Optional[str], preset: str = "zero2") -> dict:
     stage = config.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"deepspeed config {path}: zero_optimization.stage must be 0-3, got {stage!r}")
+    if stage == 3 and not config["zero_optimization"].get(GATHER_ON_SAVE):
+        # The published model is whole: ZeRO-3 must gather its shards when the model is saved. DeepSpeed's default
+        # (false) left transformers 5.24 to save a sharded checkpoint and accelerate 1.15 to refuse the state dict,
+        # after the whole training.
+        logger.info("deepspeed config %s: %s set to true (the published model is gathered whole)", path,
+                    GATHER_ON_SAVE)
+        config["zero_optimization"][GATHER_ON_SAVE] = True
     return config
