@@ -9,6 +9,11 @@ class InputError(ValueError):
     """An input folder or file that does not satisfy its contract."""
 
 
+class TransferError(ConnectionError):
+    """A download that failed part-way (connection lost, read timed out, the store failed): a run failure (exit 1,
+    one line: `trainer.failures`), not bad input."""
+
+
 def preview(values, limit: int = 5, width: int = 60) -> str:
     """A bounded, one-line view of many values for an error message: the first few, then how many more."""
     values = list(values)

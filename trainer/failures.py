@@ -1,4 +1,5 @@
-"""Failures while a program runs that are not bugs — a full disk, exhausted memory — as one clear line.
+"""Failures while a program runs that are not bugs — a full disk, exhausted memory, a download that broke off — as
+one clear line.
 
 The input was fine, so the exit code is 1, not 2. What was written stays usable: a checkpoint counts only once its
 manifest is written (`trainer.checkpoints`), so the line names the last complete one and how to go on from it.
@@ -15,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Optional
 
+from trainer.errors import TransferError
 from trainer.validation import one_line
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -32,11 +34,14 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 
 
 def kind_of(err: BaseException) -> Optional[str]:
-    """'disk' (full), 'write' (a write failed, cause hidden), 'memory', or None for anything else."""
+    """'disk' (full), 'write' (a write failed, cause hidden), 'memory', 'transfer' (a download broke off), or None
+    for anything else."""
     import torch
 
     for link in _chain(err):
         text = str(link)
+        if isinstance(link, TransferError):
+            return "transfer"
         if (isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS) or any(t in text for t in DISK_FULL_TEXT):
             return "disk"
         if isinstance(link, (MemoryError, torch.OutOfMemoryError)) or any(t in text.lower()
@@ -60,6 +65,8 @@ def failure_line(err: BaseException, config) -> Optional[str]:
     kind = kind_of(err)
     if kind is None:
         return None
+    if kind == "transfer":  # it says what broke off and to run again: nothing was published
+        return one_line(err)[:600]
     what = {"disk": "the disk is full", "write": "a file could not be written",
             "memory": "out of memory"}[kind] + f" ({one_line(err)[:300]})"
     folder = getattr(config, "pytorch_model_folder", None)

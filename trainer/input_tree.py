@@ -86,8 +86,9 @@ def copy_tree(src: str | Path, dst: str | Path) -> list[str]:
 
 
 def check_file(path: str | Path) -> Path:
-    """A single input file: if it is a link, it must point next to it (into its own folder); its real path."""
+    """A single input file given directly: a link is the user's choice and is followed wherever it points (only links
+    inside an input folder are kept inside it); its real path. A broken link is refused."""
     path = Path(path)
-    if path.is_symlink():
-        return resolve_inside(path, boundary(path.parent), str(path))
-    return path
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{path} is a broken symbolic link (to {os.readlink(path)})")
+    return path.resolve()

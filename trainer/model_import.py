@@ -4,7 +4,8 @@ Where it comes from (`trainer.sources`): a path in the container (a PVC), an obj
 the Hugging Face hub (a repository id, revision pinned to a commit), or the `model` input artifact. What it is:
 - `model_path` / `model`: an HF model folder (config.json + weights + tokenizer), an earlier fine-tune output
   (its best model sits at the root; `checkpoint-*` folders are not copied), a LoRA adapter folder
-  (adapter_config.json), an earlier model-import output, or an MLflow model (recognised by its MLmodel file).
+  (adapter_config.json; the base model it names comes along as `base_model/`), an earlier model-import output, or
+  an MLflow model (recognised by its MLmodel file).
 - `mlflow_model_path`: an MLflow `transformers` flavor model folder (MLmodel file; the HF files live in
   sub-folders such as `model/` and `components/tokenizer/`).
 
@@ -18,20 +19,23 @@ tokenizer files when the source has them) at the root, plus `model_selector_args
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from trainer.config import ModelImportConfig
-from trainer.constants import MODEL_MARKERS, MODEL_SELECTOR_ARGS, TOKENIZER_FILES
-from trainer.errors import InputError
+from trainer.constants import BASE_MODEL_SUBDIR, MODEL_MARKERS, MODEL_SELECTOR_ARGS, TOKENIZER_FILES
+from trainer.errors import ConfigError, InputError, preview
 from trainer.input_tree import boundary, iter_files
+from trainer.jsonio import read_json
 from trainer.model_io import read_model_selector_args, resolve_model_dir
-from trainer.publish import new_output_folder, publish_dir, staging_dir
-from trainer.sources import fetch, parse_source, workdir_beside
+from trainer.publish import new_output_folder, publish_dir, staging_dir, write_json_atomic
+from trainer.sources import Fetched, fetch, parse_source, workdir_beside
 from trainer.validation import check_io
 
 logger = logging.getLogger(__name__)
@@ -89,31 +93,44 @@ def _copy_model_files(src: Path, dst: Path, *, within: Path, overwrite: bool = T
     return sorted(taken)
 
 
-def _model_family(model_dir: Path) -> Optional[str]:
-    cfg = model_dir / "config.json"
-    if cfg.exists():
-        try:
-            return json.loads(cfg.read_text()).get("model_type")
-        except json.JSONDecodeError as err:
-            raise InputError(f"{cfg} is not valid JSON: {err}") from None
-    adapter = model_dir / "adapter_config.json"
-    if adapter.exists():
-        try:
-            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
-        except json.JSONDecodeError as err:
-            raise InputError(f"{adapter} is not valid JSON: {err}") from None
-        if base and (Path(base) / "config.json").exists():
-            return json.loads((Path(base) / "config.json").read_text()).get("model_type")
-    return None
+def _json_object(path: Path, shown: str) -> dict:
+    """config.json / adapter_config.json: UTF-8 JSON holding an object; InputError naming the file as `shown`."""
+    try:
+        value = read_json(path)
+    except InputError as err:
+        raise InputError(str(err).replace(str(path), shown)) from None
+    if not isinstance(value, dict):
+        raise InputError(f"{shown} must hold a JSON object, not {type(value).__name__}")
+    return value
 
 
-def _locate_hf_model(model_path: Path) -> Path:
+def _check_weights(model_dir: Path, adapter: bool, shown: str) -> None:
+    """The model root holds PyTorch weights finetune can load (`trainer.validation.check_weights`' rule: *.safetensors
+    or *.bin at the root, shards included; adapter_model.* for a LoRA adapter); whether they are intact is
+    finetune's check."""
+    prefix = "adapter_model" if adapter else ""
+    weights = [p for ext in ("safetensors", "bin") for p in model_dir.glob(f"{prefix}*.{ext}")]
+    if not any(p.name not in SKIP_FILES for p in weights):
+        found = sorted(p.name for p in model_dir.iterdir())
+        raise InputError(f"no PyTorch weights ({prefix}*.safetensors or {prefix}*.bin) in {shown}: found "
+                         f"{preview(found, 8)}; TensorFlow / Flax / ONNX weights are not loaded: give the model "
+                         "saved from PyTorch (save_pretrained)")
+
+
+def _locate_hf_model(model_path: Path, shown: str) -> Path:
+    """The model folder of a source: an earlier model-import output's, or the source folder itself; InputError
+    naming the source as the user gave it (`shown`), with where a model lies deeper if one does."""
     if (model_path / MODEL_SELECTOR_ARGS).exists():
-        return resolve_model_dir(model_path)
+        try:
+            return resolve_model_dir(model_path)
+        except InputError as err:
+            raise InputError(str(err).replace(str(model_path), shown)) from None
     if any((model_path / m).exists() for m in MODEL_MARKERS):
         return model_path
-    raise InputError(f"no model found in {model_path}: expected config.json (or adapter_config.json for a LoRA "
-                     f"adapter); found {sorted(p.name for p in model_path.iterdir())}")
+    deeper = _find_dir_with(model_path, MODEL_MARKERS, [])
+    hint = f"; a model lies in {deeper.relative_to(model_path).as_posix()}/: give that folder" if deeper else ""
+    raise InputError(f"no model found in {shown}: expected config.json (or adapter_config.json for a LoRA adapter) "
+                     f"at its top; found {preview(sorted(p.name for p in model_path.iterdir()), 8)}{hint}")
 
 
 def _locate_mlflow_model(root: Path) -> tuple[Path, Optional[Path], dict]:
@@ -148,19 +165,28 @@ def model_import(config: ModelImportConfig) -> dict:
     source = parse_source(given, what, revision=config.model_revision, s3_endpoint_url=config.s3_endpoint_url)
     out = Path(config.model_selector_output)
     with new_output_folder(out, "model_selector_output"):
-        workdir = workdir_beside(out) if source.kind != "path" else None
+        workdir = workdir_beside(out)
         try:
-            fetched = fetch(source, workdir or out.parent, hf_endpoint=config.hf_endpoint)
-            return _import(config, fetched.path, what, fetched.provenance, move=fetched.downloaded)
+            fetched = fetch(source, workdir, hf_endpoint=config.hf_endpoint)
+            return _import(config, fetched, given, what, workdir)
         finally:
-            if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _import(config: ModelImportConfig, src: Path, what: str, provenance: dict, *, move: bool) -> dict:
+def _shown(path: Path, src: Path, given: str) -> str:
+    """`path`, a part of the fetched source `src`, as the user knows it: under the source they gave."""
+    try:
+        rel = path.relative_to(src).as_posix()
+    except ValueError:
+        return str(path)
+    return given if rel == "." else f"{given.rstrip('/')}/{rel}"
+
+
+def _import(config: ModelImportConfig, fetched: Fetched, given: str, what: str, workdir: Path) -> dict:
+    src, provenance, move = fetched.path, fetched.provenance, fetched.downloaded
     if not src.is_dir():
-        raise InputError(f"model folder not found: {config.model or config.model_path or config.mlflow_model_path}"
-                         + ("" if not src.exists() else " (it is a file, not a folder)"))
+        raise InputError(f"model folder not found: {given}" + ("" if not src.exists() else
+                                                               " (it is a file, not a folder)"))
     within = boundary(src)
     list(iter_files(src, within=within))  # a link out of the source is refused before anything is written
 
@@ -171,10 +197,16 @@ def _import(config: ModelImportConfig, src: Path, what: str, provenance: dict, *
         model_dir, tok_dir, flavor = _locate_mlflow_model(src)
     else:
         source = what
-        model_dir = _locate_hf_model(src)
+        model_dir = _locate_hf_model(src, given)
     earlier = read_model_selector_args(src)
-    is_adapter = (model_dir / "adapter_config.json").exists() and not (model_dir / "config.json").exists()
-    family = _model_family(model_dir) or earlier.get("model_family")
+    shown = _shown(model_dir, src, given)
+    model_config = (_json_object(model_dir / "config.json", f"{shown}/config.json")
+                    if (model_dir / "config.json").exists() else {})
+    has_adapter = (model_dir / "adapter_config.json").exists()
+    is_adapter = has_adapter and not model_config
+    _check_weights(model_dir, has_adapter, shown)
+    base = _base_model(config, model_dir, shown, workdir) if has_adapter else None
+    family = model_config.get("model_type") or (base.family if base else None) or earlier.get("model_family")
 
     hub_repo = provenance.get("hub_repo")
     name = (config.model_name or earlier.get("model_name") or flavor.get("source_model_name") or hub_repo
@@ -190,6 +222,9 @@ def _import(config: ModelImportConfig, src: Path, what: str, provenance: dict, *
         "is_lora_adapter": is_adapter,
         **{k: v for k, v in provenance.items() if k in ("source_uri", "revision", "hub_endpoint")},
     }
+    if base is not None and base.fetched is not None:
+        meta["base_model"] = {"name": base.name, **{k: v for k, v in base.fetched.provenance.items()
+                                                     if k in ("source_uri", "revision", "hub_endpoint")}}
     if flavor:
         meta["mlflow_flavor"] = {k: flavor.get(k) for k in ("task", "source_model_name", "transformers_version")
                                  if flavor.get(k) is not None}
@@ -202,7 +237,10 @@ def _import(config: ModelImportConfig, src: Path, what: str, provenance: dict, *
             copied += [f"tokenizer/{n}" for n in _copy_model_files(tok_dir, stage, within=within, overwrite=False,
                                                                    move=move)]
         if not any((stage / m).exists() for m in MODEL_MARKERS):
-            raise InputError(f"no config.json or adapter_config.json in {model_dir}")
+            raise InputError(f"no config.json or adapter_config.json in {shown}")
+        if base is not None and base.fetched is not None:
+            _add_base_model(stage, base)
+            copied.append(BASE_MODEL_SUBDIR)
         meta["has_tokenizer"] = any((stage / f).exists() for f in TOKENIZER_FILES)
         (stage / MODEL_SELECTOR_ARGS).write_text(json.dumps(meta, indent=2))
         publish_dir(stage, out)
@@ -211,6 +249,71 @@ def _import(config: ModelImportConfig, src: Path, what: str, provenance: dict, *
     logger.info("imported %s (%s) from %s into %s: %s", meta["model_name"], family, meta.get("source_uri", model_dir),
                 out, copied)
     return meta
+
+
+@dataclass
+class _Base:
+    """The base model of a LoRA adapter: where its model files are, its family; `fetched` is None when the adapter
+    folder brings it along (`base_model/`)."""
+
+    name: str
+    model_dir: Path
+    family: Optional[str]
+    fetched: Optional[Fetched] = None
+
+
+def _base_model(config: ModelImportConfig, model_dir: Path, shown: str, workdir: Path) -> _Base:
+    """The base model the adapter in `model_dir` needs: its own `base_model/` (our unmerged fine-tune output), else
+    the one adapter_config.json names, from the same kind of source as model_path (a path, an object store, the hub
+    with the same endpoint, HF_TOKEN and a pinned revision: adapter_config.json's `revision`, else main). Checked
+    (config.json, weights) before anything is written; InputError when it cannot be found."""
+    adapter_cfg = _json_object(model_dir / "adapter_config.json", f"{shown}/adapter_config.json")
+    own = model_dir / BASE_MODEL_SUBDIR
+    if own.is_dir():
+        if not (own / "config.json").is_file():
+            raise InputError(f"{shown}/{BASE_MODEL_SUBDIR} has no config.json: its base model is incomplete")
+        cfg = _json_object(own / "config.json", f"{shown}/{BASE_MODEL_SUBDIR}/config.json")
+        _check_weights(own, False, f"{shown}/{BASE_MODEL_SUBDIR}")
+        return _Base(BASE_MODEL_SUBDIR, own, cfg.get("model_type"))
+    name = adapter_cfg.get("base_model_name_or_path")
+    where = f"{shown}/adapter_config.json"
+    if not isinstance(name, str) or not name.strip() or name.strip("./") == BASE_MODEL_SUBDIR:
+        raise InputError(f"{where} names no base model we can import (base_model_name_or_path={name!r}) and {shown} "
+                         f"has no {BASE_MODEL_SUBDIR}/ folder: import a merged model, or the adapter with its base "
+                         f"model in {BASE_MODEL_SUBDIR}/ (our unmerged fine-tune output)")
+    try:
+        source = parse_source(name, "base_model_name_or_path", s3_endpoint_url=config.s3_endpoint_url)
+        if source.kind == "hub" and not source.revision and adapter_cfg.get("revision"):
+            source = dataclasses.replace(source, revision=str(adapter_cfg["revision"]))
+        (workdir / "base").mkdir()
+        fetched = fetch(source, workdir / "base", hf_endpoint=config.hf_endpoint)
+        if not fetched.path.is_dir():
+            raise InputError(f"{name} is a file, not a model folder")
+        list(iter_files(fetched.path))  # a link out of the base model's folder is refused too
+        base_dir = _locate_hf_model(fetched.path, name)
+        if not (base_dir / "config.json").exists():
+            raise InputError(f"{_shown(base_dir, fetched.path, name)} has no config.json (a LoRA adapter cannot be "
+                             "the base of another)")
+        cfg = _json_object(base_dir / "config.json", f"{_shown(base_dir, fetched.path, name)}/config.json")
+        _check_weights(base_dir, False, _shown(base_dir, fetched.path, name))
+    except (ConfigError, InputError) as err:
+        raise InputError(f"the base model of the LoRA adapter ({where}: base_model_name_or_path={name!r}) cannot be "
+                         f"imported: {err}") from None
+    return _Base(name, base_dir, cfg.get("model_type"), fetched)
+
+
+def _add_base_model(stage: Path, base: _Base) -> None:
+    """The base model into `stage/base_model/`, its tokenizer beside the adapter when the adapter has none, and
+    adapter_config.json naming `base_model` (the layout of our unmerged LoRA fine-tune output)."""
+    assert base.fetched is not None
+    target = stage / BASE_MODEL_SUBDIR
+    _copy_model_files(base.model_dir, target, within=boundary(base.fetched.path), move=base.fetched.downloaded)
+    if not any((stage / f).exists() for f in TOKENIZER_FILES):
+        for name in (*TOKENIZER_FILES, *EXTRA_TOKENIZER_FILES):
+            if (target / name).is_file():
+                shutil.copy2(target / name, stage / name)
+    adapter_config = stage / "adapter_config.json"
+    write_json_atomic(adapter_config, {**read_json(adapter_config), "base_model_name_or_path": BASE_MODEL_SUBDIR})
 
 
 def _name_from(uri: str, src: Path) -> str:

@@ -14,6 +14,7 @@ Used by `trainer.sources` (models and data from a store) and by the launcher's o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from trainer.errors import InputError
+from trainer.errors import InputError, TransferError
 from trainer.input_tree import iter_files
 from trainer.publish import write_file_atomic
 
@@ -32,6 +33,20 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 class ObjectStoreError(ValueError):
     """An object-store URI or location that cannot be used."""
+
+
+@contextlib.contextmanager
+def transfer_errors(uri: S3Uri) -> Iterator[None]:
+    """botocore / boto3 errors inside the block (after botocore's and s3transfer's own retries) as a TransferError."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError, Boto3Error) as err:
+        cause = getattr(err, "last_exception", None) or err  # boto3's RetriesExceededError: what the last try met
+        reason = " ".join(str(cause).split())[:300] or type(cause).__name__
+        raise TransferError(f"the transfer of {uri} failed ({type(cause).__name__}: {reason})") from None
 
 
 @dataclass(frozen=True)
@@ -196,15 +211,18 @@ def upload_tree(client: Any, local_dir: str | Path, uri: S3Uri, *, last: tuple[s
 
 
 def download_file(client: Any, uri: S3Uri, path: str | Path) -> None:
-    """Download the single object `uri` to `path` (`write_file_atomic`: a temporary sibling, synced, renamed)."""
-    write_file_atomic(path, lambda tmp: client.download_file(uri.bucket, uri.prefix, str(tmp)))
+    """Download the single object `uri` to `path` (`write_file_atomic`: a temporary sibling, synced, renamed);
+    TransferError when the transfer fails."""
+    with transfer_errors(uri):
+        write_file_atomic(path, lambda tmp: client.download_file(uri.bucket, uri.prefix, str(tmp)))
 
 
 def download_tree(client: Any, uri: S3Uri, local_dir: str | Path, *, exclude: tuple[str, ...] = ()) -> int:
     """Make `local_dir` a copy of the objects under `uri` (an empty folder if there are none).
 
     Downloads into a temporary sibling and renames it into place, so a half-downloaded folder is never
-    seen under `local_dir`. Relative paths named in `exclude` are skipped. Returns the number of files.
+    seen under `local_dir`. Relative paths named in `exclude` are skipped. Returns the number of files;
+    TransferError when the transfer fails.
     """
     local_dir = Path(local_dir)
     local_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -214,14 +232,17 @@ def download_tree(client: Any, uri: S3Uri, local_dir: str | Path, *, exclude: tu
         target = tmp / "x"
         target.mkdir()
         root = target.resolve()
-        for rel, _ in list_keys(client, uri):
+        with transfer_errors(uri):
+            keys = [rel for rel, _ in list_keys(client, uri)]
+        for rel in keys:
             if rel in exclude:
                 continue
             dest = (target / rel).resolve()
             if root not in dest.parents:  # a key like "a/../../x" must not escape the folder
                 raise ObjectStoreError(f"object key {uri.key_prefix + rel!r} points outside {local_dir}")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(uri.bucket, uri.key_prefix + rel, str(dest))
+            with transfer_errors(uri.join(rel)):
+                client.download_file(uri.bucket, uri.key_prefix + rel, str(dest))
             count += 1
         if local_dir.exists():
             shutil.rmtree(local_dir)

@@ -37,7 +37,7 @@ STORE_SCHEMES = ("s3", "minio", "gs")
 GCS_S3_ENDPOINT = "https://storage.googleapis.com"
 # Weights in formats the trainer never loads: not downloaded from the hub.
 HUB_IGNORE = ["*.h5", "*.msgpack", "*.ot", "*.tflite", "*.onnx", "*.gguf", "onnx/*", "openvino/*", "coreml/*"]
-HUB_PICKLE_WEIGHTS = ["*.bin", "*.pt", "*.pth"]  # skipped when the repository has safetensors
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")  # weights skipped where their folder has safetensors
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,9 @@ def _fetch_store(source: Source, workdir: Path) -> Fetched:
     try:
         client = objstore.make_client(source.endpoint_url or None)
         objstore.check_bucket(client, uri)
-        if uri.prefix and objstore.exists(client, uri):
+        with objstore.transfer_errors(uri):
+            single = bool(uri.prefix) and objstore.exists(client, uri)
+        if single:
             target = workdir / uri.prefix.rsplit("/", 1)[-1]
             objstore.download_file(client, uri, target)
         else:
@@ -149,6 +151,9 @@ def _fetch_store(source: Source, workdir: Path) -> Fetched:
                 raise InputError(f"nothing found at {source.text}: no object under that prefix")
     except objstore.ObjectStoreError as err:
         raise InputError(f"{source.text}: {err}") from None
+    except objstore.TransferError as err:  # a run failure (exit 1), not bad input; the caller removes `workdir`
+        raise objstore.TransferError(f"cannot download {source.text}: {err}; run again once the object store "
+                                     "answers") from None
     logger.info("downloaded %s to %s", source.text, target)
     return Fetched(target, {"source_uri": source.text}, downloaded=True)
 
@@ -186,8 +191,7 @@ def _fetch_hub(source: Source, workdir: Path, hf_endpoint: str) -> Fetched:
         with hub_online():
             api = HfApi(endpoint=endpoint)
             info = api.repo_info(source.location, repo_type=source.repo_type, revision=source.revision or None)
-            files = [s.rfilename for s in (info.siblings or [])]
-            ignore = HUB_IGNORE + (HUB_PICKLE_WEIGHTS if any(f.endswith(".safetensors") for f in files) else [])
+            ignore = HUB_IGNORE + pickles_beside_safetensors([s.rfilename for s in (info.siblings or [])])
             snapshot_download(source.location, repo_type=source.repo_type, revision=info.sha, local_dir=target,
                               endpoint=endpoint, ignore_patterns=ignore)
     except GatedRepoError:
@@ -202,13 +206,23 @@ def _fetch_hub(source: Source, workdir: Path, hf_endpoint: str) -> Fetched:
         if isinstance(err, HfHubHTTPError) and getattr(err.response, "status_code", 0) == 401:
             raise InputError(f"{label}: {endpoint} refused the token (HF_TOKEN)") from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        what = "data" if source.repo_type == "dataset" else "model"
         raise InputError(f"cannot download {label} from the Hugging Face hub at {endpoint} ({reason}): without "
-                         "network access put the model on a PVC or in an object store (a path or s3:// URI), or "
+                         f"network access put the {what} on a PVC or in an object store (a path or s3:// URI), or "
                          "point hf_endpoint at a reachable mirror") from None
     shutil.rmtree(target / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping, not the repo
     logger.info("downloaded %s (commit %s) from %s", label, info.sha, endpoint)
     return Fetched(target, {"source_uri": source.text, "hub_repo": source.location, "revision": info.sha,
                             "hub_endpoint": endpoint}, downloaded=True)
+
+
+def pickles_beside_safetensors(files: list[str]) -> list[str]:
+    """The pickle weights (*.bin, *.pt, *.pth) of `files` whose own folder also has safetensors, as exact
+    `ignore_patterns`: a root pytorch_model.bin stays when only a sub-folder (e.g. `2_Dense/`) has safetensors."""
+    import glob
+
+    with_safetensors = {f.rpartition("/")[0] for f in files if f.endswith(".safetensors")}
+    return [glob.escape(f) for f in files if f.endswith(PICKLE_SUFFIXES) and f.rpartition("/")[0] in with_safetensors]
 
 
 def workdir_beside(target: str | Path) -> Path:
