@@ -124,6 +124,17 @@ def test_a_model_without_pytorch_weights_is_refused(tmp_path, hub, tiny_model_se
     run_model_import(model_selector_output=str(tmp_path / "o" / "sharded"), model_path=str(sharded))
 
 
+def test_a_model_type_without_a_token_classification_head_is_refused_at_import(tmp_path, tiny_model_selector,
+                                                                                capsys):
+    """A ViT (no token-classification head in transformers) imported with exit 0 and passed preprocess; only the
+    fine-tune, two steps later, refused it."""
+    vit = _plain(tiny_model_selector, tmp_path / "vit")
+    config = json.loads((vit / "config.json").read_text())
+    (vit / "config.json").write_text(json.dumps({**config, "model_type": "vit", "architectures": ["ViTModel"]}))
+    line = _refused(capsys, tmp_path / "o" / "vit", "--model_path", str(vit))
+    assert f"{vit}/config.json: transformers has no token-classification head for model type 'vit'" in line
+
+
 # ---- 3: config files that are not JSON objects ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["config.json", "adapter_config.json"])

@@ -36,7 +36,7 @@ from trainer.jsonio import read_json
 from trainer.model_io import read_model_selector_args, resolve_model_dir
 from trainer.publish import new_output_folder, publish_dir, staging_dir, write_json_atomic
 from trainer.sources import Fetched, fetch, parse_source, workdir_beside
-from trainer.validation import check_io
+from trainer.validation import check_family, check_io
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +207,8 @@ def _import(config: ModelImportConfig, fetched: Fetched, given: str, what: str, 
     _check_weights(model_dir, has_adapter, shown)
     base = _base_model(config, model_dir, shown, workdir) if has_adapter else None
     family = model_config.get("model_type") or (base.family if base else None) or earlier.get("model_family")
+    if family:  # a model no token-classification head exists for fails here, not two steps later at finetune
+        check_family(family, f"{shown}/config.json" if model_config else shown)
 
     hub_repo = provenance.get("hub_repo")
     name = (config.model_name or earlier.get("model_name") or flavor.get("source_model_name") or hub_repo

@@ -196,14 +196,19 @@ def read_model_config(folder: Path):
         raise InputError(f"cannot read the model config {path}: {one_line(err)}") from None
 
 
+def check_family(model_type: str, where: str) -> None:
+    """transformers has a token-classification head for this model type (checked by model import too)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES:
+        raise InputError(f"{where}: transformers has no token-classification head for model type {model_type!r}; "
+                         "import an encoder such as BERT, RoBERTa, DeBERTa or XLM-R")
+
+
 def check_head(model_config, folder: Path, num_labels: int, ignore_mismatched_sizes: bool, adapter: bool) -> None:
     """transformers has a token-classification head for the family, and a saved head fits our label count
     (or may be replaced: ignore_mismatched_sizes)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES
-
-    if model_config.model_type not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES:
-        raise InputError(f"{folder / 'config.json'}: transformers has no token-classification head for model type "
-                         f"{model_config.model_type!r}; import an encoder such as BERT, RoBERTa, DeBERTa or XLM-R")
+    check_family(model_config.model_type, str(folder / "config.json"))
     has_head = adapter or any(a.endswith("ForTokenClassification") for a in (model_config.architectures or []))
     if has_head and model_config.num_labels != num_labels and not ignore_mismatched_sizes:
         raise InputError(f"{folder / 'config.json'}: the model's head has {model_config.num_labels} labels but "
