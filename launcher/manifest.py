@@ -65,7 +65,6 @@ BASE_ENV = {
     "TORCH_EXTENSIONS_DIR": "/tmp/torch-extensions",  # DeepSpeed JIT-builds ops here
     "TRITON_CACHE_DIR": "/tmp/triton-cache",
     "NCCL_DEBUG": "WARN",
-    "OMP_NUM_THREADS": "1",
 }
 
 _DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -337,9 +336,29 @@ def container_resources(spec: JobSpec) -> dict[str, Any]:
     return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
 
 
+def cpu_quantity(value: Any) -> Optional[float]:
+    """Cores of a Kubernetes CPU quantity ("4", "2.5", "500m"); None for one this does not read."""
+    text = str(value).strip()
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return None
+
+
+def omp_threads(spec: JobSpec) -> Optional[int]:
+    """Threads per process: the pod's CPUs (limit, else request) shared by its processes. None when the pod names no
+    CPUs: torchrun then sets 1 for several processes, and one process takes what torch finds."""
+    cpus = next((cpu_quantity(spec.resources.get(kind, {}).get("cpu")) for kind in ("limits", "requests")
+                 if spec.resources.get(kind, {}).get("cpu") is not None), None)
+    return None if cpus is None else max(1, int(cpus // spec.nproc_per_node))
+
+
 def container_env(spec: JobSpec) -> list[dict[str, Any]]:
-    """Plain values (BASE_ENV, DS_ACCELERATOR, the user's env), then values from Secrets (secretKeyRef)."""
-    env = {**BASE_ENV, "DS_ACCELERATOR": "cuda" if spec.gpus_per_node > 0 else "cpu", **spec.env}
+    """Plain values (BASE_ENV, DS_ACCELERATOR, OMP_NUM_THREADS from the pod's CPUs, the user's env), then values from
+    Secrets (secretKeyRef)."""
+    threads = omp_threads(spec)
+    env = {**BASE_ENV, "DS_ACCELERATOR": "cuda" if spec.gpus_per_node > 0 else "cpu",
+           **({"OMP_NUM_THREADS": str(threads)} if threads else {}), **spec.env}
     secret_env = dict(spec.secret_env)
     store = spec.object_store
     if store is not None:

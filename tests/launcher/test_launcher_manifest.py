@@ -49,6 +49,24 @@ def test_cpu_manifest_validates_and_has_no_gpu():
     assert {"name": "DS_ACCELERATOR", "value": "cpu"} in container["env"]
 
 
+@pytest.mark.parametrize("gpus,procs,resources,threads", [
+    (0, None, {"limits": {"cpu": "8"}}, "8"),  # a CPU pod, one process: all its cores (was forced to 1)
+    (0, 2, {"limits": {"cpu": "8"}}, "4"),
+    (0, 3, {"requests": {"cpu": "4500m"}}, "1"),  # 4.5 cores / 3 processes
+    (4, None, {"limits": {"cpu": "16"}, "requests": {"cpu": 8}}, "4"),  # the limit, shared by 4 GPU processes
+    (0, 2, {}, None),  # no CPUs named: torchrun's choice (1 per process when there are several)
+])
+def test_threads_per_process_follow_the_pods_cpus(gpus, procs, resources, threads):
+    manifest = build_pytorchjob(spec(gpus_per_node=gpus, procs_per_node=procs, resources=resources))
+    env = {e["name"]: e.get("value") for e in
+           manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    assert env.get("OMP_NUM_THREADS") == threads
+    custom = build_pytorchjob(spec(gpus_per_node=gpus, procs_per_node=procs, resources=resources,
+                                   env={"OMP_NUM_THREADS": "3"}))  # the user's env_json wins
+    assert {"name": "OMP_NUM_THREADS", "value": "3"} in \
+        custom["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+
+
 def test_the_schema_check_catches_mistakes():
     """The checks would fail on real mistakes (so a pass above means something)."""
     manifest = build_pytorchjob(spec())
