@@ -90,6 +90,11 @@ class LaunchConfig(Params):
     timeout_seconds: int = param(86400, "Fail if the job has not finished after this many seconds, and delete it "
                                  "unless cleanup_policy=never (the job also gets this plus 120 s as its "
                                  "activeDeadlineSeconds).", group="watch", minimum=1)
+    start_timeout_seconds: int = param(900, "Fail (and delete the job unless cleanup_policy=never) when a pod has "
+                                       "not been able to start for this many seconds: a container waiting on an "
+                                       "image pull or a missing Secret, or a pod no node can take. No condition of "
+                                       "the job says so; it would otherwise wait for timeout_seconds.",
+                                       group="watch", minimum=1)
     poll_interval_seconds: int = param(30, "Seconds between status polls (rank 0's log is followed as it is "
                                        "written).", group="watch", minimum=1)
     checkpoint_sync_interval_seconds: int = param(300, "With staging_uri: seconds between the master pod's uploads "

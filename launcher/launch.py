@@ -309,7 +309,7 @@ class _Launch:
         config, options, backend = self.plan.config, self.options, self.plan.backend
         watcher = Watcher(self.custom_api, self.core_api, backend, self.name, self.namespace,
                           config.timeout_seconds, config.poll_interval_seconds, options.stream_logs,
-                          out=options.out or sys.stdout)
+                          out=options.out or sys.stdout, start_timeout_s=config.start_timeout_seconds)
         if options.clock is not None:
             watcher.clock = options.clock
         if options.sleep is not None:

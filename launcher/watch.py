@@ -357,6 +357,7 @@ class Watcher:
     sleep: Callable[[float], None] = time.sleep
     max_api_errors: int = 5  # consecutive failed polls (API server restart, network blip) before giving up
     follower: Optional[LogFollower] = None
+    start_timeout_s: float = 900.0  # a pod that cannot start (stuck_pod) for this long fails the job
 
     def wait(self) -> tuple[JobState, dict[str, Any]]:
         """The terminal state and the last job object; raises JobTimeout past the deadline."""
@@ -373,9 +374,16 @@ class Watcher:
         pod, text = failure_report(self.core_api, self.backend, self.name, self.namespace)
         return cls(self.name, reason, message, text, kind=self.backend.kind, pod=pod)
 
+    def _stuck(self) -> Optional[str]:
+        try:
+            return stuck_pod(job_pods(self.core_api, self.backend, self.name, self.namespace))
+        except Exception as err:  # a failed listing is no evidence either way
+            log.debug("could not list the pods of %s: %s", self.name, err)
+            return None
+
     def _poll(self) -> tuple[JobState, dict[str, Any]]:
         deadline = self.clock() + self.timeout_s
-        last_phase = None
+        last_phase = stuck_since = None
         errors = 0
         while True:
             try:
@@ -406,11 +414,42 @@ class Watcher:
                 self.follower.start()
             if state.finished:
                 return state, job
+            stuck = self._stuck()
+            stuck_since = None if stuck is None else (stuck_since if stuck_since is not None else self.clock())
+            if stuck is not None and self.clock() - stuck_since >= self.start_timeout_s:
+                raise self._failure(JobFailed, "PodsNotStarting", f"{stuck}; not started for "
+                                    f"{self.clock() - stuck_since:.0f} s (start_timeout_seconds)")
             if self.clock() >= deadline:
                 raise self._failure(JobTimeout, "Timeout", f"not finished after {self.timeout_s:g} s (last state: "
                                     f"{state.phase}" + (f", {state.reason}: {state.message}" if state.reason else "")
                                     + ")")
             self.sleep(max(0.0, min(self.poll_interval_s, deadline - self.clock())))
+
+
+# Container waiting reasons the kubelet does not get past by itself: the image cannot be pulled, a Secret or
+# ConfigMap the container needs is missing. No job condition reports them (Training Operator v1.9: Created; Trainer
+# v2.2: the TrainJob counts pending pods as active).
+STUCK_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
+                 "CreateContainerConfigError", "CreateContainerError")
+
+
+def stuck_pod(pods: list[Any]) -> Optional[str]:
+    """Why a pod of the job cannot start (its name, the container and the kubelet's or scheduler's reason and
+    message), or None when none is stuck."""
+    for pod in pods:
+        status = pod.status
+        if status is None:
+            continue
+        for container in (status.init_container_statuses or []) + (status.container_statuses or []):
+            waiting = getattr(container.state, "waiting", None) if container.state else None
+            if waiting is not None and waiting.reason in STUCK_WAITING:
+                detail = f": {' '.join(waiting.message.split())[:300]}" if waiting.message else ""
+                return f"pod {pod.metadata.name}, container {container.name}: {waiting.reason}{detail}"
+        for condition in status.conditions or []:
+            if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
+                detail = f": {' '.join((condition.message or '').split())[:300]}" if condition.message else ""
+                return f"pod {pod.metadata.name} cannot be scheduled{detail}"
+    return None
 
 
 def tail(text: str, lines: int = 50) -> str:

@@ -44,6 +44,7 @@ def finetune_pytorchjob(
     service_account: str = '',
     shm_size: str = '16Gi',
     timeout_seconds: int = 86400,
+    start_timeout_seconds: int = 900,
     poll_interval_seconds: int = 30,
     checkpoint_sync_interval_seconds: int = 300,
     cleanup_policy: str = 'on_success',
@@ -163,6 +164,9 @@ def finetune_pytorchjob(
         shm_size: Size of the in-memory /dev/shm of each pod.
         timeout_seconds: Fail if the job has not finished after this many seconds, and delete it unless
             cleanup_policy=never (the job also gets this plus 120 s as its activeDeadlineSeconds). Must be >= 1.
+        start_timeout_seconds: Fail (and delete the job unless cleanup_policy=never) when a pod has not been able to
+            start for this many seconds: a container waiting on an image pull or a missing Secret, or a pod no node
+            can take. No condition of the job says so; it would otherwise wait for timeout_seconds. Must be >= 1.
         poll_interval_seconds: Seconds between status polls (rank 0's log is followed as it is written). Must be >=
             1.
         checkpoint_sync_interval_seconds: With staging_uri: seconds between the master pod's uploads of new complete

@@ -136,7 +136,7 @@ class FakeApiServer:
     def __init__(self, stages: list[str], *, log_name: Optional[str] = "master_log_success.txt",
                  create_error: Optional[str] = None, write_outputs: bool = True,
                  on_request: Optional[Callable[[str, str], None]] = None, pod_list: Optional[str] = None,
-                 worker_log_name: str = "worker_log_failed.txt"):
+                 worker_log_name: str = "worker_log_failed.txt", pods_while_created: bool = False):
         self.stages = list(stages)
         self.log_name = log_name
         self.worker_log_name = worker_log_name
@@ -144,6 +144,7 @@ class FakeApiServer:
         self.write_outputs = write_outputs
         self.on_request = on_request
         self.pod_list = pod_list
+        self.pods_while_created = pods_while_created  # pods exist (stuck) while the job says only Created
         self.jobs: dict[tuple[str, str], dict] = {}
         self.plurals: dict[tuple[str, str], str] = {}
         self.gets: dict[tuple[str, str], int] = {}
@@ -261,7 +262,8 @@ class FakeApiServer:
 
     def pods(self, namespace: str, selector: str):
         name = self._job_for_selector(namespace, selector)
-        if name is None or self.gets.get((namespace, name), 0) == 0 or self._stage((namespace, name)) == "created":
+        if name is None or self.gets.get((namespace, name), 0) == 0 or (
+                self._stage((namespace, name)) == "created" and not self.pods_while_created):
             return 200, response_json("pod_list_empty.json"), "application/json"
         uid = self.jobs[(namespace, name)]["metadata"]["uid"]
         listing = response_json(self.pod_list or POD_LISTS[self.plurals[(namespace, name)]], name=name,

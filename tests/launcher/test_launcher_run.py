@@ -199,6 +199,45 @@ def test_timeout_raises_and_deletes_the_unfinished_job_unless_never(artifacts, p
     assert not Path(artifacts["pytorch_model_folder"]).exists()
 
 
+def test_a_pod_that_cannot_start_fails_the_job_after_start_timeout_and_deletes_it(artifacts):
+    """An image that cannot be pulled leaves a PyTorchJob at Created (no condition says more): the launcher read
+    only the job and waited timeout_seconds (a day by default) while the other nodes held their GPUs."""
+    server = FakeApiServer(["created"], pod_list="pod_list_stuck_image_pull.json", pods_while_created=True)
+    clock = FakeClock()
+    with pytest.raises(JobFailed) as info:
+        launch(server, artifacts, clock, timeout_seconds=86400, start_timeout_seconds=300, poll_interval_seconds=30)
+    assert info.value.reason == "PodsNotStarting" and not isinstance(info.value, JobTimeout)
+    assert info.value.message.startswith("pod tokcls-") and "container pytorch: ImagePullBackOff: Back-off pulling " \
+        "image \"ghcr.io/kfp-token-classification/trainer-cuda:0.1.0\"; not started for 300 s" in info.value.message
+    assert 300 <= clock.now <= 330  # first seen at the first poll, failed at the first poll 300 s later
+    assert len(server.deleted) == 1  # an unfinished job is not kept (on_success keeps failed jobs only)
+
+
+def test_stuck_pods_are_read_from_waiting_containers_and_the_scheduler():
+    from types import SimpleNamespace as NS_
+
+    from launcher.watch import stuck_pod
+
+    def pod(name, containers=(), conditions=(), init=()):
+        return NS_(metadata=NS_(name=name), status=NS_(container_statuses=list(containers),
+                                                       init_container_statuses=list(init), conditions=list(conditions)))
+
+    def waiting(reason, message=None):
+        return NS_(name="pytorch", state=NS_(waiting=NS_(reason=reason, message=message)))
+
+    running = NS_(name="pytorch", state=NS_(waiting=None, running=NS_()))
+    assert stuck_pod([pod("a", [running]), pod("b", [waiting("ContainerCreating")])]) is None  # on its way
+    assert stuck_pod([pod("a", [running]), pod("b", [waiting("CreateContainerConfigError",
+                                                              'secret "s3-creds" not found')])]) == \
+        'pod b, container pytorch: CreateContainerConfigError: secret "s3-creds" not found'
+    unschedulable = NS_(type="PodScheduled", status="False", reason="Unschedulable",
+                        message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    assert stuck_pod([pod("c", conditions=[unschedulable])]) == \
+        "pod c cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    assert stuck_pod([pod("d", init=[waiting("ErrImagePull")])]) == "pod d, container pytorch: ErrImagePull"
+    assert stuck_pod([NS_(metadata=NS_(name="e"), status=None)]) is None
+
+
 def test_succeeded_without_outputs_is_a_failure(artifacts):
     server = FakeApiServer(["running", "succeeded"], write_outputs=False)
     with pytest.raises(JobFailed) as info:
@@ -261,7 +300,8 @@ def test_a_deepspeed_json_input_is_staged_and_passed_as_a_path(artifacts, tmp_pa
     server.on_request = on_request
     launch(server, artifacts, deepspeed=str(tmp_path / "ds.json"))
     command = master_command(server.created[0])
-    assert seen["ds"] == ds
+    # as the trainer reads it: ZeRO-3 gathers the model whole when it is saved (trainer.deepspeed_config)
+    assert seen["ds"] == {**ds, "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}
     assert f"--deepspeed {artifacts['shared']}/{RUNS_SUBDIR}/run-1/inputs/deepspeed.json" in command
     assert "--apply_deepspeed true" in command
 
