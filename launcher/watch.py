@@ -18,6 +18,7 @@ that failed first (earliest terminated container with a non-zero exit code, work
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -126,18 +127,33 @@ def job_state(job: dict[str, Any], backend: Backend = PYTORCHJOB) -> JobState:
 def create_job(custom_api, backend: Backend, manifest_: dict[str, Any]) -> dict[str, Any]:
     namespace = manifest_["metadata"]["namespace"]
     try:
+        # Strict: a field the served CRD does not know fails the create, instead of being pruned away silently (a
+        # Kubeflow Trainer before v2.2 has no runtimePatches: the pods lost their volumes, security contexts and
+        # placement). API servers before Kubernetes 1.25 ignore the parameter.
         return custom_api.create_namespaced_custom_object(backend.group, backend.version, namespace, backend.plural,
-                                                          manifest_)
+                                                          manifest_, field_validation="Strict")
     except Exception as err:  # kubernetes.client.ApiException and connection errors
         status = getattr(err, "status", None)
         hint = {
+            400: f"the cluster's {backend.kind} CRD lacks a field this job sets: docs/distributed.md names the "
+                 "versions needed",
             403: f"the pipeline's service account may not create {backend.plural}: apply manifests/rbac.yaml",
             404: backend.install_hint,
             409: "a job of that name already exists",
         }.get(status, "")
+        said = _status_message(err)
         raise JobFailed(manifest_["metadata"]["name"], "CreateFailed",
                         f"{type(err).__name__} {status or ''} {getattr(err, 'reason', '') or err}"
-                        + (f" ({hint})" if hint else ""), kind=backend.kind) from err
+                        + (f": {said}" if said else "") + (f" ({hint})" if hint else ""), kind=backend.kind) from err
+
+
+def _status_message(err: Exception) -> str:
+    """The message of the API server's Status body of an ApiException, if it has one."""
+    try:
+        body = json.loads(getattr(err, "body", None) or "")
+    except (TypeError, ValueError):
+        return ""
+    return " ".join(str(body.get("message", "")).split())[:500] if isinstance(body, dict) else ""
 
 
 def get_job(custom_api, backend: Backend, name: str, namespace: str) -> dict[str, Any]:

@@ -258,6 +258,7 @@ def test_restarting_is_not_terminal(artifacts):
     ("pytorchjob", "status_404_no_route.txt", "Training Operator"),
     ("trainjob", "status_404_no_route.txt", "Kubeflow Trainer v2"),
     ("pytorchjob", "status_409_exists.json", "already exists"),
+    ("trainjob", "status_400_strict_unknown_field.json", 'strict decoding error: unknown field "spec.runtimePatches"'),
 ])
 @pytest.mark.parametrize("policy", ["on_success", "always"])
 def test_create_errors_fail_with_a_hint(artifacts, backend, error, text, policy):
@@ -267,6 +268,8 @@ def test_create_errors_fail_with_a_hint(artifacts, backend, error, text, policy)
     assert info.value.reason == "CreateFailed" and text in str(info.value)
     # no watching of a job that does not exist, and no delete: a 409's name is another run's job
     assert [m for m, _, _ in server.requests] == ["POST"]
+    # created with strict field validation: a field the served CRD lacks fails the create, it is not pruned away
+    assert server.requests[0][2].get("fieldValidation") == "Strict"
 
 
 def test_api_server_rejects_an_invalid_job(artifacts, monkeypatch):
