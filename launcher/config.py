@@ -51,8 +51,11 @@ class LaunchConfig(Params):
     shared_pvc_name: str = param("", "ReadWriteMany PVC mounted by every trainer pod, and by this step at "
                                  "shared_mount_path. Empty: use staging_uri.", group="staging")
     num_nodes: int = param(2, "Number of pods: 1 Master + num_nodes-1 Workers.", group="pods", minimum=1)
-    gpus_per_node: int = param(1, "GPUs per pod (nvidia.com/gpu limit and torchrun --nproc_per_node); 0 for CPU "
+    gpus_per_node: int = param(1, "GPUs per pod (the gpu_resource limit and torchrun --nproc_per_node); 0 for CPU "
                                "pods.", group="pods", minimum=0)
+    gpu_resource: str = param("nvidia.com/gpu", "The extended resource the GPUs are requested as: nvidia.com/gpu, a "
+                              "MIG slice (nvidia.com/mig-1g.10gb), amd.com/gpu (with a ROCm image), ...",
+                              group="pods")
     procs_per_node: int = param(0, "Processes per pod when gpus_per_node is 0 (0: one).", group="pods", minimum=0)
     image: str = param("", "Trainer image of the pods. The component's default is the CUDA image, for CPU pods too "
                        "(it runs there; the CPU image is smaller: pass it for gpus_per_node=0); empty: the CUDA "

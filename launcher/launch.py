@@ -192,7 +192,8 @@ def plan(config: LaunchConfig, finetune: FinetuneConfig, options: Optional[Launc
     spec = JobSpec(
         name=_job_name(options.job_name_prefix), namespace=config.namespace or own_namespace(), image=config.image,
         trainer_args=trainer_args(finetune, run, deepspeed_json is not None), num_nodes=config.num_nodes,
-        gpus_per_node=config.gpus_per_node, procs_per_node=config.procs_per_node or None, **run.manifest_fields(),
+        gpus_per_node=config.gpus_per_node, procs_per_node=config.procs_per_node or None,
+        gpu_resource=config.gpu_resource, **run.manifest_fields(),
         resources=config.resources, node_selector=config.node_selector, tolerations=config.tolerations, env=env,
         secret_env=config.secret_env, shm_size=config.shm_size, service_account=config.service_account,
         image_pull_policy=options.image_pull_policy, restart_policy=options.restart_policy,

@@ -67,6 +67,7 @@ BASE_ENV = {
     "NCCL_DEBUG": "WARN",
 }
 
+_EXTENDED_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 
@@ -116,6 +117,7 @@ class JobSpec:
     num_nodes: int = 2
     gpus_per_node: int = 1
     procs_per_node: Optional[int] = None  # CPU-only jobs (gpus_per_node=0): processes per pod, default 1
+    gpu_resource: str = GPU_RESOURCE  # the extended resource the GPUs are requested as (a MIG slice, amd.com/gpu)
     pvc_name: str = ""
     mount_path: str = "/mnt/shared"
     object_store: Optional[ObjectStoreSpec] = None  # instead of pvc_name
@@ -182,8 +184,11 @@ class JobSpec:
         if not _QUANTITY.match(self.shm_size):
             raise ManifestError(f"shm_size {self.shm_size!r} is not a Kubernetes quantity")
         validate_resources(self.resources)
-        if GPU_RESOURCE in self.resources.get("limits", {}):
-            raise ManifestError(f"set GPUs with gpus_per_node, not resources.limits[{GPU_RESOURCE!r}]")
+        if not _EXTENDED_RESOURCE.match(self.gpu_resource or ""):
+            raise ManifestError(f"gpu_resource {self.gpu_resource!r} is not an extended resource name such as "
+                                f"{GPU_RESOURCE} (a domain, '/', a name)")
+        if self.gpu_resource in self.resources.get("limits", {}):
+            raise ManifestError(f"set GPUs with gpus_per_node, not resources.limits[{self.gpu_resource!r}]")
         if not isinstance(self.node_selector, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()):
             raise ManifestError("node_selector must be a mapping of strings to strings")
@@ -332,7 +337,7 @@ def container_resources(spec: JobSpec) -> dict[str, Any]:
     limits = {k: str(v) for k, v in spec.resources.get("limits", {}).items()}
     requests = {k: str(v) for k, v in spec.resources.get("requests", {}).items()}
     if spec.gpus_per_node > 0:
-        limits[GPU_RESOURCE] = str(spec.gpus_per_node)
+        limits[spec.gpu_resource] = str(spec.gpus_per_node)
     return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
 
 

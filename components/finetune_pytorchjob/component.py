@@ -27,6 +27,7 @@ def finetune_pytorchjob(
     shared_pvc_name: str = '',
     num_nodes: int = 2,
     gpus_per_node: int = 1,
+    gpu_resource: str = 'nvidia.com/gpu',
     procs_per_node: int = 0,
     image: str = '',
     namespace: str = '',
@@ -132,8 +133,10 @@ def finetune_pytorchjob(
         shared_pvc_name: ReadWriteMany PVC mounted by every trainer pod, and by this step at shared_mount_path.
             Empty: use staging_uri.
         num_nodes: Number of pods: 1 Master + num_nodes-1 Workers. Must be >= 1.
-        gpus_per_node: GPUs per pod (nvidia.com/gpu limit and torchrun --nproc_per_node); 0 for CPU pods. Must be >=
-            0.
+        gpus_per_node: GPUs per pod (the gpu_resource limit and torchrun --nproc_per_node); 0 for CPU pods. Must be
+            >= 0.
+        gpu_resource: The extended resource the GPUs are requested as: nvidia.com/gpu, a MIG slice
+            (nvidia.com/mig-1g.10gb), amd.com/gpu (with a ROCm image), ...
         procs_per_node: Processes per pod when gpus_per_node is 0 (0: one). Must be >= 0.
         image: Trainer image of the pods. The component's default is the CUDA image, for CPU pods too (it runs
             there; the CPU image is smaller: pass it for gpus_per_node=0); empty: the CUDA image for GPU pods, the

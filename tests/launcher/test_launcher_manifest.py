@@ -67,6 +67,20 @@ def test_threads_per_process_follow_the_pods_cpus(gpus, procs, resources, thread
         custom["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
 
 
+@pytest.mark.parametrize("build", ["pytorchjob", "trainjob"])
+def test_gpus_are_requested_as_the_named_resource(build):
+    """MIG slices, AMD or other accelerators: the GPUs were always requested as nvidia.com/gpu."""
+    if build == "pytorchjob":
+        manifest = build_pytorchjob(spec(gpu_resource="nvidia.com/mig-1g.10gb", gpus_per_node=2))
+        limits = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+            "resources"]["limits"]
+    else:
+        manifest = build_trainjob(tj_spec(gpu_resource="nvidia.com/mig-1g.10gb", gpus_per_node=2))
+        limits = manifest["spec"]["trainer"]["resourcesPerNode"]["limits"]
+    assert limits["nvidia.com/mig-1g.10gb"] == "2" and "nvidia.com/gpu" not in limits
+    assert crd_errors(manifest) == []
+
+
 def test_the_schema_check_catches_mistakes():
     """The checks would fail on real mistakes (so a pass above means something)."""
     manifest = build_pytorchjob(spec())
@@ -208,6 +222,9 @@ def test_the_shell_line_expands_operator_env_and_quotes_args(tmp_path):
     ({"resources": {"limits": {"memory": "lots"}}}, "quantity"),
     ({"resources": {"limit": {}}}, "unknown key"),
     ({"resources": {"limits": {"nvidia.com/gpu": 2}}}, "gpus_per_node"),
+    ({"gpu_resource": "nvidia.com/mig-1g.10gb", "resources": {"limits": {"nvidia.com/mig-1g.10gb": 1}}},
+     "gpus_per_node"),
+    ({"gpu_resource": "gpu"}, "not an extended resource name"),
     ({"tolerations": [{"key": "a", "operator": "Maybe"}]}, "operator"),
     ({"tolerations": [{"key": "a", "effect": "NoSchedule", "tolerationSecs": 3}]}, "toleration"),
     ({"node_selector": {"a": 1}}, "node_selector"),
