@@ -89,6 +89,9 @@ class LaunchConfig(Params):
                                  "\"token\"}}.", group="scheduling")
     service_account: str = param("", "Service account of the trainer pods (empty: the namespace default).",
                                  group="scheduling")
+    image_pull_secrets: str = param("", "Comma-separated Secrets (docker-registry, in the job's namespace) the "
+                                    "pods pull a private image with; empty: the service account's.",
+                                    group="scheduling")
     shm_size: str = param("16Gi", "Size of the in-memory /dev/shm of each pod.", group="scheduling")
     timeout_seconds: int = param(86400, "Fail if the job has not finished after this many seconds, and delete it "
                                  "unless cleanup_policy=never (the job also gets this plus 120 s as its "

@@ -196,6 +196,7 @@ def plan(config: LaunchConfig, finetune: FinetuneConfig, options: Optional[Launc
         gpu_resource=config.gpu_resource, **run.manifest_fields(),
         resources=config.resources, node_selector=config.node_selector, tolerations=config.tolerations, env=env,
         secret_env=config.secret_env, shm_size=config.shm_size, service_account=config.service_account,
+        image_pull_secrets=[name.strip() for name in config.image_pull_secrets.split(",") if name.strip()],
         image_pull_policy=options.image_pull_policy, restart_policy=options.restart_policy,
         backoff_limit=options.backoff_limit,
         active_deadline_seconds=config.timeout_seconds + JOB_DEADLINE_GRACE_SECONDS,

@@ -184,6 +184,9 @@ class JobSpec:
         if not _QUANTITY.match(self.shm_size):
             raise ManifestError(f"shm_size {self.shm_size!r} is not a Kubernetes quantity")
         validate_resources(self.resources)
+        for secret in self.image_pull_secrets:
+            if len(secret) > 253 or not _DNS_1123_SUBDOMAIN.match(secret):
+                raise ManifestError(f"image pull Secret name {secret!r} is not a valid Secret name")
         if not _EXTENDED_RESOURCE.match(self.gpu_resource or ""):
             raise ManifestError(f"gpu_resource {self.gpu_resource!r} is not an extended resource name such as "
                                 f"{GPU_RESOURCE} (a domain, '/', a name)")

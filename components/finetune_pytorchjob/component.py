@@ -43,6 +43,7 @@ def finetune_pytorchjob(
     env_json: str = '{}',
     secret_env_json: str = '{}',
     service_account: str = '',
+    image_pull_secrets: str = '',
     shm_size: str = '16Gi',
     timeout_seconds: int = 86400,
     start_timeout_seconds: int = 900,
@@ -164,6 +165,8 @@ def finetune_pytorchjob(
             (secretKeyRef), as a JSON object {"ENV": {"name": secret, "key": key}}, e.g. {"MLFLOW_TRACKING_TOKEN":
             {"name": "mlflow", "key": "token"}}.
         service_account: Service account of the trainer pods (empty: the namespace default).
+        image_pull_secrets: Comma-separated Secrets (docker-registry, in the job's namespace) the pods pull a
+            private image with; empty: the service account's.
         shm_size: Size of the in-memory /dev/shm of each pod.
         timeout_seconds: Fail if the job has not finished after this many seconds, and delete it unless
             cleanup_policy=never (the job also gets this plus 120 s as its activeDeadlineSeconds). Must be >= 1.

@@ -238,6 +238,18 @@ def test_stuck_pods_are_read_from_waiting_containers_and_the_scheduler():
     assert stuck_pod([NS_(metadata=NS_(name="e"), status=None)]) is None
 
 
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_image_pull_secrets_reach_the_pods(artifacts, backend):
+    """A private trainer image: the pods pull it with the named Secrets (the spec had the field, no parameter set
+    it: only a service account carrying the Secret could)."""
+    server = FakeApiServer(["running", "succeeded"])
+    launch(server, artifacts, backend=backend, image_pull_secrets="regcred, mirror-cred")
+    (job,) = server.created
+    assert json.dumps(job).count('"imagePullSecrets": [{"name": "regcred"}, {"name": "mirror-cred"}]') >= 1
+    with pytest.raises(Exception, match="image pull Secret name 'Bad_Name' is not a valid Secret name"):
+        launch(FakeApiServer(["succeeded"]), artifacts, backend=backend, image_pull_secrets="Bad_Name")
+
+
 def test_succeeded_without_outputs_is_a_failure(artifacts):
     server = FakeApiServer(["running", "succeeded"], write_outputs=False)
     with pytest.raises(JobFailed) as info:
