@@ -470,6 +470,8 @@ CASES = {
                                   ["config.json is not UTF-8 text"]),
     "model-config-size-not-a-number": Case(edit_json("ms", "config.json", lambda d: {**d, "vocab_size": "big"}),
                                            ["config.json: vocab_size must be a positive integer, got 'big'"]),
+    "model-config-type-vocab-negative": Case(edit_json("ms", "config.json", lambda d: {**d, "type_vocab_size": -1}),
+                                             ["config.json: type_vocab_size must be an integer >= 0, got -1"]),
     "model-config-unknown-type": Case(edit_json("ms", "config.json", lambda d: {**d, "model_type": "no-such-model"}),
                                       ["cannot read the model config", "config.json"]),
     "family-without-a-token-classification-head": Case(
@@ -565,6 +567,9 @@ CASES = {
     "evaluation-interval-above-one": Case(flags("--evaluation_steps_interval", "1.5"),
                                          ["evaluation_steps_interval must be >= 0 and <= 1"]),
     "seed-negative": Case(flags("--seed", "-1"), ["seed must be >= 0"]),
+    "tokenizer-without-padding-token": Case(lambda c: write("pre", "tokenizer_config.json", {
+        **json.loads((c["pre"] / "tokenizer_config.json").read_text()), "pad_token": None})(c),
+                                            ["has no padding token, so batches cannot be padded"]),
     "test-rows-without-words": Case(row("test", 2, lambda r: {k: r[k] for k in r if k not in ("tokens", "tags")}),
                                     ["test.jsonl line 2: no 'tokens' and 'tags' lists"]),
     "mlflow-file-store-refused": Case(lambda c: c["setenv"]("MLFLOW_TRACKING_URI", f"file://{c['tmp']}/mlruns") or [],

@@ -302,3 +302,25 @@ def test_publishing_starts_without_the_optimizer_moments(make_config, monkeypatc
     monkeypatch.setattr(outputs, "publish", spy)
     finetune(make_config(num_train_epochs=1), callbacks=[Moments()])
     assert Moments.during > 0 and at_publish == [0]
+
+
+def test_a_deberta_v3_config_without_token_types_trains(tmp_path, conll_dir, make_config):
+    """microsoft/deberta-v3-* configs have type_vocab_size 0 (no token-type embedding): the fine-tune refused them
+    as a config needing a positive size."""
+    from transformers import DebertaV2Config, DebertaV2ForTokenClassification
+
+    from conftest import build_tokenizer, run_preprocess
+
+    model = tmp_path / "deberta_model"
+    tokenizer = build_tokenizer(model)
+    DebertaV2ForTokenClassification(DebertaV2Config(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, type_vocab_size=0, position_biased_input=False, relative_attention=True,
+        num_labels=2)).save_pretrained(model)
+    pre = tmp_path / "pre"
+    run_preprocess(train_data=str(conll_dir / "train.conll"), validation_data=str(conll_dir / "validation.conll"),
+                   test_data=str(conll_dir / "test.conll"), model_selector_output=str(model),
+                   preprocess_output=str(pre), max_seq_length=64)
+    config = make_config("deberta", preprocess_output=str(pre), model_selector_output=str(model), max_steps=2)
+    result = finetune(config)
+    assert result.train_metrics["train_loss"] > 0 and "test_f1" in result.test_metrics

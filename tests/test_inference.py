@@ -237,3 +237,64 @@ def test_a_thousand_sentences_in_one_call_match_one_by_one(classifier):
         alone = classifier.predict([sentences[index]])[0]
         assert alone.labels == results[index].labels
         assert np.allclose(alone.scores, results[index].scores, atol=1e-5)
+
+
+def _without_token_types(folder, model_cls, config):
+    """A model folder whose tokenizer makes no token_type_ids (RoBERTa's, GPT-2's), the model `model_cls(config)`."""
+    from conftest import build_tokenizer
+
+    from transformers import AutoTokenizer
+
+    build_tokenizer(folder)
+    settings = folder / "tokenizer_config.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()),
+                                    "model_input_names": ["input_ids", "attention_mask"]}))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    model_cls(config(len(tokenizer), tokenizer.pad_token_id)).save_pretrained(folder)
+    return tokenizer
+
+
+def test_a_model_trained_without_token_type_ids_is_served_without_them(tmp_path):
+    """GPT-2 adds an embedding of every token type id, 0 included: served zeros it never trained with (the rows of
+    a tokenizer without token_type_ids have none) moved its probabilities by up to 0.04."""
+    from transformers import AutoModelForTokenClassification, GPT2Config, GPT2ForTokenClassification
+
+    from trainer.inference import load_classifier
+
+    folder = tmp_path / "gpt2"
+    tokenizer = _without_token_types(folder, GPT2ForTokenClassification, lambda vocab, pad: GPT2Config(
+        vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=3, pad_token_id=pad))
+    words = ["alice", "smith", "lives", "in", "paris"]
+    served = load_classifier(folder).predict([words])[0]
+    model = AutoModelForTokenClassification.from_pretrained(folder).eval()
+    encoding = tokenizer(words, is_split_into_words=True, return_tensors="pt")
+    assert "token_type_ids" not in encoding
+    with torch.inference_mode():
+        probabilities = model(**encoding).logits.softmax(-1)[0]
+    first = {}
+    for position, word in enumerate(encoding.word_ids(0)):
+        if word is not None:
+            first.setdefault(word, position)
+    expected = probabilities[[first[w] for w in range(len(words))]].numpy()
+    np.testing.assert_allclose(served.probabilities, expected, atol=1e-6)
+
+
+def test_an_onnx_export_takes_the_inputs_the_tokenizer_makes(tmp_path):
+    """RoBERTa's forward takes token_type_ids, its tokenizer makes none: the export looked them up and failed, so
+    RoBERTa and XLM-R fine-tunes had no ONNX model."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    from trainer.inference import load_classifier
+    from trainer.onnx_export import export_onnx
+
+    folder = tmp_path / "model"
+    _without_token_types(folder, BertForTokenClassification, lambda vocab, pad: BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, num_labels=3))
+    record = export_onnx(folder, tmp_path / "onnx")
+    assert record["inputs"] == ["input_ids", "attention_mask"]
+    texts = ["alice smith lives in paris", "bob works for acme corp"]
+    onnx, torch_ = load_classifier(tmp_path / "onnx").predict(texts), load_classifier(folder).predict(texts)
+    for a, b in zip(onnx, torch_):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)

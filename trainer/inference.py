@@ -331,7 +331,13 @@ class TokenClassifier:
             mask[row, :len(window.ids)] = 1
             if window.type_ids is not None:
                 types[row, :len(window.ids)] = window.type_ids
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        padded = {"input_ids": ids, "attention_mask": mask}
+        # token type ids only where the tokenizer makes them, as in the rows the model trained on: a model that
+        # takes them but trained without them (GPT-2 adds an embedding of every type id, 0 included) computed
+        # other logits when served zeros
+        if any(window.type_ids is not None for window in batch):
+            padded["token_type_ids"] = types
+        return padded
 
 
 def _as_words(item: TextOrWords) -> tuple[str, list[str], list[tuple[int, int]]]:

@@ -44,8 +44,8 @@ def export_onnx(model_dir: str | Path, target: str | Path, published_from: str |
     tokenizer = load_serving_tokenizer(model_dir)
     # Eager attention: one plain graph that every onnxruntime build runs (SDPA exports too, but no faster here).
     model = load_token_classification_model(model_dir, attn_implementation="eager").eval().float()
-    wrapper = _logits_only(model)
     sample = tokenizer(SAMPLE, is_split_into_words=True, padding=True, return_tensors="np")
+    wrapper = _logits_only(model, produced=set(sample.keys()))
     inputs = {name: sample[name].astype("int64") for name in wrapper.input_names}
     stage = staging_dir(target)
     try:
@@ -102,8 +102,9 @@ def _verify(wrapper, inputs: dict, mask, path: Path, model_dir: Path) -> float:
     return diff
 
 
-def _logits_only(model):
-    """The model as a torch Module of its input tensors (the names its forward takes) returning the logits alone."""
+def _logits_only(model, produced: set[str]):
+    """The model as a torch Module of its input tensors (the names its forward takes and the tokenizer makes:
+    RoBERTa's takes token_type_ids, its tokenizer makes none) returning the logits alone."""
     import inspect
 
     import torch
@@ -111,7 +112,7 @@ def _logits_only(model):
     from trainer.inference import MODEL_INPUT_NAMES
 
     accepted = inspect.signature(model.forward).parameters
-    names = tuple(n for n in MODEL_INPUT_NAMES if n in accepted)
+    names = tuple(n for n in MODEL_INPUT_NAMES if n in accepted and n in produced)
 
     class LogitsOnly(torch.nn.Module):
         input_names = names

@@ -187,9 +187,14 @@ def read_model_config(folder: Path):
     if not isinstance(raw, dict):
         raise InputError(f"{path} must hold a JSON object")
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "max_position_embeddings", "type_vocab_size"):
+                "max_position_embeddings"):
         if key in raw and raw[key] is not None and not (type(raw[key]) is int and raw[key] > 0):
             raise InputError(f"{path}: {key} must be a positive integer, got {raw[key]!r}; re-import the model")
+    # 0 is a real value: DeBERTa-v3 has no token-type embedding (microsoft/deberta-v3-*: type_vocab_size 0)
+    if raw.get("type_vocab_size") is not None and not (type(raw["type_vocab_size"]) is int
+                                                        and raw["type_vocab_size"] >= 0):
+        raise InputError(f"{path}: type_vocab_size must be an integer >= 0, got {raw['type_vocab_size']!r}; "
+                         "re-import the model")
     try:
         return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -383,16 +388,21 @@ def check_tracking() -> None:
 
 
 def check_tokenizer(folder: Path) -> None:
-    """The tokenizer files parse (JSON named by file) and the tokenizer loads."""
+    """The tokenizer files parse (JSON named by file), the tokenizer loads and can pad a batch (GPT-2's has no
+    padding token: the batch collator failed after the model had loaded)."""
     from transformers import AutoTokenizer
 
     for name in TOKENIZER_JSON_FILES:
         if (folder / name).is_file():
             read_json(folder / name)
     try:
-        AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions
         raise InputError(f"cannot load the tokenizer in {folder}: {one_line(err)}; re-run preprocess") from None
+    if tokenizer.pad_token is None:
+        raise InputError(f"the tokenizer in {folder} has no padding token, so batches cannot be padded: give the "
+                         "model's tokenizer one before model import (e.g. GPT-2: tokenizer.pad_token = "
+                         "tokenizer.eos_token; tokenizer.save_pretrained(folder)), then re-run preprocess")
 
 
 # --- DeepSpeed ------------------------------------------------------------------------------------------------------
