@@ -162,6 +162,12 @@ def all_ignored(split: str):
     return mutate
 
 
+def _without_unk(tokenizer: dict) -> dict:
+    """A WordPiece tokenizer.json whose vocabulary lacks its unknown token."""
+    model = {**tokenizer["model"], "vocab": {k: v for k, v in tokenizer["model"]["vocab"].items() if k != "[UNK]"}}
+    return {**tokenizer, "model": model, "added_tokens": [t for t in tokenizer["added_tokens"] if t["content"] != "[UNK]"]}
+
+
 def write(key: str, name: str, content, extra=()):
     """Overwrite (or create) file `name` in folder ctx[key] with text, JSON or bytes."""
     def mutate(c):
@@ -619,6 +625,11 @@ CASES = {
                                                      ["--tag_scheme", "iob2"]),
                                                ["tag_scheme=iob2 but the labels", "have no span prefix",
                                                 "'NOUN' first in the train data", "sentence 1, word 1 'alice'"],
+                                               "preprocess"),
+    "preprocess-tokenizer-cannot-encode": Case(lambda c: [*write("conll", "train.conll", "alice\tB-person\nin\tO\n"
+                                                                                   "\n2019\tO\nparis\tB-location\n")(c),
+                                                          *edit_json("ms", "tokenizer.json", _without_unk)(c)],
+                                               ["cannot encode a character outside its vocabulary", "[UNK]"],
                                                "preprocess"),
     # an output folder is new or empty: what is in it is never replaced, nor is a file where it should be
     "preprocess-output-not-empty": Case(write("pre_out", "notes.txt", "keep me"),

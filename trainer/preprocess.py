@@ -338,10 +338,22 @@ def _first_use(labels: list[str], splits: dict[str, list[Sentence]], files: dict
     return "found in no sentence"
 
 
+def _check_encodes_unknown_characters(tokenizer: Any, folder: Path) -> None:
+    """The tokenizer encodes a character outside its vocabulary (as its unknown token, or as bytes): a WordPiece
+    vocabulary without its unknown token cannot, and failed with a traceback half way through the data."""
+    try:
+        tokenizer(["\u2603\U0001d54f"], is_split_into_words=True, verbose=False)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions
+        raise InputError(f"the tokenizer in {folder} cannot encode a character outside its vocabulary "
+                         f"({' '.join(str(err).split())}): give its vocabulary the unknown token, then import the "
+                         "model again") from None
+
+
 def _preprocess(config: PreprocessConfig) -> dict:
     # The tokenizer first: a model folder without one fails before any data is read.
     tokenizer, tok_folder, prefix = load_tokenizer(config.model_selector_output,
                                                    parse_auto_bool(config.add_prefix_space, "add_prefix_space"))
+    _check_encodes_unknown_characters(tokenizer, tok_folder)
     corpora, files = _read_splits(config)
     declared = _declared_names(config, corpora)
     splits: dict[str, list[Sentence]] = {
