@@ -187,6 +187,7 @@ def check_run(data_dir: Optional[Path], output_dir: Path, params: dict, runner: 
     from trainer.config import DataImportConfig, FinetuneConfig, ModelImportConfig, PreprocessConfig
     from trainer.errors import InputError
     from trainer.params import is_path
+    from trainer.validation import check_tracking
 
     if data_dir is None or not data_dir.exists():
         raise InputError(f"no data: {'--data-dir ' + str(data_dir) + ' not found' if data_dir else 'pass --data-dir'}"
@@ -203,6 +204,7 @@ def check_run(data_dir: Optional[Path], output_dir: Path, params: dict, runner: 
         if params.get(flag) and input_kind(params[flag], flag) == "path" and not Path(params[flag]).exists():
             raise InputError(f"--{flag} {params[flag]} not found (a local path; hub ids and s3:// / gs:// / hf:// "
                              f"URIs are fetched by the {name} step)")
+    check_tracking()  # MLFLOW_TRACKING_URI, as the fine-tune step checks it
     if runner == "docker":
         from pipelines.container_runner import engine_available
 
@@ -315,6 +317,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, InputError) as err:  # found before the first step: one line, exit 2, nothing created
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # kfp.local: a step failed; its own log (with its one-line error) is above
+        said = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # kfp 2.17 colours the names
+        if "finished with status FAILURE" not in said:
+            raise
+        print(f"error: {one_line(said)} (the step's log above says why)", file=sys.stderr)
+        return 1
     print("\n=== token-classification pipeline (local) ===")
     for key, value in summary.items():
         print(f"{key:>22}: {value}")

@@ -104,8 +104,11 @@ def test_a_run_without_deepspeed_never_imports_it(tmp_path, tiny_preprocess_outp
 
 
 def test_deepspeed_single_process_default_config(tmp_path, tiny_preprocess_output, tiny_model_selector):
-    _run([sys.executable, *_trainer_flags(tiny_preprocess_output, tiny_model_selector, tmp_path,
-                                          "--per_device_train_batch_size", "16", "--num_train_epochs", "8")], tmp_path)
+    done = _run([sys.executable, *_trainer_flags(tiny_preprocess_output, tiny_model_selector, tmp_path,
+                                                 "--per_device_train_batch_size", "16", "--num_train_epochs", "8")],
+                tmp_path)
+    # stdout is the result alone (deepspeed 0.19.8 prints "DeepSpeed ... built successfully" there)
+    assert set(json.loads(done.stdout)) >= {"test_f1", "test_precision"}, done.stdout[:500]
     _check_outputs(tmp_path, [10 * e for e in range(1, 9)])
     assert (tmp_path / "pytorch" / "checkpoint-10" / "global_step10" / "mp_rank_00_model_states.pt").exists()
 

@@ -171,6 +171,29 @@ def test_docker_runner_without_an_engine_fails_in_one_line_before_any_step(conll
     assert not (tmp_path / "out").exists()
 
 
+def test_a_refused_tracking_store_fails_in_one_line_before_any_step(conll_dir, tmp_path, capsys, monkeypatch):
+    from pipelines.local_run import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path}/mlruns")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    rc = main(["--data-dir", str(conll_dir), "--output-dir", str(tmp_path / "out"), "--quick"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: MLFLOW_TRACKING_URI=file:{tmp_path}/mlruns: ") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_a_failing_step_ends_the_run_in_one_line(conll_dir, tmp_path, capsys):
+    """The step's own log says why (kfp.local prints it); the run ends with one line and exit 1, not kfp's
+    traceback."""
+    from pipelines.local_run import main
+
+    rc = main(["--data-dir", str(conll_dir), "--output-dir", str(tmp_path / "out"), "--quick",
+               "--model_path", "org/no-such-model", "--hf_endpoint", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("error: Pipeline ") and "model-import" in err[-1], err[-3:]
+    assert "Traceback" not in "\n".join(err)
+
+
 def test_hub_ids_and_uris_reach_the_steps_as_given(conll_dir, tmp_path, monkeypatch):
     """Only local paths are staged; a hub id or an object-store URI was once resolved into a local path."""
     import pipelines.token_classification_pipeline as module

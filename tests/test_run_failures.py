@@ -151,3 +151,14 @@ def test_a_bug_keeps_its_traceback(tmp_path, tiny_preprocess_output, tiny_model_
     monkeypatch.setattr(TokenClassificationTrainer, "training_step", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         finetune_main(argv(tiny_preprocess_output, tiny_model_selector, tmp_path))
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line(tmp_path, tiny_preprocess_output, tiny_model_selector,
+                                                           capsys, monkeypatch):
+    """MLFLOW_TRACKING_URI naming a server that does not answer: MLflow's callback fails when training starts; a
+    run failure (exit 1) in one line, not five chained tracebacks."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    rc = finetune_main(argv(tiny_preprocess_output, tiny_model_selector, tmp_path))
+    line = one_error_line(capsys)
+    assert rc == 1 and line.startswith("error: API request to http://127.0.0.1:9/api/2.0/mlflow/"), line

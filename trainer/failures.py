@@ -40,7 +40,8 @@ def kind_of(err: BaseException) -> Optional[str]:
 
     for link in _chain(err):
         text = str(link)
-        if isinstance(link, TransferError):
+        if isinstance(link, TransferError) or (type(link).__name__ == "MlflowException"
+                                               and "API request to" in text):  # a tracking server not answering
             return "transfer"
         if (isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS) or any(t in text for t in DISK_FULL_TEXT):
             return "disk"

@@ -9,7 +9,9 @@ every rank (ZeRO-3 gathers).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +31,11 @@ class FinetuneResult:
     validation_metrics: dict
     test_metrics: Optional[dict]
     per_entity: dict
-    train_runtime: float
+    train_runtime: float  # seconds of training of the whole run, resumed attempts included
     train_samples: int
     train_tokens: int
-    train_metrics: dict = field(default_factory=dict)
+    train_metrics: dict = field(default_factory=dict)  # transformers' figures of the last attempt
+    train_loss: Optional[float] = None  # the mean loss per optimizer step of the whole run, resumed attempts included
     tag_scheme: Optional[str] = None  # what precision/recall/f1 mean: trainer.metrics.describe(tag_scheme)
     # the window the model trained on (preprocess's max_seq_length as it took effect): what it is served in
     # (trainer.inference.recorded_window)
@@ -132,7 +135,10 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
     if deepspeed_config is not None:
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="nccl" if has_cuda() else "gloo")  # adopts the group above
+        # deepspeed 0.19.8 prints "DeepSpeed ... built successfully" to stdout on each rank, where the program's
+        # result goes: to stderr with the logs
+        with contextlib.redirect_stdout(sys.stderr):
+            deepspeed.init_distributed(dist_backend="nccl" if has_cuda() else "gloo")  # adopts the group above
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
     # Seed before the model exists: a new classification head is initialised while loading.
     enable_full_determinism(config.seed) if config.enable_full_determinism else set_seed(config.seed)
@@ -182,11 +188,12 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         packed.restore()  # the model's own attention, then (speed hook) the stock modules and allocator back
         sped.restore()  # before evaluation and publishing
     train_runtime = time.perf_counter() - started
-    # transformers' train metrics cover this train() call; after a resume, train_loss and train_runtime cover the
-    # whole run (every attempt up to the checkpoint this one resumed from, then this one)
+    # train_metrics are transformers' figures of this train() call (an attempt); train_loss and train_runtime cover
+    # the whole run: every attempt up to the checkpoint this one resumed from, then this one
     train_metrics = {**train_output.metrics, "resumed_from_step": trainer._initial_global_step}
+    train_loss = train_output.metrics.get("train_loss")
     if trainer.prior_totals["loss_sum"] is not None:
-        train_metrics["train_loss"] = trainer.run_totals()["loss_sum"] / max(trainer.state.global_step, 1)
+        train_loss = trainer.run_totals()["loss_sum"] / max(trainer.state.global_step, 1)
         train_runtime += trainer.prior_totals["train_seconds"]
 
     validation_metrics = best_validation_metrics(trainer) or trainer.evaluate(data.validation,
@@ -200,6 +207,7 @@ def _train_and_publish(config: FinetuneConfig, data, model_dir: Path, deepspeed_
         test_metrics=None,  # publishing scores the published model on the test split (trainer.outputs)
         per_entity={},
         train_runtime=train_runtime,
+        train_loss=train_loss,
         train_samples=len(data.train),
         train_tokens=data.train.num_tokens,
         train_metrics=train_metrics,

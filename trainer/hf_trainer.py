@@ -13,6 +13,7 @@ from typing import Optional
 
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import nested_gather
 
 from trainer.checkpoints import RUN_TOTALS, read_run_totals, rotate_checkpoints, write_manifest
 from trainer.metrics import in_dataset_order
@@ -73,7 +74,9 @@ class TokenClassificationTrainer(Trainer):
         prior = getattr(self, "prior_totals", None) or read_run_totals(None)
         loss = getattr(self, "_total_loss_scalar", 0.0)
         if self.is_in_train and getattr(self, "_tr_loss", None) is not None:
-            loss += self._tr_loss.item()  # not yet drained by a logging step (it is, at the loop's end)
+            # not yet drained by a logging step: its mean over the processes, as that logging step would add it (a
+            # collective: every rank calls this while training)
+            loss += nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
         seconds = time.perf_counter() - getattr(self, "_loop_started", time.perf_counter())
         return {"loss_sum": None if prior["loss_sum"] is None else prior["loss_sum"] + loss,
                 "train_seconds": None if prior["train_seconds"] is None else prior["train_seconds"] + seconds}
@@ -82,9 +85,10 @@ class TokenClassificationTrainer(Trainer):
         """The stock checkpoint, plus the run's totals (`run_totals`) for a resume to continue; written before
         CheckpointManifestCallback seals the checkpoint."""
         super()._save_checkpoint(model, trial)
+        totals = self.run_totals()  # every rank
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-            write_json_atomic(folder / RUN_TOTALS, self.run_totals())
+            write_json_atomic(folder / RUN_TOTALS, totals)
 
     def _load_best_model(self):
         """The best checkpoint's weights, unless it is the checkpoint saved at the last step: the model in memory
