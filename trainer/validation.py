@@ -6,14 +6,14 @@ A bad input ends a program with exit code 2 and one line naming the file (and li
 - the folders of any program (`check_io`, the first thing every program does): outputs never equal, contain or
   sit inside an input or each other (symlinks resolved), each can be created where it is asked for, and no
   symbolic link inside an input folder leads out of it (`check_links`);
-- a fine-tune (`validate_finetune`), in this order: the preprocess output (every row's JSON types, its ids against
-  the model's vocabulary, position and token-type tables, splits with labels to learn from and to score, the
-  words and tags of the split the published model is scored on), the
-  model folder (config.json, a token-classification head for its family, the head's label count, intact weight
-  files), the tokenizer, LoRA target modules (matched on a model built on the meta device from config.json: no
-  weights loaded), the DeepSpeed JSON (its types, fp16 forced on a CPU, values that contradict ours, DeepSpeed's
-  own schema), ONNX Runtime, the MLflow tracking store when MLFLOW_TRACKING_URI is set, and the output folders (their contents, free space for what the run will write);
-  its input folders alone (`validate_inputs`) are what the distributed launcher checks before staging them.
+- a fine-tune (`validate_finetune`), in this order: the preprocess output (every row's JSON types, its ids against the
+  model's vocabulary, position and token-type tables, splits with labels to learn from and to score, the words and
+  tags of the split the published model is scored on), the model folder (config.json, a token-classification head for
+  its family, the head's label count, intact weight files), the tokenizer, LoRA target modules (matched on a model
+  built on the meta device from config.json: no weights loaded), the DeepSpeed JSON (its types, fp16 forced on a CPU,
+  values that contradict ours, DeepSpeed's own schema), ONNX Runtime, the MLflow tracking store when
+  MLFLOW_TRACKING_URI is set, and the output folders (their contents, free space for what the run will write); its
+  input folders alone (`validate_inputs`) are what the distributed launcher checks before staging them.
 """
 
 from __future__ import annotations
