@@ -201,11 +201,28 @@ def read_model_config(folder: Path):
         raise InputError(f"cannot read the model config {path}: {one_line(err)}") from None
 
 
+def token_classification_types() -> frozenset[str]:
+    """The model types transformers has a token-classification head for: its auto-model table, read from the source
+    of transformers.models.auto.modeling_auto without importing it (the import loads torch: 1.35 s, which the model
+    import step otherwise never pays); imported when the source cannot be read so."""
+    import ast
+    import importlib.util
+
+    try:
+        package = Path(importlib.util.find_spec("transformers").origin).parent  # found, not imported
+        source = (package / "models" / "auto" / "modeling_auto.py").read_text("utf-8")
+        start = source.index("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES = OrderedDict(")
+        table = ast.literal_eval(source[source.index("[", start):source.index("\n    ]\n)", start) + 6])
+        return frozenset(model_type for model_type, _ in table)
+    except (AttributeError, OSError, SyntaxError, TypeError, ValueError):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES
+
+        return frozenset(MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES)
+
+
 def check_family(model_type: str, where: str) -> None:
     """transformers has a token-classification head for this model type (checked by model import too)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES
-
-    if model_type not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES:
+    if model_type not in token_classification_types():
         raise InputError(f"{where}: transformers has no token-classification head for model type {model_type!r}; "
                          "import an encoder such as BERT, RoBERTa, DeBERTa or XLM-R")
 
