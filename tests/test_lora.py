@@ -47,10 +47,13 @@ def _logits(model, folder, text="bob smith works for globex in oslo ."):
         return model.eval()(**tokenizer(text, return_tensors="pt")).logits
 
 
-def test_merged_lora_model_reloads_with_plain_transformers(make_config):
+def test_merged_lora_model_reloads_with_plain_transformers(make_config, caplog):
     config = make_config(apply_lora=True, learning_rate=5e-2, lora_r=8, lora_alpha=16, num_train_epochs=12)
-    result = finetune(config)
+    with caplog.at_level("INFO", logger="trainer"):
+        result = finetune(config)
     assert result.validation_metrics["eval_f1"] > 0.8
+    # the new head is announced once, not again when publishing loads the base to merge the adapter into
+    assert sum("new token-classification head" in r.getMessage() for r in caplog.records) == 1
 
     root = Path(config.pytorch_model_folder)
     assert not (root / "adapter_config.json").exists()

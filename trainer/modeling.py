@@ -18,10 +18,12 @@ def label_kwargs(class_names: list[str]) -> dict:
             "label2id": {n: i for i, n in enumerate(class_names)}}
 
 
-def load_model(model_dir: Path, class_names: list[str], config: FinetuneConfig, training_args=None):
+def load_model(model_dir: Path, class_names: list[str], config: FinetuneConfig, training_args=None,
+               again: bool = False):
     """The base model with our label map; an earlier unmerged LoRA output is merged first.
 
-    `training_args` (under ZeRO-3) lets a head of a new size load whole before DeepSpeed partitions it.
+    `training_args` (under ZeRO-3) lets a head of a new size load whole before DeepSpeed partitions it. `again`: the
+    base is loaded a second time (publishing a LoRA fine-tune), so a new head is not announced twice.
     """
     from transformers import AutoModelForTokenClassification
 
@@ -45,7 +47,7 @@ def load_model(model_dir: Path, class_names: list[str], config: FinetuneConfig, 
             raise InputError(f"transformers has no token-classification head for the model in {model_dir}: "
                              f"{str(err).splitlines()[0]}") from None
         raise
-    if new_head:
+    if new_head and not again:
         logger.info("new token-classification head for %d labels on the %s encoder in %s", len(class_names),
                     model.config.model_type, model_dir)
     return model

@@ -173,7 +173,7 @@ def _finish_lora(stage: Path, model_dir: Path, class_names: list[str], config: F
     from peft import PeftModel
 
     adapter_dir = stage / "adapter"
-    base = load_model(model_dir, class_names, config)
+    base = load_model(model_dir, class_names, config, again=True)  # the adapter brings the trained head
     if config.merge_lora_weights:
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         merged.save_pretrained(stage)
