@@ -292,8 +292,14 @@ def object_store_script(spec: JobSpec, store: ObjectStoreSpec) -> str:
     return "\n".join([
         "set -u",
         f'W={q(store.work_dir.rstrip("/"))}; U={q(store.run_uri.rstrip("/"))}; R="${{PET_NODE_RANK:-${{RANK:-0}}}}"',
-        f'{OBJSTORE_CLI} pull "$U/{inputs}" "$W/{inputs}" || exit 1',
-        f'{OBJSTORE_CLI} pull "$U/{pytorch}" "$W/{pytorch}" || exit 1',
+        # A signal during the pulls ends them and the pod at once: the shell is PID 1 in the container, and PID 1
+        # ignores TERM without a handler, so a cancel waited the grace period; the pulls run in the background so
+        # that `wait` lets the trap run.
+        'P=""',
+        """trap '[ -n "$P" ] && kill -TERM "$P" 2>/dev/null; exit 143' TERM INT""",
+        f'{OBJSTORE_CLI} pull "$U/{inputs}" "$W/{inputs}" & P=$!; wait "$P" || exit 1',
+        f'{OBJSTORE_CLI} pull "$U/{pytorch}" "$W/{pytorch}" & P=$!; wait "$P" || exit 1',
+        'P=""',
         # (a restarted container finds its emptyDir as it left it: the trainer wants an empty mlflow folder)
         f'rm -rf "$W/{mlflow}" && mkdir -p "$W/{mlflow}" || exit 1',
         'S=""',

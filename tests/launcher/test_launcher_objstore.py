@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from trainer.checkpoints import write_manifest
@@ -408,6 +409,36 @@ def test_sigterm_to_the_pod_reaches_torchrun_and_writes_no_marker(s3, artifacts,
     assert not any(k.endswith("_SUCCESS") for k in keys(client, bucket, "pipelines"))
     assert "pipelines/team-a/tokcls-runs/run-1/outputs/pytorch_model_folder/checkpoint-10/trainer_state.json" in [
         f"pipelines/{k}" for k in keys(client, bucket, "pipelines")]
+
+
+def test_sigterm_while_pulling_the_inputs_ends_the_pod_at_once(s3, artifacts, tmp_path):
+    """In a container the pod's shell is PID 1, which ignores TERM without a handler: a cancel during the pulls
+    waited the whole grace period. The pulls run under a trap that ends them and the pod (exit 143)."""
+    server = FakeApiServer(["created"])
+    with pytest.raises(PyTorchJobFailed):  # only to get the manifest: times out at once
+        launch(server, artifacts, s3, tmp_path, timeout_seconds=1)
+    (job,) = server.created
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    env = pod_env(container, tmp_path, 0)
+    pulling = tmp_path / "pulling"
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    (slow / "python").write_text(f'#!/bin/sh\nif [ "$3" = pull ]; then echo $$ > {pulling}; exec sleep 60; fi\n'
+                                 f'exec {sys.executable} "$@"\n')
+    (slow / "python").chmod(0o755)
+    env["PATH"] = f"{slow}:{env['PATH']}"
+    proc = subprocess.Popen(container["command"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: pulling.exists() and pulling.read_text().strip())
+        pull = int(pulling.read_text())
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 143 and time.monotonic() - started < 10
+        _wait_for(lambda: not psutil.pid_exists(pull) or psutil.Process(pull).status() == psutil.STATUS_ZOMBIE,
+                  timeout=10)  # the pull went with it
+    finally:
+        proc.kill()
 
 
 # ---- validation before any side effect ------------------------------------------------------------------------------
