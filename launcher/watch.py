@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Callable, Optional, TextIO
 
 from launcher import manifest, trainjob
+from trainer.validation import one_line
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def _status_message(err: Exception) -> str:
         body = json.loads(getattr(err, "body", None) or "")
     except (TypeError, ValueError):
         return ""
-    return " ".join(str(body.get("message", "")).split())[:500] if isinstance(body, dict) else ""
+    return one_line(body.get("message", ""))[:500] if isinstance(body, dict) else ""
 
 
 def get_job(custom_api, backend: Backend, name: str, namespace: str) -> dict[str, Any]:
@@ -449,6 +450,11 @@ STUCK_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrIma
                  "CreateContainerConfigError", "CreateContainerError")
 
 
+def _said(message: Optional[str]) -> str:
+    """': <the kubelet's or scheduler's message, on one line>', or nothing when it gave none."""
+    return f": {one_line(message)[:300]}" if message else ""
+
+
 def stuck_pod(pods: list[Any]) -> Optional[str]:
     """Why a pod of the job cannot start (its name, the container and the kubelet's or scheduler's reason and
     message), or None when none is stuck."""
@@ -459,12 +465,10 @@ def stuck_pod(pods: list[Any]) -> Optional[str]:
         for container in (status.init_container_statuses or []) + (status.container_statuses or []):
             waiting = getattr(container.state, "waiting", None) if container.state else None
             if waiting is not None and waiting.reason in STUCK_WAITING:
-                detail = f": {' '.join(waiting.message.split())[:300]}" if waiting.message else ""
-                return f"pod {pod.metadata.name}, container {container.name}: {waiting.reason}{detail}"
+                return f"pod {pod.metadata.name}, container {container.name}: {waiting.reason}{_said(waiting.message)}"
         for condition in status.conditions or []:
             if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
-                detail = f": {' '.join((condition.message or '').split())[:300]}" if condition.message else ""
-                return f"pod {pod.metadata.name} cannot be scheduled{detail}"
+                return f"pod {pod.metadata.name} cannot be scheduled{_said(condition.message)}"
     return None
 
 

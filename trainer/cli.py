@@ -62,7 +62,7 @@ def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]]
     configure_logging()
     config = None
     try:
-        summary = " ".join((config_cls.__doc__ or "").split("\n\n")[0].split())  # the docstring's first paragraph
+        summary = one_line((config_cls.__doc__ or "").split("\n\n")[0])  # the docstring's first paragraph
         config = config_cls.from_cli(argv, prog=prog, description=summary)
         result = program(config)
     except (ConfigError, InputError) as err:

@@ -41,11 +41,13 @@ def transfer_errors(uri: S3Uri) -> Iterator[None]:
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from trainer.validation import one_line
+
     try:
         yield
     except (BotoCoreError, ClientError, Boto3Error) as err:
         cause = getattr(err, "last_exception", None) or err  # boto3's RetriesExceededError: what the last try met
-        reason = " ".join(str(cause).split())[:300] or type(cause).__name__
+        reason = one_line(cause)[:300] or type(cause).__name__
         raise TransferError(f"the transfer of {uri} failed ({type(cause).__name__}: {reason})") from None
 
 

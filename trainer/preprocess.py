@@ -39,7 +39,7 @@ from trainer.jsonio import write_jsonl
 from trainer.model_io import read_model_selector_args, resolve_model_dir
 from trainer.publish import new_output_folder, publish_dir, staging_dir
 from trainer.readers import Corpus, ReadOptions, Sentence, read, resolve_sources
-from trainer.validation import check_io
+from trainer.validation import check_io, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ def _check_encodes_unknown_characters(tokenizer: Any, folder: Path) -> None:
         tokenizer(["\u2603\U0001d54f"], is_split_into_words=True, verbose=False)
     except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exceptions
         raise InputError(f"the tokenizer in {folder} cannot encode a character outside its vocabulary "
-                         f"({' '.join(str(err).split())}): give its vocabulary the unknown token, then import the "
+                         f"({one_line(err)}): give its vocabulary the unknown token, then import the "
                          "model again") from None
 
 
