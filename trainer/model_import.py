@@ -36,7 +36,7 @@ from trainer.jsonio import read_json
 from trainer.model_io import read_model_selector_args, resolve_model_dir
 from trainer.publish import new_output_folder, publish_dir, staging_dir, write_json_atomic
 from trainer.sources import Fetched, fetch, parse_source, workdir_beside
-from trainer.validation import check_family, check_io
+from trainer.validation import check_family, check_io, weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +105,10 @@ def _json_object(path: Path, shown: str) -> dict:
 
 
 def _check_weights(model_dir: Path, adapter: bool, shown: str) -> None:
-    """The model root holds PyTorch weights finetune can load (`trainer.validation.check_weights`' rule: *.safetensors
-    or *.bin at the root, shards included; adapter_model.* for a LoRA adapter); whether they are intact is
-    finetune's check."""
-    prefix = "adapter_model" if adapter else ""
-    weights = [p for ext in ("safetensors", "bin") for p in model_dir.glob(f"{prefix}*.{ext}")]
-    if not any(p.name not in SKIP_FILES for p in weights):
+    """The model root holds PyTorch weights finetune can load (`trainer.validation.weight_files`); whether they are
+    intact is finetune's check."""
+    if not any(weight_files(model_dir, adapter)):
+        prefix = "adapter_model" if adapter else ""
         found = sorted(p.name for p in model_dir.iterdir())
         raise InputError(f"no PyTorch weights ({prefix}*.safetensors or {prefix}*.bin) in {shown}: found "
                          f"{preview(found, 8)}; TensorFlow / Flax / ONNX weights are not loaded: give the model "

@@ -237,6 +237,14 @@ def check_head(model_config, folder: Path, num_labels: int, ignore_mismatched_si
                          f"preprocess_output has {num_labels}; set ignore_mismatched_sizes=true to train a new head")
 
 
+def weight_files(folder: Path, adapter: bool = False) -> tuple[list[Path], list[Path]]:
+    """(safetensors, pickle archives) a model folder's root holds as its weights: shards included, `adapter_model*`
+    for a LoRA adapter, never the Trainer's training_args.bin."""
+    prefix = "adapter_model" if adapter else ""
+    return (sorted(folder.glob(f"{prefix}*.safetensors")),
+            sorted(p for p in folder.glob(f"{prefix}*.bin") if p.name != "training_args.bin"))
+
+
 def check_weights(folder: Path, adapter: bool = False) -> None:
     """The weight files are whole: safetensors headers cover their files, zip archives pass their CRCs, every shard
     an index names exists. Nothing is loaded."""
@@ -251,9 +259,7 @@ def check_weights(folder: Path, adapter: bool = False) -> None:
         missing = sorted({str(v) for v in weight_map.values() if not (folder / str(v)).is_file()})
         if missing:
             raise InputError(f"{index} names shard(s) that are missing: {missing[:3]}; {where}")
-    prefix = "adapter_model" if adapter else ""
-    safetensors = sorted(p for p in folder.glob(f"{prefix}*.safetensors"))
-    archives = sorted(p for p in folder.glob(f"{prefix}*.bin") if p.name != "training_args.bin")
+    safetensors, archives = weight_files(folder, adapter)
     if not safetensors and not archives:
         raise InputError(f"no weight files (*.safetensors, *.bin) in {folder}: the model is incomplete; {where}")
     for path in safetensors:
