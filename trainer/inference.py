@@ -322,21 +322,19 @@ class TokenClassifier:
             yield ordered[start:start + self.batch_size]
 
     def _pad(self, batch: list[_Window]) -> dict[str, np.ndarray]:
-        width = max(len(w.ids) for w in batch)
-        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        types = np.zeros((len(batch), width), dtype=np.int64)
-        for row, window in enumerate(batch):
-            ids[row, :len(window.ids)] = window.ids
-            mask[row, :len(window.ids)] = 1
-            if window.type_ids is not None:
-                types[row, :len(window.ids)] = window.type_ids
-        padded = {"input_ids": ids, "attention_mask": mask}
+        shape = (len(batch), max(len(w.ids) for w in batch))
+        padded = {"input_ids": np.full(shape, self.pad_id, dtype=np.int64),
+                  "attention_mask": np.zeros(shape, dtype=np.int64)}
         # token type ids only where the tokenizer makes them, as in the rows the model trained on: a model that
         # takes them but trained without them (GPT-2 adds an embedding of every type id, 0 included) computed
         # other logits when served zeros
         if any(window.type_ids is not None for window in batch):
-            padded["token_type_ids"] = types
+            padded["token_type_ids"] = np.zeros(shape, dtype=np.int64)
+        for row, window in enumerate(batch):
+            padded["input_ids"][row, :len(window.ids)] = window.ids
+            padded["attention_mask"][row, :len(window.ids)] = 1
+            if window.type_ids is not None:
+                padded["token_type_ids"][row, :len(window.ids)] = window.type_ids
         return padded
 
 
