@@ -105,6 +105,8 @@ def test_a_model_without_pytorch_weights_is_refused(tmp_path, hub, tiny_model_se
     _, url = hub
     line = _refused(capsys, tmp_path / "o" / "tf", "--model_path", "org/tf-only", "--hf_endpoint", url)
     assert "no PyTorch weights (*.safetensors or *.bin) in org/tf-only" in line
+    # the listing names the repository's weights, also those the hub download skips
+    assert "tf_model.h5 (not downloaded)" in line and "flax_model.msgpack (not downloaded)" in line
     local = _plain(tiny_model_selector, tmp_path / "flax")
     (local / "model.safetensors").unlink()
     (local / "flax_model.msgpack").write_bytes(b"msgpack")

@@ -26,7 +26,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from trainer.config import ModelImportConfig
 from trainer.constants import BASE_MODEL_SUBDIR, MODEL_MARKERS, MODEL_SELECTOR_ARGS, TOKENIZER_FILES
@@ -104,15 +104,24 @@ def _json_object(path: Path, shown: str) -> dict:
     return value
 
 
-def _check_weights(model_dir: Path, adapter: bool, shown: str) -> None:
+def _check_weights(model_dir: Path, adapter: bool, shown: str, skipped: Sequence[str] = ()) -> None:
     """The model root holds PyTorch weights finetune can load (`trainer.validation.weight_files`); whether they are
-    intact is finetune's check."""
+    intact is finetune's check. `skipped`: the source's files in `model_dir` that were not downloaded."""
     if not any(weight_files(model_dir, adapter)):
         prefix = "adapter_model" if adapter else ""
-        found = sorted(p.name for p in model_dir.iterdir())
+        found = sorted([p.name for p in model_dir.iterdir()] + [f"{name} (not downloaded)" for name in skipped])
         raise InputError(f"no PyTorch weights ({prefix}*.safetensors or {prefix}*.bin) in {shown}: found "
                          f"{preview(found, 8)}; TensorFlow / Flax / ONNX weights are not loaded: give the model "
                          "saved from PyTorch (save_pretrained)")
+
+
+def _skipped_in(fetched: Fetched, folder: Path) -> list[str]:
+    """The names of the source's files directly in `folder` that were not downloaded (hub TF / Flax / ONNX)."""
+    try:
+        rel = folder.relative_to(fetched.path).as_posix()  # "." at the root
+    except ValueError:
+        return []
+    return [name for parent, _, name in (f.rpartition("/") for f in fetched.skipped) if (parent or ".") == rel]
 
 
 def _locate_hf_model(model_path: Path, shown: str) -> Path:
@@ -202,7 +211,7 @@ def _import(config: ModelImportConfig, fetched: Fetched, given: str, what: str, 
                     if (model_dir / "config.json").exists() else {})
     has_adapter = (model_dir / "adapter_config.json").exists()
     is_adapter = has_adapter and not model_config
-    _check_weights(model_dir, has_adapter, shown)
+    _check_weights(model_dir, has_adapter, shown, _skipped_in(fetched, model_dir))
     base = _base_model(config, model_dir, shown, workdir) if has_adapter else None
     family = model_config.get("model_type") or (base.family if base else None) or earlier.get("model_family")
     if family:  # a model no token-classification head exists for fails here, not two steps later at finetune
@@ -295,7 +304,7 @@ def _base_model(config: ModelImportConfig, model_dir: Path, shown: str, workdir:
             raise InputError(f"{_shown(base_dir, fetched.path, name)} has no config.json (a LoRA adapter cannot be "
                              "the base of another)")
         cfg = _json_object(base_dir / "config.json", f"{_shown(base_dir, fetched.path, name)}/config.json")
-        _check_weights(base_dir, False, _shown(base_dir, fetched.path, name))
+        _check_weights(base_dir, False, _shown(base_dir, fetched.path, name), _skipped_in(fetched, base_dir))
     except (ConfigError, InputError) as err:
         raise InputError(f"the base model of the LoRA adapter ({where}: base_model_name_or_path={name!r}) cannot be "
                          f"imported: {err}") from None

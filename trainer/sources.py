@@ -59,6 +59,7 @@ class Fetched:
     path: Path
     provenance: dict = field(default_factory=dict)
     downloaded: bool = False  # True: `path` lies in the caller's work folder and may be moved from
+    skipped: tuple[str, ...] = ()  # the hub repository's files not downloaded (HUB_IGNORE), relative to `path`
 
 
 def parse_source(text: str, what: str, *, revision: str = "", s3_endpoint_url: str = "") -> Source:
@@ -181,6 +182,7 @@ def _transport_error() -> type:
 
 def _fetch_hub(source: Source, workdir: Path, hf_endpoint: str) -> Fetched:
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
@@ -191,7 +193,8 @@ def _fetch_hub(source: Source, workdir: Path, hf_endpoint: str) -> Fetched:
         with hub_online():
             api = HfApi(endpoint=endpoint)
             info = api.repo_info(source.location, repo_type=source.repo_type, revision=source.revision or None)
-            ignore = HUB_IGNORE + pickles_beside_safetensors([s.rfilename for s in (info.siblings or [])])
+            files = [s.rfilename for s in (info.siblings or [])]
+            ignore = HUB_IGNORE + pickles_beside_safetensors(files)
             snapshot_download(source.location, repo_type=source.repo_type, revision=info.sha, local_dir=target,
                               endpoint=endpoint, ignore_patterns=ignore)
     except GatedRepoError:
@@ -212,8 +215,9 @@ def _fetch_hub(source: Source, workdir: Path, hf_endpoint: str) -> Fetched:
                          "point hf_endpoint at a reachable mirror") from None
     shutil.rmtree(target / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping, not the repo
     logger.info("downloaded %s (commit %s) from %s", label, info.sha, endpoint)
+    skipped = sorted(set(files) - set(filter_repo_objects(files, ignore_patterns=HUB_IGNORE)))
     return Fetched(target, {"source_uri": source.text, "hub_repo": source.location, "revision": info.sha,
-                            "hub_endpoint": endpoint}, downloaded=True)
+                            "hub_endpoint": endpoint}, downloaded=True, skipped=tuple(skipped))
 
 
 def pickles_beside_safetensors(files: list[str]) -> list[str]:
