@@ -98,6 +98,7 @@ done
 
 tokcls_pick_engine "$REPO"
 export DOCKER_BUILDKIT=1
+SOURCE_URL="$(tokcls_source_url "$REPO")"
 for target in "${targets[@]}"; do
     case "$target" in
         cpu)  image="$CPU_IMAGE" ;;
@@ -105,9 +106,13 @@ for target in "${targets[@]}"; do
         ort)  image="$ORT_IMAGE"; echo "note: ONNX Runtime training is deprecated upstream; this image pins its last release (see images/README.md)" >&2 ;;
     esac
     dockerfile="images/Dockerfile.$target"
+    # OCI labels: version = the image's tag; source only when the git remote gives a URL (tokcls_source_url).
+    version="${image##*/}"; [[ "$version" == *:* ]] && version="${version##*:}" || version="$TAG"
     args=(-f "$dockerfile" -t "$image"
-          --label "org.opencontainers.image.revision=$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)"
-          --label "org.opencontainers.image.source=kfp-token-classification")
+          --label "org.opencontainers.image.title=kfp-token-classification trainer-$target"
+          --label "org.opencontainers.image.version=$version"
+          --label "org.opencontainers.image.revision=$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)")
+    [ -n "$SOURCE_URL" ] && args+=(--label "org.opencontainers.image.source=$SOURCE_URL")
     [ -n "$BASE_IMAGE" ] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
     # BuildKit reads <Dockerfile>.dockerignore by itself; podman/buildah are told.
     [ "$ENGINE" != docker ] && [ -f "$dockerfile.dockerignore" ] && args+=(--ignorefile "$dockerfile.dockerignore")

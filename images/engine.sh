@@ -60,3 +60,26 @@ tokcls_remove_replaced() {
         echo "==> removed the image that $image replaced (${old:0:12})" >&2
     fi
 }
+
+# The org.opencontainers.image.source label: the web URL of the git remote the repository at $1 was cloned from
+# (origin, else the first remote), without credentials or ".git"; empty (no label) when there is none or it is not a
+# network URL (a local path). git@host:owner/repo and ssh://git@host/owner/repo become https://host/owner/repo.
+tokcls_source_url() {
+    local repo="$1" url remote
+    url="$(git -C "$repo" config --get remote.origin.url 2>/dev/null \
+           || { remote="$(git -C "$repo" remote 2>/dev/null | head -n 1)"; [ -n "$remote" ] && git -C "$repo" config --get "remote.$remote.url"; } \
+           || true)"
+    [ -n "$url" ] || return 0
+    python3 - "$url" <<'PY'
+import re, sys
+url = sys.argv[1].strip()
+m = re.fullmatch(r"(?:ssh://)?[\w.-]+@([\w.-]+)(?::\d+)?[:/](?!/)(.+)", url)  # git@host:path, ssh://git@host[:port]/path
+if m:
+    url = f"https://{m.group(1)}/{m.group(2)}"
+elif re.match(r"git://", url):
+    url = "https://" + url[len("git://"):]
+m = re.fullmatch(r"(https?)://(?:[^@/]*@)?([^/]+)/(.+?)(?:\.git)?/?", url)  # drop user:token@ and .git
+if m:
+    print(f"{m.group(1)}://{m.group(2)}/{m.group(3)}")
+PY
+}

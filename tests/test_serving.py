@@ -264,6 +264,17 @@ def test_every_output_variant_is_self_contained_and_equals_its_mlflow_model(make
     shutil.move(config.pytorch_model_folder, moved / "pytorch")
     shutil.move(config.mlflow_model_folder, moved / "mlflow")
     predictions = assert_self_contained_and_equal_to_mlflow(moved / "pytorch", moved / "mlflow", TEST_TEXTS)
+    # what loaders and readers of the model read names none of the run's folders (peft's model card named the
+    # import folder; metrics.json records them on purpose), and a serving user other than the trainer's can read
+    # every file (safetensors writes its files owner-only)
+    for path in (moved / "pytorch").rglob("*"):
+        checkpoint = path.relative_to(moved).parts[1].startswith("checkpoint-")
+        if path.name.endswith(("config.json", ".md")) and not checkpoint:
+            text = path.read_text(encoding="utf-8")
+            for folder in (tmp_path, config.model_selector_output):
+                assert str(folder) not in text, f"{path.relative_to(moved)} names {folder}"
+    unreadable = [p for p in moved.rglob("*") if not p.stat().st_mode & (0o005 if p.is_dir() else 0o004)]
+    assert not unreadable, [str(p.relative_to(moved)) for p in unreadable]
     gold = [tags for _, tags in make_sentences(40, seed=3)]
     from trainer.metrics import entity_scores
 

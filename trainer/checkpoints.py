@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from trainer.publish import write_json_atomic
+from trainer.publish import make_readable, write_json_atomic
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -64,7 +64,9 @@ def _files(checkpoint: Path) -> list[Path]:
 
 
 def write_manifest(checkpoint: Path) -> dict:
-    """Record the size and hash of every file of a finished checkpoint (atomically, as its last file)."""
+    """Record the size and hash of every file of a finished checkpoint (atomically, as its last file), after
+    making it readable by all, like the published outputs (`make_readable`)."""
+    make_readable(checkpoint)
     manifest = {"format": MANIFEST_FORMAT, "files": {
         str(p.relative_to(checkpoint)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(checkpoint)}}
     write_json_atomic(checkpoint / MANIFEST, manifest)

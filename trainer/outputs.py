@@ -26,7 +26,7 @@ from trainer.errors import InputError
 from trainer.jsonio import read_json
 from trainer.modeling import load_model, plain_loading
 from trainer.publish import (ensure_empty_or_absent, publish_into, publish_output, remove_published, staging_dir,
-                             write_json_atomic)
+                             write_file_atomic, write_json_atomic)
 
 logger = logging.getLogger(__name__)
 BEST_MODEL_STAGE = ".best_model.incomplete"
@@ -183,7 +183,12 @@ def _finish_lora(stage: Path, model_dir: Path, class_names: list[str], config: F
             os.replace(item, stage / item.name)
         base.config.save_pretrained(stage)  # config.json with id2label/label2id beside the adapter
         adapter_config = stage / "adapter_config.json"  # names its own base model, not the import folder
-        write_json_atomic(adapter_config, {**read_json(adapter_config), "base_model_name_or_path": BASE_MODEL_SUBDIR})
+        settings = read_json(adapter_config)
+        write_json_atomic(adapter_config, {**settings, "base_model_name_or_path": BASE_MODEL_SUBDIR})
+        card, trained_from = stage / "README.md", settings.get("base_model_name_or_path")
+        if card.is_file() and trained_from:  # peft's model card names the base model the same way
+            write_file_atomic(card, lambda tmp: tmp.write_text(card.read_text(encoding="utf-8").replace(
+                trained_from, BASE_MODEL_SUBDIR), encoding="utf-8"))
     shutil.rmtree(adapter_dir, ignore_errors=True)
 
 

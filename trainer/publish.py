@@ -180,13 +180,24 @@ def remove_entry(path: Path) -> None:
         path.unlink()
 
 
+def make_readable(path: Path) -> None:
+    """Make `path` (a file, or a folder with everything in it) readable by all, as the umask would have: a serving
+    user other than the trainer's must be able to load it. safetensors 0.8 writes its files owner-only (0600), and
+    `save_pretrained` with it."""
+    for entry in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else ())]:
+        if not entry.is_symlink():
+            mode = entry.stat().st_mode
+            entry.chmod(mode | (0o555 if entry.is_dir() else 0o444))
+
+
 def publish_dir(staged: Path, target: str | Path, *, replace: bool = False) -> None:
-    """Move a finished staging folder to `target` in one rename.
+    """Move a finished staging folder to `target` in one rename, readable by all (`make_readable`).
 
     An empty `target` is replaced; a non-empty one only with `replace=True`: it is first renamed aside, so
     `target` always holds either the old complete folder or the new one, and is then deleted.
     """
     target = Path(target)
+    make_readable(staged)
     old = None
     if target.is_dir() and any(target.iterdir()):
         if not replace:
@@ -202,10 +213,12 @@ def publish_dir(staged: Path, target: str | Path, *, replace: bool = False) -> N
 
 def publish_into(staged: Path, target: str | Path) -> None:
     """Move the entries of a staging folder into an existing folder, weights last, then drop the staging folder.
+    They are made readable by all first (`make_readable`).
 
     The model is only loadable once its weights arrive, so a crash in between leaves no model that looks whole.
     """
     target = Path(target)
+    make_readable(staged)
     entries = sorted(staged.iterdir(), key=lambda p: (p.suffix in WEIGHT_SUFFIXES, p.name))
     for entry in entries:
         destination = target / entry.name
