@@ -126,9 +126,9 @@ def render_component(defn: ComponentDef) -> str:
         f"def {defn.name}(\n{signature},\n){returns}:",
         *doc,
         f"    from {defn.runtime} import run",
-        "    from trainer.process_exit import exits_after",
+        "    from trainer.cli import component_process",
         "",
-        "    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen",
+        f"    with component_process({defn.name!r}):  # bad input: one line, exit 2, as under the CLI",
         "        return run(**locals())",
     ]
     for name, expr in defn.default_exprs.items():

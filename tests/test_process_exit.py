@@ -1,6 +1,7 @@
 """trainer.process_exit: a step's process collects its garbage, then freezes the survivors before it exits; every
-generated component body and every program's own command line does it. Each check runs in a fresh process (a frozen
-collector would outlive the test)."""
+generated component body (`trainer.cli.component_process`) and every program's own command line does it. A component
+body ends bad input as its CLI does: one line, exit 2. Each check runs in a fresh process (a frozen collector would
+outlive the test)."""
 
 from __future__ import annotations
 
@@ -22,15 +23,15 @@ def test_garbage_is_collected_before_the_survivors_are_frozen(tmp_path):
     flag = tmp_path / "finalized"
     out = run_python(f"""
         import gc, json
-        from trainer.process_exit import exits_after
+        from trainer.cli import component_process
 
         class Node:
             def __del__(self):
                 open({str(flag)!r}, "w").close()  # a finalizer that must still run, e.g. a file being closed
 
-        gc.disable()  # no automatic collection: only exits_after's can find the cycle
+        gc.disable()  # no automatic collection: only component_process's can find the cycle
         node = Node(); node.me = node; del node
-        with exits_after():
+        with component_process("test"):
             pass
         print(json.dumps({{"frozen": gc.get_freeze_count()}}))
     """)
@@ -55,6 +56,25 @@ def test_every_component_body_freezes_the_collector_when_it_returns():
     """)
     assert set(out) == set(names)
     assert all(count > 1000 for count in out.values()), out
+
+
+def test_a_component_given_bad_input_exits_2_with_one_line(tmp_path):
+    """As KFP runs it (the component's function, its runtime body), not through the CLI: the executor would print a
+    traceback and exit 1."""
+    code = textwrap.dedent(f"""
+        from kfp.dsl import Model
+        from components.model_import.component import model_import
+
+        out = Model(name="model_selector_output", uri="", metadata={{}})
+        out.path = {str(tmp_path / "out")!r}
+        model_import.python_func(model_selector_output=out, model_path={str(tmp_path / "nothere")!r})
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nothere'} not found in this container (a " \
+        "PVC path: is the volume mounted where the pipeline mounts it?)"
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_programs_own_command_line_freezes_the_collector(tmp_path):

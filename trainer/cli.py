@@ -19,8 +19,9 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from trainer.config import (DataImportConfig, EvaluateConfig, FinetuneConfig, ModelImportConfig, PredictConfig,
                             PreprocessConfig)
@@ -49,6 +50,42 @@ def configure_logging(level: int = logging.INFO) -> None:
         hf_logging.disable_progress_bar()
 
 
+def report_error(err: Exception, config: Any, prog: str) -> Optional[int]:
+    """The exit code of an error that ends a program with one line on stderr: 2 for bad input (ConfigError /
+    InputError), 1 for a run-time failure `trainer.failures` names (with what is left to resume from, when `config`
+    is known); None for anything else, a bug, which keeps its traceback."""
+    from trainer.failures import failure_line
+    from trainer.validation import one_line
+
+    if isinstance(err, (ConfigError, InputError)):
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    line = failure_line(err, config)
+    if line is None:
+        return None
+    logging.getLogger("trainer").debug("%s failed", prog, exc_info=True)
+    print(f"error: {line}", file=sys.stderr)
+    return 1
+
+
+@contextmanager
+def component_process(name: str) -> Iterator[None]:
+    """The body of a KFP component, as its CLI runs: bad input and the named run-time failures end the process
+    with one line and exit code 2 or 1 (`report_error`), not the executor's traceback. When the body returns, the
+    executor writes the outputs and the process exits: its collector is frozen first (`freeze_for_exit`)."""
+    from trainer.process_exit import freeze_for_exit
+
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - bugs re-raise
+        code = report_error(err, None, name)
+        if code is None:
+            raise
+        sys.stdout.flush()
+        sys.exit(code)
+    freeze_for_exit()
+
+
 def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]], prog: str,
         show: Callable[[Any], Any] = lambda result: result) -> int:
     """Parse `argv` into `config_cls`, run `program(config)` (every program checks its folders first:
@@ -56,7 +93,6 @@ def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]]
     exit code 2. A full disk or exhausted memory while running (`trainer.failures`): one line naming what is left to
     resume from, exit code 1."""
     from trainer.distributed import is_main_process
-    from trainer.failures import failure_line
     from trainer.validation import one_line
 
     configure_logging()
@@ -65,16 +101,11 @@ def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]]
         summary = one_line((config_cls.__doc__ or "").split("\n\n")[0])  # the docstring's first paragraph
         config = config_cls.from_cli(argv, prog=prog, description=summary)
         result = program(config)
-    except (ConfigError, InputError) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - only the failures trainer.failures names end here; bugs re-raise
-        line = failure_line(err, config)
-        if line is None:
+    except Exception as err:  # noqa: BLE001 - bad input and the failures trainer.failures names end here
+        code = report_error(err, config, prog)
+        if code is None:
             raise
-        logging.getLogger("trainer").debug("%s failed", prog, exc_info=True)
-        print(f"error: {line}", file=sys.stderr)
-        return 1
+        return code
     shown = show(result)
     if shown is not None and is_main_process():  # one result on stdout under torchrun
         print(json.dumps(asdict(shown) if is_dataclass(shown) else shown, indent=2, default=str))

@@ -9,8 +9,6 @@ local pipeline's model; os._exit would take 0.2 s but skips flushing and finaliz
 from __future__ import annotations
 
 import gc
-from contextlib import contextmanager
-from typing import Iterator
 
 
 def freeze_for_exit() -> None:
@@ -19,10 +17,3 @@ def freeze_for_exit() -> None:
     process that is about to exit: cyclic garbage made of frozen objects is never collected."""
     gc.collect()
     gc.freeze()
-
-
-@contextmanager
-def exits_after() -> Iterator[None]:
-    """The body of a KFP component: when it returns, the executor writes the outputs and the process exits."""
-    yield
-    freeze_for_exit()

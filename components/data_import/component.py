@@ -38,7 +38,7 @@ def data_import(
             AWS_ENDPOINT_URL, else AWS.
     """
     from components.data_import.runtime import run
-    from trainer.process_exit import exits_after
+    from trainer.cli import component_process
 
-    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+    with component_process('data_import'):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())

@@ -166,7 +166,7 @@ def finetune(
             Default: deepspeed_preset.
     """
     from components.finetune.runtime import run
-    from trainer.process_exit import exits_after
+    from trainer.cli import component_process
 
-    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+    with component_process('finetune'):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())

@@ -259,9 +259,9 @@ def finetune_pytorchjob(
             Default: deepspeed_preset.
     """
     from components.finetune_pytorchjob.runtime import run
-    from trainer.process_exit import exits_after
+    from trainer.cli import component_process
 
-    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+    with component_process('finetune_pytorchjob'):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())
 
 

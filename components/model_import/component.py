@@ -45,7 +45,7 @@ def model_import(
             an MLflow transformers model folder; alternative to model_path / mlflow_model_path.
     """
     from components.model_import.runtime import run
-    from trainer.process_exit import exits_after
+    from trainer.cli import component_process
 
-    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+    with component_process('model_import'):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())

@@ -87,7 +87,7 @@ def preprocess(
             precision/recall/f1 mean.
     """
     from components.preprocess.runtime import run
-    from trainer.process_exit import exits_after
+    from trainer.cli import component_process
 
-    with exits_after():  # the process exits once KFP has written the outputs: its collector is frozen
+    with component_process('preprocess'):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())
