@@ -9,6 +9,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
 
 from components.definitions import COMPONENTS
 
@@ -97,3 +100,39 @@ def test_a_programs_own_command_line_freezes_the_collector(tmp_path):
     """)
     assert out["rc"] == 0 and out["before"] == 0 and out["after"] > 1000
     assert out["rc_call"] == 0 and out["after_call"] == 0  # called as a function (argv given): nothing frozen
+
+
+def test_sigterm_ends_a_fine_tune_that_runs_as_pid_1(make_config, tmp_path):
+    """A container's own command is PID 1 (`docker run IMAGE ...`), where the kernel drops a signal left to its
+    default action: `docker stop` or a pod's deletion went unheard until the SIGKILL. It now exits 143 at once,
+    leaving no published model. Runs in a new PID namespace (unshare, as root), where the program is PID 1."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-fp", "--mount-proc", "true"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("unshare -fp (a new PID namespace, as root) is not available")
+    config = make_config(max_steps=100_000, evaluation_strategy="steps", eval_steps=100_000, export_onnx=False)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()), encoding="utf-8")
+    code = "import sys; from trainer.cli import finetune_main; sys.exit(finetune_main())"
+    proc = subprocess.Popen(["unshare", "-fp", "--mount-proc", sys.executable, "-c", code,
+                             "--config", str(tmp_path / "config.json")],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stderr:  # the program is training
+            if "training: " in line:
+                break
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        os.kill(int(children[0]), signal.SIGTERM)  # the program itself: PID 1 in its namespace
+        started = time.monotonic()
+        rc = proc.wait(timeout=60)
+        stopped = time.monotonic() - started
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == 143 and stopped < 30, (rc, stopped)
+    published = Path(config.pytorch_model_folder)
+    assert not (published / "metrics.json").exists() and not (published / "model.safetensors").exists()

@@ -8,9 +8,9 @@
     token-classification-evaluate     --model DIR --preprocess_output DIR --predictions FILE
     token-classification-predict      --model DIR --data FILE|DIR --predictions FILE
 
-Flags accept underscores or dashes (`--apply-lora`); `--config FILE.json` supplies values that flags override.
-Exit codes: 0 done, 2 bad input (one line on stderr, nothing created, loaded or trained), 1 anything else (a full
-disk or exhausted memory: one line naming the last complete checkpoint to resume from).
+Flags accept underscores or dashes (`--apply-lora`); `--config FILE.json` supplies values that flags override. Exit
+codes: 0 done, 2 bad input (one line on stderr, nothing created, loaded or trained), 1 anything else (a full disk or
+exhausted memory: one line naming the last complete checkpoint to resume from), 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -68,6 +69,16 @@ def report_error(err: Exception, config: Any, prog: str) -> Optional[int]:
     return 1
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end the program where it would be dropped: as PID 1 (a container's own command, e.g.
+    `docker run IMAGE ...` or `docker stop`), the kernel ignores a signal left to its default action, so the run
+    went on until the SIGKILL. There SIGTERM now exits 143 (128 + 15) through SystemExit: what is being written is
+    left as a kill leaves it (staging folders a rerun removes, complete checkpoints only). Elsewhere the default
+    action stays (the process ends at once, also inside a blocking collective)."""
+    if os.getpid() == 1:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 @contextmanager
 def component_process(name: str) -> Iterator[None]:
     """The body of a KFP component, as its CLI runs: bad input and the named run-time failures end the process
@@ -75,6 +86,7 @@ def component_process(name: str) -> Iterator[None]:
     executor writes the outputs and the process exits: its collector is frozen first (`freeze_for_exit`)."""
     from trainer.process_exit import freeze_for_exit
 
+    stop_on_sigterm()
     try:
         yield
     except Exception as err:  # noqa: BLE001 - bugs re-raise
@@ -96,6 +108,8 @@ def run(config_cls, program: Callable[[Any], Any], argv: Optional[Sequence[str]]
     from trainer.validation import one_line
 
     configure_logging()
+    if argv is None:  # the process's own command line
+        stop_on_sigterm()
     config = None
     try:
         summary = one_line((config_cls.__doc__ or "").split("\n\n")[0])  # the docstring's first paragraph
