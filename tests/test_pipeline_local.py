@@ -102,10 +102,28 @@ def test_local_run_helpers(tmp_path, conll_dir):
     assert stage_path(conll_dir, tmp_path / "staging", "data") == str(conll_dir.resolve())
     assert stage_path(None, tmp_path, "x") == ""
 
-    subset = make_subset(conll_dir, tmp_path / "subset", {"train": 5, "validation": 3, "test": 2})
-    from trainer.readers import read_conll
+    from trainer.readers import read, read_file, resolve_sources
 
-    assert [len(read_conll(subset / f"{s}.conll")) for s in ("train", "validation", "test")] == [5, 3, 2]
+    subset = make_subset(conll_dir, tmp_path / "subset", {"train": 5, "validation": 3, "test": 2})
+    for split, n in {"train": 5, "validation": 3, "test": 2}.items():
+        assert read_file(subset / f"{split}.jsonl").sentences == \
+            read(resolve_sources(str(conll_dir))[split], split).sentences[:n]
+    # --quick reads every format preprocess reads (it had split CoNLL text: Parquet gave a UnicodeDecodeError, a
+    # UD-style file name was not found)
+    import pandas as pd
+
+    other = tmp_path / "other"
+    other.mkdir()
+    pd.DataFrame({"tokens": [["Paris", "is"], ["Bob", "ran"], ["Oslo"]], "ner_tags": [["B-LOC", "O"], ["B-PER", "O"],
+                                                                                     ["B-LOC"]]}).to_parquet(
+        other / "train.parquet")
+    (other / "en_ewt-ud-test.conllu").write_text("".join(f"1\t{w}\t_\t{t}\t_\t_\t0\troot\t_\t_\n\n"
+                                                         for w, t in (("Rome", "PROPN"), ("Yes", "INTJ"))))
+    subset = make_subset(other, tmp_path / "other_subset", {"train": 2, "validation": 1, "test": 1})
+    assert sorted(p.name for p in subset.iterdir()) == ["test.jsonl", "train.jsonl"]
+    assert read_file(subset / "train.jsonl").sentences == [(["Paris", "is"], ["B-LOC", "O"]), (["Bob", "ran"],
+                                                                                               ["B-PER", "O"])]
+    assert read_file(subset / "test.jsonl").sentences == [(["Rome"], ["PROPN"])]
     args = build_parser().parse_args(["--quick", "--max-steps", "7", "--lr_scheduler_type", "cosine",
                                       "--apply-lora", "true", "--finetune_node_selector", '{"pool": "cpu"}'])
     assert args.quick and args.max_steps == 7 and args.lr_scheduler_type == "cosine" and args.apply_lora == "true"
