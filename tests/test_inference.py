@@ -194,11 +194,18 @@ def test_entities_with_offsets_and_scores(classifier):
 
 
 def test_empty_and_whitespace_inputs_give_empty_results(classifier):
-    results = classifier.predict(["", "   \t", None, [], float("nan"), "alice lives in paris ."])
-    assert [r.words for r in results[:5]] == [[]] * 5
-    assert [r.entities for r in results[:5]] == [[]] * 5
-    assert results[5].labels == ["B-person", "O", "O", "B-location", "O"]
+    import pandas as pd
+
+    missing = ["", "   \t", None, [], float("nan"), np.float32("nan"), pd.NA, pd.NaT]
+    results = classifier.predict([*missing, "alice lives in paris ."])
+    assert [r.words for r in results[:-1]] == [[]] * len(missing)
+    assert [r.entities for r in results[:-1]] == [[]] * len(missing)
+    assert results[-1].labels == ["B-person", "O", "O", "B-location", "O"]
     assert classifier.predict([]) == []
+    # a missing word is a blank word (the unknown token), kept one for one; what is neither text nor words is refused
+    assert classifier.predict([["alice", None, pd.NA, "paris"]])[0].words == ["alice", "", "", "paris"]
+    with pytest.raises(InputError, match="expected a text or a list of words, got int"):
+        classifier.predict([5])
 
 
 def test_emoji_non_latin_and_unpredictable_words(classifier):

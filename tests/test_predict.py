@@ -44,14 +44,14 @@ def test_text_lines_one_prediction_per_line_in_order(tiny_finetuned, tmp_path, c
 def test_jsonl_conll_and_csv_inputs(tiny_finetuned, tmp_path, capsys):
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_text(json.dumps({"id": "a", "text": "alice lives in paris ."}) + "\n"
-                     + json.dumps({"tokens": ["bob", "met", "carol", "."]}) + "\n", encoding="utf-8")
+                     + json.dumps({"tokens": ["bob", None, "carol", "."]}) + "\n", encoding="utf-8")  # null: blank
     conll = tmp_path / "data.conll"  # no tags; a second column (e.g. gold tags) is ignored
     conll.write_text("-DOCSTART- O\n\nalice\tB-person\nlives\tO\n\t\nbob\nin\nrome\n", encoding="utf-8")
     table = tmp_path / "data.csv"
     with table.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([["id", "body"], ["1", "frank visited oslo ."], ["2", ""]])
     expected = {
-        jsonl: ([], [["alice", "lives", "in", "paris", "."], ["bob", "met", "carol", "."]], ["a", 2]),
+        jsonl: ([], [["alice", "lives", "in", "paris", "."], ["bob", "", "carol", "."]], ["a", 2]),
         conll: ([], [["alice", "lives"], ["bob", "in", "rome"]], [3, 6]),
         table: (["--text_column", "body"], [["frank", "visited", "oslo", "."], []], [1, 2]),
     }

@@ -122,12 +122,25 @@ def test_the_mlflow_model_serves_with_only_what_its_requirements_install(tiny_fi
     (np.array([["bob", "in", "rome"]]), [["bob", "in", "rome"]]),
     ({"text": ["bob in rome", "oslo"]}, [["bob", "in", "rome"], ["oslo"]]),  # a dict: its columns
     ({"text": "bob in rome"}, [["bob", "in", "rome"]]),
+    # pandas' own missing value (a "string" column, a CSV read with dtype string) is missing too, not the text "<NA>"
+    (pd.DataFrame({"text": pd.array(["oslo", None], dtype="string")}), [["oslo"], []]),
+    ([np.float32("nan"), pd.NaT], [[], []]),
+    (5, [["5"]]),  # a number is its text, as `mlflow models serve` reads {"inputs": 5}
+    ([["bob", None, "rome"]], [["bob", "", "rome"]]),  # a missing word is a blank one, kept one for one
 ])
 def test_mlflow_model_takes_every_input_shape_and_never_raises(pyfunc, given, expected_words):
     results = pyfunc.predict(given)
     assert [r["words"] for r in results] == expected_words
     for r in results:
         assert len(r["labels"]) == len(r["scores"]) == len(r["offsets"]) == len(r["words"])
+
+
+def test_mlflow_model_refuses_a_row_that_is_neither_text_nor_words(pyfunc):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="expected a text or a list of words per row, got dict") as caught:
+        pyfunc.predict([{"a": 1}])
+    assert caught.value.get_http_status_code() == 400
 
 
 def test_mlflow_model_with_no_entity_found(pyfunc):
@@ -206,6 +219,13 @@ def test_mlflow_models_serve_answers_invocations(tiny_finetuned, tmp_path):
         assert status == 200 and [p["words"] for p in body["predictions"]] == [["bob", "in", "rome"]]
         status, body = _post(port, {"dataframe_split": {"columns": ["text"], "data": [["bob in rome"], [None]]}})
         assert status == 200 and [p["labels"] for p in body["predictions"]] == [["B-person", "O", "B-location"], []]
+        # word lists of different lengths: as dataframe records (`inputs` makes them one ragged numpy array)
+        status, body = _post(port, {"dataframe_records": [{"tokens": ["bob", "in", "rome"]}, {"tokens": ["oslo"]}]})
+        assert status == 200 and [p["words"] for p in body["predictions"]] == [["bob", "in", "rome"], ["oslo"]]
+        status, body = _post(port, {"inputs": 5})  # a number is its text, as in a direct predict(5)
+        assert status == 200 and [p["words"] for p in body["predictions"]] == [["5"]]
+        status, body = _post(port, {"inputs": [{"a": 1}]})  # neither text nor words: a bad request, not a text
+        assert status == 400 and "expected a text or a list of words per row, got dict" in body["message"], body
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

@@ -338,14 +338,30 @@ class TokenClassifier:
         return padded
 
 
+def is_missing(value: Any) -> bool:
+    """A missing value, read as an empty text (or an empty word): None, NaN (Python's or numpy's), pandas' NaT and
+    NA (without importing pandas: NA is the one value whose comparison with itself has no truth value)."""
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes, dict)) or hasattr(value, "__len__"):  # texts and containers (arrays, frames)
+        return False
+    try:
+        return bool(value != value)  # NaN and NaT differ from themselves
+    except TypeError:  # pd.NA: `NA != NA` is NA, and bool(NA) raises
+        return True
+
+
 def _as_words(item: TextOrWords) -> tuple[str, list[str], list[tuple[int, int]]]:
-    """(text, words, offsets) of one input: None and NaN are empty text, a string is raw text, a sequence is words."""
-    if item is None or (isinstance(item, float) and math.isnan(item)):
+    """(text, words, offsets) of one input: a missing value (`is_missing`) is empty text, a string is raw text, a
+    sequence is words (a missing word is a blank one)."""
+    if is_missing(item):
         item = ""
     if isinstance(item, str):
         offsets = split_words(item)
         return item, [item[a:b] for a, b in offsets], offsets
-    words = ["" if w is None else str(w) for w in item]  # kept one for one (a blank word: the unknown token)
+    if not isinstance(item, (list, tuple, np.ndarray)):
+        raise InputError(f"expected a text or a list of words, got {type(item).__name__}: {str(item)[:80]!r}")
+    words = ["" if is_missing(w) else str(w) for w in item]  # kept one for one (a blank word: the unknown token)
     offsets, position = [], 0
     for word in words:
         offsets.append((position, position + len(word)))
