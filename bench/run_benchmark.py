@@ -874,12 +874,16 @@ def parse_args(argv=None):
 
 
 def default_data_dir() -> Path:
-    """../shared/data/wnut17 beside the checkout (or beside an ancestor folder, for git worktrees)."""
+    """WNUT-17: the copy shipped in pipelines/data/wnut17 (a plain clone has it; as the tests' `wnut17_dir`), else
+    ../shared/data/wnut17 beside the checkout (or beside an ancestor folder, for git worktrees)."""
+    shipped = REPO / "pipelines" / "data" / "wnut17"
+    if (shipped / "train.conll").exists():
+        return shipped
     for base in REPO.parents:
         candidate = base / "shared" / "data" / "wnut17"
         if (candidate / "train.conll").exists():
             return candidate
-    return REPO.parent / "shared" / "data" / "wnut17"
+    return shipped
 
 
 def default_model_path() -> str:

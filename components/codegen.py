@@ -159,23 +159,51 @@ def pipeline_type(f: dataclasses.Field) -> type:
     return str if kind is bool else kind
 
 
-def pipeline_parameters(*configs, exclude: tuple = ()) -> list[tuple[inspect.Parameter, str]]:
-    """(inspect.Parameter, description) of every value field of `configs`, with the field's default."""
+def pipeline_parameters(*configs, exclude: tuple = (), reword: Optional[dict] = None
+                        ) -> list[tuple[inspect.Parameter, str]]:
+    """(inspect.Parameter, description) of every value field of `configs`, with the field's default.
+
+    `reword` ({phrase: replacement}) says in the descriptions what holds in the pipeline rather than in the
+    component the field comes from (e.g. an artifact input the pipeline does not have); a phrase that no longer
+    occurs in any description is an error, so a rewording cannot silently stop applying when a help text changes."""
+    reword = reword or {}
+    used: set = set()
     out = []
     for cls in configs:
         for f in cls.parameter_fields():
             if f.name in exclude:
                 continue
             default = default_text(f)
+            text = cls.describe(f)
+            for phrase, replacement in reword.items():
+                if phrase in text:
+                    text = text.replace(phrase, replacement)
+                    used.add(phrase)
             out.append((inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                           default="" if default is None and base_type(f) is str else default,
-                                          annotation=pipeline_type(f)), cls.describe(f)))
+                                          annotation=pipeline_type(f)), text))
+    unused = [phrase for phrase in reword if phrase not in used]
+    if unused:
+        raise ValueError(f"reword: {unused} occur in no description of "
+                         f"{', '.join(cls.__name__ for cls in configs)}")
+    return out
+
+
+def output_descriptions(defn: ComponentDef) -> dict[str, str]:
+    """Description of every output artifact of a component (its output path fields and extra outputs), as its
+    generated docstring and README give them; a pipeline returning these outputs documents them with this."""
+    out = {f.name: cls.describe(f) for cls, f in defn.fields if is_path(f) and f.metadata["output"]}
+    out.update({name: text for name, (_, text) in defn.outputs.items()})
     return out
 
 
 def with_signature(body: Callable, parameters: list[tuple[inspect.Parameter, str]], summary: str,
-                   returns: Optional[Any] = None, name: Optional[str] = None) -> Callable:
-    """A function calling `body(**values)` whose signature and Google-style docstring KFP reads."""
+                   returns: Optional[Any] = None, name: Optional[str] = None,
+                   outputs: Optional[dict] = None) -> Callable:
+    """A function calling `body(**values)` whose signature and Google-style docstring KFP reads.
+
+    `returns`: the NamedTuple of the pipeline's outputs; `outputs` ({name: description}) documents each of its
+    fields in the docstring's Returns section, which KFP compiles into the outputs' descriptions."""
     names = [p.name for p, _ in parameters]
     if len(set(names)) != len(names):
         clash = sorted({n for n in names if names.count(n) > 1})
@@ -196,5 +224,15 @@ def with_signature(body: Callable, parameters: list[tuple[inspect.Parameter, str
     doc = [summary, "", "Args:"]
     for p in required + optional:
         doc += _doc_entry(p.name, descriptions[p.name], indent=4)
+    if outputs is not None:
+        fields = list(getattr(returns, "_fields", ()))
+        undocumented = [n for n in fields if not outputs.get(n)]
+        unknown = [n for n in outputs if n not in fields]
+        if undocumented or unknown:
+            raise ValueError(f"pipeline outputs {fields}: no description of {undocumented}, descriptions of "
+                             f"non-outputs {unknown}")
+        doc += ["", "Returns:"]
+        for n in fields:
+            doc += _doc_entry(n, outputs[n], indent=4)
     pipeline.__doc__ = "\n".join(doc) + "\n"
     return pipeline

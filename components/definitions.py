@@ -39,8 +39,9 @@ COMPONENTS = [
         name="finetune", configs=(FinetuneConfig,), runtime="components.finetune.runtime",
         summary="Fine-tune a Hugging Face model for token classification (NER, POS, PII), with optional LoRA, "
                 "DeepSpeed, ORT.",
-        description="Every parameter of the reference spec (shared/spec/token_classification_finetune.md) is an "
-                    "input with the spec's name, type and default (booleans are the strings \"true\"/\"false\").",
+        description="Every parameter of the reference spec (tests/data/spec.md in the repository, a copy of "
+                    "../shared/spec/token_classification_finetune.md beside the checkout) is an input with the spec's "
+                    "name, type and default (booleans are the strings \"true\"/\"false\").",
         outputs={"metrics": METRICS, "report": REPORT}),
     ComponentDef(
         name="evaluate", configs=(EvaluateConfig,), runtime="components.evaluate.runtime",

@@ -8,7 +8,8 @@ Everything a run needs is a run parameter; the compiled YAML runs on a cluster a
   minio://, gs:// through its S3 API) or a hub dataset (hf://datasets/org/name). Fetched by the `data_import` step.
 - `model_path`: the encoder: a hub repository (org/name, revision pinned with `model_revision`), an object-store URI
   (e.g. an earlier run's model artifact, minio://mlpipeline/v2/artifacts/...) or a path in the container; or
-  `mlflow_model_path`. Fetched by the `model_import` step.
+  `mlflow_model_path`. Exactly one of the two is required (both default to ''; a run with neither fails at the
+  `model_import` step, which fetches the model).
 - Credentials of both import steps come from two optional Secrets named by run parameters: `s3_secret_name`
   (keys `accesskey`, `secretkey`, as in KFP's own `mlpipeline-minio-artifact`) and `hf_token_secret_name` (key
   `token`); a Secret that does not exist is skipped.
@@ -35,8 +36,9 @@ from typing import NamedTuple, Optional
 from kfp import dsl, kubernetes
 from kfp.dsl import Markdown, Metrics, Model
 
-from components.codegen import pipeline_parameters, with_signature
+from components.codegen import output_descriptions, pipeline_parameters, with_signature
 from components.data_import.component import data_import
+from components.definitions import COMPONENTS
 from components.evaluate.component import evaluate
 from components.finetune.component import finetune
 from components.images import TRAINER_CUDA_IMAGE
@@ -82,6 +84,20 @@ PLACEMENT = [
                                            "objects)."),
 ]
 SHARED_ACCESS = ("hf_endpoint", "s3_endpoint_url")  # fields of both import configs: one run parameter each
+# What holds in this pipeline, said in place of what holds in the component a parameter comes from: model_import's
+# `model` artifact input and preprocess's validation_data / test_data inputs are not run parameters here
+# (pipeline_parameters fails if a phrase is no longer in the help it rewords).
+MODEL_SOURCE_REWORD = {
+    "Exactly one model source is required: model, model_path or mlflow_model_path.":
+        "Required: give exactly one of model_path and mlflow_model_path (with neither or both the run fails at "
+        "model import).",
+}
+SPLIT_REWORD = {
+    "when validation_data is absent": "when data_uri holds no validation.* / dev.* file or datasets validation split",
+    "when test_data is absent": "when data_uri holds no test.* file or datasets test split",
+}
+# The pipeline's outputs are the finetune step's: described as the finetune component describes them.
+OUTPUT_DESCRIPTIONS = output_descriptions(next(d for d in COMPONENTS if d.name == "finetune"))
 
 
 def _values(config_cls, values: dict) -> dict:
@@ -141,12 +157,13 @@ def build_pipeline(*, gpus: int = 0, accelerator_type: str = "nvidia.com/gpu", p
                 f"model_path may then be {pvc_mount_path}/... paths).")] if pvc_mount_path else []
     parameters = ([DATA_URI] + pvc
                   + pipeline_parameters(DataImportConfig, exclude=("data_uri", *SHARED_ACCESS))
-                  + pipeline_parameters(ModelImportConfig)
+                  + pipeline_parameters(ModelImportConfig, reword=MODEL_SOURCE_REWORD)
                   + ACCESS
-                  + pipeline_parameters(PreprocessConfig, FinetuneConfig)
+                  + pipeline_parameters(PreprocessConfig, FinetuneConfig, reword=SPLIT_REWORD)
                   + PLACEMENT)
     function = with_signature(body, parameters, "Fine-tune a Hugging Face encoder for token classification and "
-                              "evaluate it on the test split.", returns=Outputs, name=function_name)
+                              "evaluate it on the test split.", returns=Outputs, name=function_name,
+                              outputs={name: OUTPUT_DESCRIPTIONS[name] for name in Outputs._fields})
     return dsl.pipeline(name=name, description=__doc__.splitlines()[0])(function)
 
 

@@ -3,7 +3,9 @@ finished arm leaves only its records unless --keep-outputs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +51,44 @@ def test_a_finished_arm_keeps_its_records_but_not_its_models(conll_dir, tiny_mod
     assert sorted(p.name for p in (work / "ours").iterdir()) == ["log.txt", "result.json", "spec.json"]
     result = json.loads((tmp_path / "report.json").read_text())["runs"]["1"]["ours"]
     assert "error" not in result and 0.0 <= result["test_f1"] <= 1.0
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("run_benchmark_module", REPO / "bench" / "run_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_default_data_is_the_copy_a_clone_ships(tmp_path, monkeypatch):
+    """`run_benchmark.py --quick` works on a plain clone: --data-dir defaults to pipelines/data/wnut17 (as the
+    tests' wnut17_dir), and ../shared/data/wnut17 is only the fallback."""
+    bench = _bench_module()
+    shipped = REPO / "pipelines" / "data" / "wnut17"
+    assert (shipped / "train.conll").exists()
+    assert Path(bench.parse_args(["--quick"]).data_dir) == shipped
+    clone = tmp_path / "clone"  # a clone beside a shared folder: the shipped copy still wins
+    for folder in (clone / "pipelines" / "data" / "wnut17", tmp_path / "shared" / "data" / "wnut17"):
+        folder.mkdir(parents=True)
+        (folder / "train.conll").write_text("a\tO\n")
+    monkeypatch.setattr(bench, "REPO", clone)
+    assert bench.default_data_dir() == clone / "pipelines" / "data" / "wnut17"
+    (clone / "pipelines" / "data" / "wnut17" / "train.conll").unlink()
+    assert bench.default_data_dir() == tmp_path / "shared" / "data" / "wnut17"
+
+
+def test_the_readme_lora_row_cites_the_current_3_epoch_figures():
+    """README's apply_lora row quotes the LoRA and full fine-tuning test F1 of bench/README.md's current 3-epoch
+    run (the section the README benchmark text cites), not figures of older code."""
+    bench_readme = (REPO / "bench" / "README.md").read_text()
+    section = bench_readme.split("### AMD EPYC, 3 epochs: `ours` (fp32) and LoRA (current code)", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    table = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+             for line in section.splitlines() if line.startswith("|")]
+    column = table[0].index("test F1")
+    f1 = {arm: next(row[column] for row in table if row[0].startswith(f"`{arm}` ")) for arm in ("ours", "ours_lora")}
+    assert all(re.fullmatch(r"\d+\.\d+ ± \d+\.\d+", value) for value in f1.values()), f1
+    readme = (REPO / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `apply_lora` |"))
+    assert f"{f1['ours_lora']} against {f1['ours']} for full fine-tuning" in row, (f1, row)
+    assert f1["ours_lora"] in readme.split("## Benchmark", 1)[1]  # the same figures as the benchmark summary

@@ -12,7 +12,8 @@ from typing import Optional
 
 import pytest
 
-from components.codegen import ComponentDef, pipeline_parameters, render_component, with_signature
+from components.codegen import (ComponentDef, output_descriptions, pipeline_parameters, render_component,
+                               with_signature)
 from trainer.errors import ConfigError
 from trainer.params import Params, param, path, surface
 
@@ -130,3 +131,44 @@ def test_a_name_in_two_configs_of_one_component_is_refused():
     definition = ComponentDef(name="dup", summary="x", configs=(DemoConfig, DemoConfig), runtime="r")
     with pytest.raises(ValueError, match="field of both"):
         render_component(definition)
+
+
+def test_pipeline_parameters_reword_what_holds_in_the_pipeline():
+    """A description can say what holds in the pipeline rather than in the component (an input it lacks); a
+    phrase that no longer occurs (the help changed) is an error, not a rewording that silently stops applying."""
+    described = dict((p.name, text) for p, text in pipeline_parameters(DemoConfig, reword={"How many.": "Rows."}))
+    assert described["count"] == "Rows. Must be >= 1." and described["ratio"] == "A fraction. Must be >= 0 and < 1."
+    with pytest.raises(ValueError, match="occur in no description"):
+        pipeline_parameters(DemoConfig, reword={"How many rows.": "Rows."})
+
+
+def test_pipeline_outputs_get_the_component_output_descriptions(tmp_path):
+    """with_signature(outputs=...) writes a Returns section, which KFP compiles into the outputs' descriptions;
+    output_descriptions gives those of a component definition (its output fields and extra outputs)."""
+    from typing import NamedTuple
+
+    import yaml
+    from kfp import compiler, dsl
+    from kfp.dsl import Metrics, Model
+
+    definition = ComponentDef(name="demo", summary="Run the demo.", configs=(DemoConfig,), runtime="demo_runtime",
+                              outputs={"metrics": ("Metrics", "Figures.")})
+    assert output_descriptions(definition) == {"target": "Output folder.", "metrics": "Figures."}
+    demo = _load(render_component(definition), tmp_path, "demo_outputs_component").demo
+    Outputs = NamedTuple("DemoOutputs", [("target", Model), ("metrics", Metrics)])
+
+    def body(**values) -> Outputs:
+        task = demo(source=dsl.importer(artifact_uri="gs://x", artifact_class=dsl.Dataset).output,
+                    count=values["count"])
+        return Outputs(task.outputs["target"], task.outputs["metrics"])
+
+    function = with_signature(body, pipeline_parameters(DemoConfig), "Demo.", returns=Outputs,
+                              outputs=output_descriptions(definition))
+    compiler.Compiler().compile(dsl.pipeline(name="demo-out")(function), str(tmp_path / "p.yaml"))
+    root = yaml.safe_load((tmp_path / "p.yaml").read_text())["root"]
+    assert {k: v.get("description") for k, v in root["outputDefinitions"]["artifacts"].items()} == {
+        "target": "Output folder.", "metrics": "Figures."}
+    assert root["inputDefinitions"]["parameters"]["count"]["description"] == "How many. Must be >= 1."
+    with pytest.raises(ValueError, match="no description of \\['metrics'\\]"):
+        with_signature(body, pipeline_parameters(DemoConfig), "Demo.", returns=Outputs,
+                       outputs={"target": "Output folder."})

@@ -154,3 +154,67 @@ def test_apply_placement_static_values(tmp_path):
         _check_toleration({"key": "k", "operator": "Bad"})
     with pytest.raises(ValueError, match="unknown key"):
         _check_toleration({"keyy": "k"})
+
+
+def _root(target) -> dict:
+    """The pipeline's own interface in its checked-in YAML: what the KFP UI shows for a run."""
+    return next(yaml.safe_load_all(target.yaml_path.read_text()))["root"]
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("target", PIPELINES, ids=lambda t: t.attr)
+def test_pipeline_yaml_says_a_model_source_is_required(target):
+    """model_path and mlflow_model_path both default to '' (neither can be a required input): their descriptions
+    must say that one of them is required, naming no model source the pipeline lacks (model_import's `model`)."""
+    params = _root(target)["inputDefinitions"]["parameters"]
+    for name in ("model_path", "mlflow_model_path"):
+        text = _words(params[name]["description"])
+        assert params[name]["defaultValue"] == "" and params[name].get("isOptional"), name
+        assert "Required: give exactly one of model_path and mlflow_model_path" in text, f"{name}: {text}"
+        assert "model, model_path" not in text, f"{name} names the model artifact, not a pipeline input: {text}"
+
+
+@pytest.mark.parametrize("target", PIPELINES, ids=lambda t: t.attr)
+def test_pipeline_descriptions_name_only_what_the_pipeline_has(target):
+    """validation_ratio / test_ratio came from preprocess's help ("when validation_data is absent"), but the
+    pipeline has no validation_data / test_data input: its descriptions say what holds for data_uri."""
+    params = _root(target)["inputDefinitions"]["parameters"]
+    for name, spec in params.items():
+        text = _words(spec.get("description", ""))
+        for absent in ("validation_data", "test_data"):
+            assert absent not in text, f"{name} names {absent}, which is no input of the pipeline: {text}"
+    assert "when data_uri holds no validation.* / dev.* file" in _words(params["validation_ratio"]["description"])
+    assert "when data_uri holds no test.* file" in _words(params["test_ratio"]["description"])
+
+
+@pytest.mark.parametrize("target", PIPELINES, ids=lambda t: t.attr)
+def test_pipeline_outputs_are_described_as_the_finetune_component_describes_them(target):
+    """Each pipeline output has a description in the YAML and in pipelines/README.md, the one the finetune
+    component's README gives it (the same source: components/definitions.py and FinetuneConfig)."""
+    outputs = _root(target)["outputDefinitions"]["artifacts"]
+    def output_rows(readme: str) -> dict:
+        table = readme.split("## Outputs\n", 1)[1].split("\n## ", 1)[0]
+        return dict(re.findall(r"^\| `(\w+)` \| \w+ \| (.*) \|$", table, flags=re.M))
+
+    rows = output_rows((REPO / "components" / "finetune" / "README.md").read_text())
+    readme = (REPO / "pipelines" / "README.md").read_text()
+    section_rows = output_rows(readme.split(f"# {target.obj.component_spec.name}\n", 1)[1].split("\n# ", 1)[0])
+    assert set(outputs) == {"pytorch_model_folder", "mlflow_model_folder", "onnx_model_folder", "metrics", "report"}
+    for name, spec in outputs.items():
+        assert _words(spec.get("description", "")) == rows[name], name
+        assert section_rows[name].strip() == rows[name], f"pipelines/README.md: {name}"
+
+
+def test_distributed_doc_lists_every_output_of_finetune_pytorchjob():
+    """docs/distributed.md's lists of the component's outputs name every output it has."""
+    from components.finetune_pytorchjob.component import finetune_pytorchjob
+
+    text = (REPO / "docs" / "distributed.md").read_text()
+    listing = _words(text.split("same outputs (", 1)[1].split(")", 1)[0])
+    paragraph = _words(text.split("\nOutputs: ", 1)[1].split("\n\n", 1)[0])
+    for name in finetune_pytorchjob.component_spec.outputs:
+        assert f"`{name}`" in listing, f"the intro's output list lacks {name}"
+        assert f"`{name}`" in paragraph, f"the Outputs paragraph lacks {name}"

@@ -143,3 +143,49 @@ def test_compiled_yaml_carries_the_same_defaults():
         if f.name in ARTIFACT_FIELDS or spec_default(f) is None:
             continue
         assert params[f.name]["defaultValue"] == spec_default(f), f.name
+
+
+def _doc_texts() -> dict[str, str]:
+    """The documentation a reader of the repository gets: READMEs, docs/, and the compiled components' and
+    pipelines' descriptions (what the KFP UI shows)."""
+    import importlib
+
+    texts = {str(p.relative_to(REPO)): p.read_text() for p in
+             [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "pipelines" / "README.md",
+              *sorted((REPO / "components").glob("*/README.md"))]}
+    for path in sorted((REPO / "components").glob("*/component.py")):
+        module = importlib.import_module(f"components.{path.parent.name}.component")
+        spec = getattr(module, path.parent.name).component_spec
+        texts[f"{path.parent.name} component"] = "\n".join(
+            [spec.description or ""] + [s.description or "" for s in (spec.inputs or {}).values()])
+    return texts
+
+
+def test_docs_point_to_the_spec_copy_in_the_repository():
+    """A spec path in the docs is a file of the repository (tests/data/spec.md) or says it lies outside it
+    (../shared/...): a bare shared/spec/... path names a file a clone does not have."""
+    paths = re.compile(r"(?<![\w./-])((?:\.\./)*[\w.-]+(?:/[\w.-]+)+\.md)")
+    for where, text in _doc_texts().items():
+        for found in paths.findall(text):
+            if "spec" in found and not found.startswith("../"):
+                assert (REPO / found).exists(), f"{where} names {found}, which is not in the repository"
+        if SPEC_NAME in text:
+            assert "tests/data/spec.md" in text, f"{where} names the spec without its in-repository copy"
+
+
+def test_readme_states_the_split_ratios_the_code_uses():
+    """README: a missing split is carved out 80/10/10 only when both are missing; one missing split gets both
+    ratios (80/20), as preprocess does and the test_ratio help says."""
+    from trainer.config import PreprocessConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(PreprocessConfig)}
+    validation, test = defaults["validation_ratio"], defaults["test_ratio"]
+    both = f"{round(100 * (1 - validation - test))}/{round(100 * validation)}/{round(100 * test)}"
+    one = f"{round(100 * (1 - validation - test))}/{round(100 * (validation + test))}"
+    help_text = PreprocessConfig.describe(next(f for f in PreprocessConfig.parameter_fields()
+                                               if f.name == "test_ratio"))
+    assert one in help_text
+    readme = " ".join((REPO / "README.md").read_text().split())
+    sentence = readme.split("split is carved from the training data", 1)[1].split(". ", 1)[0]
+    assert f"{both} (`--validation_ratio`, `--test_ratio`) when both are missing" in sentence, sentence
+    assert f"{one} when only one is" in sentence, sentence

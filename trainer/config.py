@@ -4,9 +4,10 @@ Each class is the single source of truth of its program (see `trainer.params`): 
 its fields, the Python API takes it, and `scripts/compile_components.py` generates the KFP component's
 signature and docstring from it. To add a parameter, add a field here and regenerate.
 
-`FinetuneConfig` follows the reference spec (`shared/spec/token_classification_finetune.md`): names, types
-and defaults of the fields marked `spec=True` are a contract (`tests/test_config_surface.py` checks them);
-the spec's "true"/"false" strings are accepted wherever a bool is expected.
+`FinetuneConfig` follows the reference spec (`tests/data/spec.md`, a copy of
+`../shared/spec/token_classification_finetune.md`): names, types and defaults of the fields marked `spec=True` are a
+contract (`tests/test_config_surface.py` checks them); the spec's "true"/"false" strings are accepted wherever a bool
+is expected.
 """
 
 from __future__ import annotations
@@ -307,9 +308,11 @@ class ModelImportConfig(Params):
         "MLflow transformers model folder; alternative to model_path / mlflow_model_path.", artifact="Model",
         optional=True)
     model_path: str = param("", "Where the model comes from: " + SOURCE_HELP + ". The folder holds config.json "
-                            "(or adapter_config.json), weights and tokenizer.", group="source")
+                            "(or adapter_config.json), weights and tokenizer. Exactly one model source is required: "
+                            "model, model_path or mlflow_model_path.", group="source")
     mlflow_model_path: str = param("", "An MLflow transformers model (MLmodel + model/ + components/tokenizer/): a "
-                                   "path in the container or an object-store URI.", group="source")
+                                   "path in the container or an object-store URI. Exactly one model source is "
+                                   "required: model, model_path or mlflow_model_path.", group="source")
     model_name: str = param("", "Name recorded in model_selector_args.json (default: derived from the source).",
                             group="source")
     model_revision: str = param("", "Hub revision of a hub model_path: a branch, tag or commit (pin a commit for "

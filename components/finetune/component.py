@@ -71,8 +71,9 @@ def finetune(
 ):
     """Fine-tune a Hugging Face model for token classification (NER, POS, PII), with optional LoRA, DeepSpeed, ORT.
 
-    Every parameter of the reference spec (shared/spec/token_classification_finetune.md) is an input with the spec's
-    name, type and default (booleans are the strings "true"/"false").
+    Every parameter of the reference spec (tests/data/spec.md in the repository, a copy of
+    ../shared/spec/token_classification_finetune.md beside the checkout) is an input with the spec's name, type and
+    default (booleans are the strings "true"/"false").
 
     Args:
         preprocess_output: Output folder of the preprocess component: encoded train/validation/test splits,

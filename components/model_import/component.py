@@ -32,8 +32,10 @@ def model_import(
             object-store URI (s3://bucket/prefix; minio://... for Kubeflow Pipelines' own store, e.g. an earlier
             run's artifact; gs://... through GCS's S3 API) or a Hugging Face hub repository (org/name or
             hf://org/name[@revision]). The folder holds config.json (or adapter_config.json), weights and tokenizer.
+            Exactly one model source is required: model, model_path or mlflow_model_path.
         mlflow_model_path: An MLflow transformers model (MLmodel + model/ + components/tokenizer/): a path in the
-            container or an object-store URI.
+            container or an object-store URI. Exactly one model source is required: model, model_path or
+            mlflow_model_path.
         model_name: Name recorded in model_selector_args.json (default: derived from the source).
         model_revision: Hub revision of a hub model_path: a branch, tag or commit (pin a commit for reproducible
             runs); default main. The commit it resolves to is recorded.
