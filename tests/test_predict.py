@@ -141,6 +141,45 @@ def test_bad_paths_are_exit_2(tiny_finetuned, tmp_path, capsys):
     assert data.read_text() == "alice\n" and not (tmp_path / "p.jsonl").exists()
 
 
+def test_settings_the_model_cannot_serve_are_exit_2_before_its_weights_load(tiny_finetuned, tmp_path, capsys,
+                                                                           monkeypatch):
+    import onnxruntime
+
+    import trainer.model_io
+    from trainer.inference import OnnxBackend
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(trainer.model_io, "load_token_classification_model", no_loading)
+    monkeypatch.setattr(OnnxBackend, "__init__", no_loading)
+    data = tmp_path / "data.txt"
+    data.write_text("alice\n", encoding="utf-8")
+    for model in ("pytorch", "onnx"):  # a window with no room for a word beside [CLS] and [SEP]
+        rc, _, err = _run(capsys, "--model", str(tiny_finetuned[model]), "--data", str(data), "--predictions",
+                          str(tmp_path / "p.jsonl"), "--max_length", "2")
+        assert rc == 2 and "max_length 2 leaves no room for words next to 2 special tokens" in err, (model, err)
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # an ONNX model on CUDA: onnxruntime's
+        rc, _, err = _run(capsys, "--model", str(tiny_finetuned["onnx"]), "--data", str(data), "--predictions",
+                          str(tmp_path / "p.jsonl"), "--device", "cuda")
+        assert rc == 2 and "this onnxruntime has no CUDA provider" in err, err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_failure_is_classified_without_torch(tmp_path):
+    """ONNX serving needs no torch: classifying a failure must not import it (it gave a second traceback)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
+            "from trainer.failures import kind_of\n"
+            "print(kind_of(MemoryError()), kind_of(RuntimeError('a bug')), kind_of(OSError(28, 'No space left on "
+            "device')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["memory", "None", "disk"]
+
+
 def test_a_prediction_that_fails_half_way_leaves_no_output_and_no_temporary(tiny_finetuned, tmp_path, capsys,
                                                                            monkeypatch):
     """The predictions appear whole or not at all: a model failing on its second chunk of inputs leaves neither the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -36,8 +37,8 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 def kind_of(err: BaseException) -> Optional[str]:
     """'disk' (full), 'write' (a write failed, cause hidden), 'memory', 'transfer' (a download broke off), or None
     for anything else."""
-    import torch
-
+    torch = sys.modules.get("torch")  # a torch error needs torch imported; ONNX serving runs without torch
+    out_of_memory = (MemoryError, torch.OutOfMemoryError) if torch is not None else (MemoryError,)
     for link in _chain(err):
         text = str(link)
         if isinstance(link, TransferError) or (type(link).__name__ == "MlflowException"
@@ -45,8 +46,7 @@ def kind_of(err: BaseException) -> Optional[str]:
             return "transfer"
         if (isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS) or any(t in text for t in DISK_FULL_TEXT):
             return "disk"
-        if isinstance(link, (MemoryError, torch.OutOfMemoryError)) or any(t in text.lower()
-                                                                         for t in OUT_OF_MEMORY_TEXT):
+        if isinstance(link, out_of_memory) or any(t in text.lower() for t in OUT_OF_MEMORY_TEXT):
             return "memory"
         if isinstance(link, RuntimeError) and any(t in text for t in WRITE_FAILED_TEXT):
             return "write"

@@ -224,10 +224,7 @@ class TokenClassifier:
         limit = getattr(tokenizer, "model_max_length", None) or model_max_length
         limit = min(int(limit), model_max_length) if limit < 10**6 else model_max_length
         self.max_length = min(max_length, limit) if max_length else limit
-        self.specials = tokenizer.num_special_tokens_to_add()
-        if self.max_length <= self.specials:
-            raise InputError(f"max_length {self.max_length} leaves no room for words next to {self.specials} "
-                             "special tokens")
+        self.specials = check_room(self.max_length, tokenizer)
         self.capacity = self.max_length - self.specials
         self.overlap = max(0, min(stride, self.capacity // 2))
         self.batch_size = batch_size
@@ -424,6 +421,15 @@ def model_format(path: str | Path) -> str:
     return "pytorch"
 
 
+def check_room(max_length: int, tokenizer: Any) -> int:
+    """The tokenizer's special tokens per window; InputError when a window of `max_length` sub-tokens holds no word
+    beside them."""
+    specials = tokenizer.num_special_tokens_to_add()
+    if max_length <= specials:
+        raise InputError(f"max_length {max_length} leaves no room for words next to {specials} special tokens")
+    return specials
+
+
 def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
                     max_length: Optional[int] = None, stride: int = DEFAULT_STRIDE,
                     precision: str = "auto") -> TokenClassifier:
@@ -441,6 +447,8 @@ def load_classifier(path: str | Path, *, device: str = "auto", batch_size: int =
                                stride=stride, precision=precision)
     _, model_dir, config = model_config(path)
     tokenizer = load_serving_tokenizer(model_dir)
+    if max_length:  # before the weights load
+        check_room(max_length, tokenizer)
     if kind == "onnx":
         backend: Any = OnnxBackend(model_dir / ONNX_FILE, device)
     else:

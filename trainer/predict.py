@@ -118,7 +118,13 @@ def predict(config: PredictConfig) -> dict:
         raise InputError(f"predictions {target} is the data file: give another path (outputs never overwrite inputs)")
     rows = sum(1 for _ in read_inputs(config))  # every row checked before the model is loaded
     kind = model_format(config.model)
-    if config.device == "cuda":
+    if config.device == "cuda" and kind == "onnx":  # onnxruntime's CUDA provider; no torch needed
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise InputError("device=cuda but this onnxruntime has no CUDA provider (onnxruntime-gpu); use "
+                             "device=auto or cpu")
+    elif config.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
