@@ -96,6 +96,30 @@ for target in "${targets[@]}"; do
     done
 done
 
+# podman and buildah keep each stage of a multi-stage build in the image store (their layer cache): the builder stage
+# (~2 GB of venv), which the image does not build on, would be left there untagged by every rebuild with new sources.
+# So the one new untagged image a build leaves (that stage) is named localhost/tokcls-build-stage:<target>-builder,
+# and the image that name had before is removed as the trainer image's is. With several new ones (not expected),
+# they are removed. Docker (BuildKit) keeps stages in its build cache, not as images.
+tokcls_dangling() {
+    [ "$ENGINE" = docker ] && return 0
+    "$ENGINE" images --filter dangling=true --no-trunc -q | sed 's/^sha256://' | sort -u
+}
+tokcls_name_builder() {
+    local target="$1" before="$2" replaced="${3#sha256:}" name new old id
+    [ "$ENGINE" = docker ] && return 0
+    name="localhost/tokcls-build-stage:$target-builder"
+    new="$(comm -13 <(printf '%s\n' "$before") <(tokcls_dangling) | sed '/^$/d' | { grep -vx "${replaced:-none}" || true; })"
+    [ -n "$new" ] || return 0  # the stages came from the cache (and have their names)
+    if [ "$(printf '%s\n' "$new" | wc -l)" -eq 1 ]; then
+        old="$(tokcls_image_id "$name")"
+        "$ENGINE" tag "$new" "$name"
+        tokcls_remove_replaced "$old" "$name"
+    else
+        for id in $new; do "$ENGINE" rmi "$id" >/dev/null 2>&1 || true; done
+    fi
+}
+
 tokcls_pick_engine "$REPO"
 export DOCKER_BUILDKIT=1
 SOURCE_URL="$(tokcls_source_url "$REPO")"
@@ -121,10 +145,12 @@ for target in "${targets[@]}"; do
     echo "==> building $image from $dockerfile ($ENGINE${BASE_IMAGE:+, base $BASE_IMAGE})"
     started=$(date +%s)
     replaced="$(tokcls_image_id "$image")"
+    dangling="$(tokcls_dangling)"
     # shellcheck disable=SC2086
     "$ENGINE" build "${args[@]}" ${DOCKER_BUILD_ARGS:-} .
     echo "==> built $image in $(( $(date +%s) - started ))s"
     tokcls_remove_replaced "$replaced" "$image"
+    tokcls_name_builder "$target" "$dangling" "$replaced"
     if [ "${PUSH:-0}" = "1" ]; then
         echo "==> pushing $image"
         "$ENGINE" push "$image"
