@@ -128,7 +128,7 @@ def render_component(defn: ComponentDef) -> str:
         f"    from {defn.runtime} import run",
         "    from trainer.cli import component_process",
         "",
-        f"    with component_process({defn.name!r}):  # bad input: one line, exit 2, as under the CLI",
+        f"    with component_process({defn.name!r}, locals()):  # bad input: one line, exit 2, as under the CLI",
         "        return run(**locals())",
     ]
     for name, expr in defn.default_exprs.items():

@@ -80,6 +80,36 @@ def test_a_component_given_bad_input_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_component_names_the_checkpoint_to_resume_from_when_memory_runs_out(tmp_path):
+    """The component's line gives the CLI's advice: it knows the run's output folder (the component's arguments)."""
+    code = textwrap.dedent(f"""
+        import torch
+        import trainer.finetune
+        from kfp.dsl import Markdown, Metrics, Model
+        from components.finetune.component import finetune
+
+        def out_of_memory(config):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        trainer.finetune.finetune = out_of_memory
+        outputs = {{}}
+        for name, kind in (("pytorch_model_folder", Model), ("mlflow_model_folder", Model),
+                           ("onnx_model_folder", Model), ("metrics", Metrics), ("report", Markdown)):
+            outputs[name] = kind(name=name, uri="", metadata={{}})
+            outputs[name].path = {str(tmp_path)!r} + "/" + name
+        inputs = {{}}
+        for name in ("preprocess_output", "model_selector_output"):
+            inputs[name] = Model(name=name, uri="", metadata={{}})
+            inputs[name].path = {str(tmp_path)!r} + "/" + name
+        finetune.python_func(**inputs, **outputs)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: out of memory (CUDA out of memory.") and "no checkpoint was complete yet" in line \
+        and "lower per_device_train_batch_size" in line and "resume_from_checkpoint=true" in line, line
+
+
 def test_a_programs_own_command_line_freezes_the_collector(tmp_path):
     source = tmp_path / "data"
     source.mkdir()

@@ -80,17 +80,21 @@ def stop_on_sigterm() -> None:
 
 
 @contextmanager
-def component_process(name: str) -> Iterator[None]:
+def component_process(name: str, args: Optional[dict] = None) -> Iterator[None]:
     """The body of a KFP component, as its CLI runs: bad input and the named run-time failures end the process
-    with one line and exit code 2 or 1 (`report_error`), not the executor's traceback. When the body returns, the
+    with one line and exit code 2 or 1 (`report_error`; `args`, the component's arguments, give it the output
+    folders, e.g. the checkpoints to resume from), not the executor's traceback. When the body returns, the
     executor writes the outputs and the process exits: its collector is frozen first (`freeze_for_exit`)."""
+    from types import SimpleNamespace
+
     from trainer.process_exit import freeze_for_exit
 
     stop_on_sigterm()
     try:
         yield
     except Exception as err:  # noqa: BLE001 - bugs re-raise
-        code = report_error(err, None, name)
+        folders = SimpleNamespace(**{key: getattr(value, "path", value) for key, value in (args or {}).items()})
+        code = report_error(err, folders, name)
         if code is None:
             raise
         sys.stdout.flush()

@@ -40,5 +40,5 @@ def data_import(
     from components.data_import.runtime import run
     from trainer.cli import component_process
 
-    with component_process('data_import'):  # bad input: one line, exit 2, as under the CLI
+    with component_process('data_import', locals()):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())

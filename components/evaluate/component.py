@@ -52,5 +52,5 @@ def evaluate(
     from components.evaluate.runtime import run
     from trainer.cli import component_process
 
-    with component_process('evaluate'):  # bad input: one line, exit 2, as under the CLI
+    with component_process('evaluate', locals()):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())

@@ -169,5 +169,5 @@ def finetune(
     from components.finetune.runtime import run
     from trainer.cli import component_process
 
-    with component_process('finetune'):  # bad input: one line, exit 2, as under the CLI
+    with component_process('finetune', locals()):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())

@@ -261,7 +261,7 @@ def finetune_pytorchjob(
     from components.finetune_pytorchjob.runtime import run
     from trainer.cli import component_process
 
-    with component_process('finetune_pytorchjob'):  # bad input: one line, exit 2, as under the CLI
+    with component_process('finetune_pytorchjob', locals()):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())
 
 

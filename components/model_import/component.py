@@ -49,5 +49,5 @@ def model_import(
     from components.model_import.runtime import run
     from trainer.cli import component_process
 
-    with component_process('model_import'):  # bad input: one line, exit 2, as under the CLI
+    with component_process('model_import', locals()):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())

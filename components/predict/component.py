@@ -53,5 +53,5 @@ def predict(
     from components.predict.runtime import run
     from trainer.cli import component_process
 
-    with component_process('predict'):  # bad input: one line, exit 2, as under the CLI
+    with component_process('predict', locals()):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())

@@ -89,5 +89,5 @@ def preprocess(
     from components.preprocess.runtime import run
     from trainer.cli import component_process
 
-    with component_process('preprocess'):  # bad input: one line, exit 2, as under the CLI
+    with component_process('preprocess', locals()):  # bad input: one line, exit 2, as under the CLI
         return run(**locals())
