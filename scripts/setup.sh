@@ -5,12 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH="torch==${TORCH_VERSION:-2.13.0}"
-if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    # a chosen build, e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 on a GPU host: its local version
+    # (+cu128) ranks above PyPI's plain one
+    $PY -m pip install -q --extra-index-url "$TORCH_INDEX_URL" "$TORCH"
+elif [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then
     # PyPI's Linux torch is the CUDA build (GBs of nvidia-* packages): the +cpu build, from a local wheel (pip's
     # find-links) where there is one, else from the PyTorch CPU index; then its dependencies from the usual index.
     $PY -m pip install -q --no-index --no-deps "$TORCH+cpu" 2>/dev/null \
-        || $PY -m pip install -q --no-deps --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" \
-            "$TORCH+cpu"
+        || $PY -m pip install -q --no-deps --index-url https://download.pytorch.org/whl/cpu "$TORCH+cpu"
     $PY -m pip install -q "$TORCH+cpu"
 else
     $PY -m pip install -q "$TORCH"  # macOS and Linux on ARM: PyPI's torch is the CPU build

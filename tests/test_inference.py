@@ -206,6 +206,13 @@ def test_empty_and_whitespace_inputs_give_empty_results(classifier):
     assert classifier.predict([["alice", None, pd.NA, "paris"]])[0].words == ["alice", "", "", "paris"]
     with pytest.raises(InputError, match="expected a text or a list of words, got int"):
         classifier.predict([5])
+    with pytest.raises(InputError, match="expected a text or a list of words, got bytes"):
+        classifier.predict([b"alice"])
+    with pytest.raises(InputError, match="a word must be a string, got list"):
+        classifier.predict([["alice", ["paris"]]])
+    # any sequence of words is a word list: a pandas Series or string array too
+    rows = [pd.Series(["alice", "paris"]), pd.array(["alice", None], dtype="string"), ("alice", 7)]
+    assert [r.words for r in classifier.predict(rows)] == [["alice", "paris"], ["alice", ""], ["alice", "7"]]
 
 
 def test_emoji_non_latin_and_unpredictable_words(classifier):

@@ -146,3 +146,21 @@ def test_a_failed_program_removes_the_folders_it_created_for_its_output(tmp_path
             (tmp_path / "x" / "written-by-someone-else").write_text("")
             raise RuntimeError("failed")
     assert (tmp_path / "x" / "written-by-someone-else").exists()  # a folder that is not empty stays
+
+
+def test_published_models_and_checkpoints_are_readable_by_all_whatever_the_umask(make_config):
+    """Another user (the next step's pod, a serving pod) reads what a run publishes: safetensors writes its files
+    owner-only (0600), and a umask of 077 made the output folders owner-only too."""
+    config = make_config(num_train_epochs=1, export_onnx=False)
+    previous = os.umask(0o077)
+    try:
+        finetune(config)
+    finally:
+        os.umask(previous)
+    unreadable = []
+    for root in (Path(config.pytorch_model_folder), Path(config.mlflow_model_folder)):
+        for path in (root, *root.rglob("*")):
+            if not path.is_symlink() and not path.stat().st_mode & (0o005 if path.is_dir() else 0o004):
+                unreadable.append(str(path.relative_to(root.parent)))
+    assert not unreadable, unreadable
+    assert any(p.name.startswith("checkpoint-") for p in Path(config.pytorch_model_folder).iterdir())

@@ -135,11 +135,16 @@ def test_mlflow_model_takes_every_input_shape_and_never_raises(pyfunc, given, ex
         assert len(r["labels"]) == len(r["scores"]) == len(r["offsets"]) == len(r["words"])
 
 
-def test_mlflow_model_refuses_a_row_that_is_neither_text_nor_words(pyfunc):
+@pytest.mark.parametrize("given,message", [
+    ([{"a": 1}], "expected a text or a list of words per row, got dict"),
+    (b"alice lives", "expected a text or a list of words per row, got bytes"),  # not its repr "b'alice"
+    ([["alice", ["paris"]]], "a word must be a string, got list"),
+])
+def test_mlflow_model_refuses_a_row_that_is_neither_text_nor_words(pyfunc, given, message):
     from mlflow.exceptions import MlflowException
 
-    with pytest.raises(MlflowException, match="expected a text or a list of words per row, got dict") as caught:
-        pyfunc.predict([{"a": 1}])
+    with pytest.raises(MlflowException, match=message) as caught:
+        pyfunc.predict(given)
     assert caught.value.get_http_status_code() == 400
 
 
@@ -274,6 +279,20 @@ def assert_self_contained_and_equal_to_mlflow(pytorch_folder: Path, mlflow_folde
     mismatched = [i for i, (p, s) in enumerate(zip(ours, served)) if p.labels != s["labels"]]
     assert not mismatched, f"{len(mismatched)} of {len(texts)} texts differ, e.g. {texts[mismatched[0]]!r}"
     return ours
+
+
+def test_the_lora_model_card_names_base_model_and_keeps_its_other_words():
+    """Only the card's lines that name the base model change, also when its path is a plain word ("model", a
+    relative model_selector_output): a text replacement made that card's front matter 'base_base_model'."""
+    from trainer.outputs import _rebased
+
+    card = ["---\n", "base_model: model\n", "library_name: peft\n", "tags:\n", "- base_model:adapter:model\n",
+            "- lora\n", "---\n", "# Model Card for model\n"]
+    assert [_rebased(line, "model") for line in card] == [
+        "---\n", "base_model: base_model\n", "library_name: peft\n", "tags:\n", "- base_model:adapter:base_model\n",
+        "- lora\n", "---\n", "# Model Card for model\n"]
+    assert _rebased("base_model: /runs/x/model_selector_output\r\n", "/runs/x/model_selector_output") == \
+        "base_model: base_model\r\n"
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -348,6 +348,18 @@ def is_missing(value: Any) -> bool:
         return True
 
 
+def as_word(value: Any) -> str:
+    """One word of a pre-split input: a string, a number (its text), or missing (`is_missing`: a blank word);
+    InputError for anything else (bytes, a list: not one word)."""
+    if isinstance(value, str):
+        return value
+    if is_missing(value):
+        return ""
+    if isinstance(value, (bytes, dict)) or hasattr(value, "__len__"):
+        raise InputError(f"a word must be a string, got {type(value).__name__}: {str(value)[:80]!r}")
+    return str(value)
+
+
 def _as_words(item: TextOrWords) -> tuple[str, list[str], list[tuple[int, int]]]:
     """(text, words, offsets) of one input: a missing value (`is_missing`) is empty text, a string is raw text, a
     sequence is words (a missing word is a blank one)."""
@@ -356,9 +368,9 @@ def _as_words(item: TextOrWords) -> tuple[str, list[str], list[tuple[int, int]]]
     if isinstance(item, str):
         offsets = split_words(item)
         return item, [item[a:b] for a, b in offsets], offsets
-    if not isinstance(item, (list, tuple, np.ndarray)):
+    if isinstance(item, (bytes, dict)) or not hasattr(item, "__iter__"):
         raise InputError(f"expected a text or a list of words, got {type(item).__name__}: {str(item)[:80]!r}")
-    words = ["" if is_missing(w) else str(w) for w in item]  # kept one for one (a blank word: the unknown token)
+    words = [as_word(w) for w in item]  # kept one for one (a blank word: the unknown token)
     offsets, position = [], 0
     for word in words:
         offsets.append((position, position + len(word)))

@@ -11,9 +11,9 @@ DataFrame (its `text` column, else its first), a dict of such columns or a Serie
 (offsets index the text):
 `{"text", "words", "labels", "scores", "offsets", "entities": [{"text", "label", "start", "end", "score"}]}`.
 Empty or missing text (None, NaN, pandas' NA) gives empty lists, never an exception; a number is read as its text; a
-row that is neither text nor words (a dict) is refused as a bad input (HTTP 400 when served). `mlflow models serve`
-answers `POST /invocations` with `{"predictions": [...]}` in the same shape. `load_model(path,
-model_config={"precision": "32"})` serves a precision-16 model in fp32.
+row that is neither text nor words (bytes, a dict, a word that is a list) is refused as a bad input (HTTP 400 when
+served). `mlflow models serve` answers `POST /invocations` with `{"predictions": [...]}` in the same shape.
+`load_model(path, model_config={"precision": "32"})` serves a precision-16 model in fp32.
 
 We do not use the `transformers` flavor: its token-classification output parsing raises IndexError on a sentence
 without entities (mlflow 3.17), and it returns sub-token labels joined by commas. The signature declares the output
@@ -38,7 +38,8 @@ from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
 from trainer.constants import PREDICTIONS_FILES
-from trainer.inference import is_missing
+from trainer.errors import InputError
+from trainer.inference import as_word, is_missing
 
 # What the served code imports (trainer.inference; seqeval reads the entity spans: trainer.schemes).
 SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "seqeval")
@@ -99,17 +100,20 @@ def as_inputs(model_input: Any) -> list[Optional[str | list[str]]]:
 def _one_input(value: Any) -> Optional[str | list[str]]:
     """One row: a text, a list of words (a missing word is blank), or None (missing: `inference.is_missing`); a
     number is its text; anything else (a dict, an object) is refused, as mlflow reports a bad input (HTTP 400)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
     if isinstance(value, str):
         return value
     if is_missing(value):
         return None
     if isinstance(value, (list, tuple, np.ndarray)):
-        return ["" if is_missing(w) else str(w) for w in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if np.isscalar(value):
+        try:
+            return [as_word(w) for w in (value.tolist() if isinstance(value, np.ndarray) else value)]
+        except InputError as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+    if np.isscalar(value) and not isinstance(value, (bytes, np.bytes_)):
         return str(value)
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
     raise MlflowException(f"expected a text or a list of words per row, got {type(value).__name__}: "
                           f"{str(value)[:80]!r}", error_code=INVALID_PARAMETER_VALUE)
 

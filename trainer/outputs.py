@@ -187,9 +187,19 @@ def _finish_lora(stage: Path, model_dir: Path, class_names: list[str], config: F
         write_json_atomic(adapter_config, {**settings, "base_model_name_or_path": BASE_MODEL_SUBDIR})
         card, trained_from = stage / "README.md", settings.get("base_model_name_or_path")
         if card.is_file() and trained_from:  # peft's model card names the base model the same way
-            write_file_atomic(card, lambda tmp: tmp.write_text(card.read_text(encoding="utf-8").replace(
-                trained_from, BASE_MODEL_SUBDIR), encoding="utf-8"))
+            lines = card.read_text(encoding="utf-8").splitlines(keepends=True)
+            write_file_atomic(card, lambda tmp: tmp.write_text(
+                "".join(_rebased(line, trained_from) for line in lines), encoding="utf-8"))
     shutil.rmtree(adapter_dir, ignore_errors=True)
+
+
+def _rebased(line: str, trained_from: str) -> str:
+    """A line of peft's model card naming the base model (`base_model: PATH`, `- base_model:adapter:PATH`), naming
+    base_model/ instead; other lines as they are."""
+    body = line.rstrip("\r\n")
+    if "base_model" in body and body.endswith((f": {trained_from}", f":{trained_from}")):
+        return body[:-len(trained_from)] + BASE_MODEL_SUBDIR + line[len(body):]
+    return line
 
 
 def export_onnx_output(root: Path, config: FinetuneConfig) -> dict:

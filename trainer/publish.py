@@ -181,9 +181,9 @@ def remove_entry(path: Path) -> None:
 
 
 def make_readable(path: Path) -> None:
-    """Make `path` (a file, or a folder with everything in it) readable by all, as the umask would have: a serving
-    user other than the trainer's must be able to load it. safetensors 0.8 writes its files owner-only (0600), and
-    `save_pretrained` with it."""
+    """Make `path` (a file, or a folder with everything in it) readable by all, whatever the umask: a published model
+    is read by other users (the next step's pod, a serving pod). safetensors 0.8 writes its files owner-only (0600),
+    and `save_pretrained` with it."""
     for entry in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else ())]:
         if not entry.is_symlink():
             mode = entry.stat().st_mode
@@ -219,6 +219,7 @@ def publish_into(staged: Path, target: str | Path) -> None:
     """
     target = Path(target)
     make_readable(staged)
+    target.chmod(target.stat().st_mode | 0o555)  # the folder itself too (made under the umask)
     entries = sorted(staged.iterdir(), key=lambda p: (p.suffix in WEIGHT_SUFFIXES, p.name))
     for entry in entries:
         destination = target / entry.name
