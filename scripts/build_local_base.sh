@@ -8,8 +8,8 @@
 #   images/build.sh cpu --base-image "$(bash scripts/build_local_base.sh --print-name)"
 #
 # Packages: minbase + python3 (Debian's 3.11.2), python3-venv, python3-pip, ca-certificates (no `python`, g++ or
-# Python.h: images/Dockerfile.cpu installs g++ and python3-dev). Mirror: the host's own apt sources when the host is bookworm
-# (they then also become the image's apt sources), else deb.debian.org (with updates and security).
+# Python.h: images/Dockerfile.cpu installs g++ and python3-dev). Mirror: the host's own apt sources when the host is
+# bookworm (they then also become the image's apt sources), else deb.debian.org (with updates and security).
 # Engine: CONTAINER_ENGINE (podman, docker or buildah; default as in images/engine.sh). Needs root (or
 # sudo) for mmdebstrap's root mode; takes ~1 minute. Cached: nothing is done when the image exists.
 set -euo pipefail

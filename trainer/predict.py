@@ -77,7 +77,7 @@ def _jsonl(path: Path, config: PredictConfig):
     for line_no, row in iter_jsonl(path):
         text, words = row.get(config.text_column), row.get(config.words_column)
         if isinstance(text, str) or (text is None and isinstance(words, list)):
-            yield row.get("id", line_no), text if isinstance(text, str) else words  # a null word: blank, as the core reads it
+            yield row.get("id", line_no), text if isinstance(text, str) else words  # the core reads null as blank
         else:
             raise InputError(f"{path} line {line_no}: expected a string column {config.text_column!r} or a list "
                              f"column {config.words_column!r} (text_column / words_column); found {sorted(row)}")

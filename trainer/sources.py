@@ -182,9 +182,9 @@ def _transport_error() -> type:
 
 def _fetch_hub(source: Source, workdir: Path, hf_endpoint: str) -> Fetched:
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.utils import filter_repo_objects
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import filter_repo_objects
 
     endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     label = f"{source.location}@{source.revision or 'main'}"
