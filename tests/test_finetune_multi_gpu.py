@@ -68,15 +68,15 @@ def torchrun_calls(monkeypatch):
 
 
 def test_bad_input_is_one_error_before_torchrun_starts(tmp_path, tiny_preprocess_output, tiny_model_selector,
-                                                      torchrun_calls):
-    from trainer.errors import InputError
-
+                                                      torchrun_calls, capsys):
     bad = tmp_path / "bad_selector"
     bad.mkdir()
     (bad / "README").write_text("not a model")
-    with pytest.raises(InputError, match="no model found in") as info:
+    with pytest.raises(SystemExit) as info:
         _run_component(tmp_path, tiny_preprocess_output, bad, num_train_epochs=1)
-    assert "\n" not in str(info.value)  # one line, from this process: no rank started
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "no model found in" in err, err
+    assert len(err.splitlines()) == 1  # one line, from this process: no rank started
     assert torchrun_calls.commands == []
     assert not (tmp_path / "pytorch_model_folder").exists() and not (tmp_path / "mlflow_model_folder").exists()
 

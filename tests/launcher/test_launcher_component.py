@@ -140,12 +140,12 @@ def test_a_terminated_step_deletes_its_job_and_exits_143(artifacts, monkeypatch)
     ({"tolerations_json": "{"}, "tolerations_json is not valid JSON"),
     ({"learning_rate": -1.0}, "learning_rate must be > 0"),
 ])
-def test_component_rejects_bad_values_before_any_api_call(artifacts, monkeypatch, overrides, message):
-    from trainer.errors import ConfigError
-
+def test_component_rejects_bad_values_before_any_api_call(artifacts, monkeypatch, capsys, overrides, message):
     server = FakeApiServer(["succeeded"])
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SystemExit) as info:  # one line and exit 2, as the CLIs end bad input
         _run_component(artifacts, monkeypatch, server, **overrides)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and err.startswith("error: ") and message in err and "\n" not in err, err
     assert server.requests == []
 
 
