@@ -165,7 +165,8 @@ def all_ignored(split: str):
 def _without_unk(tokenizer: dict) -> dict:
     """A WordPiece tokenizer.json whose vocabulary lacks its unknown token."""
     model = {**tokenizer["model"], "vocab": {k: v for k, v in tokenizer["model"]["vocab"].items() if k != "[UNK]"}}
-    return {**tokenizer, "model": model, "added_tokens": [t for t in tokenizer["added_tokens"] if t["content"] != "[UNK]"]}
+    added = [t for t in tokenizer["added_tokens"] if t["content"] != "[UNK]"]
+    return {**tokenizer, "model": model, "added_tokens": added}
 
 
 def write(key: str, name: str, content, extra=()):

@@ -4,7 +4,8 @@ The output is what `preprocess` reads as `train_data`: a source folder's files a
 validation.*/dev.* and test.*; a hub dataset's `data/` folder, as `push_to_hub` writes it, is lifted to the top), or
 a single source file saved as `train<its suffix>` (preprocess then splits it), `train.<detected format>` when its
 suffix is not a data suffix preprocess looks for. A result in which preprocess would find no training file is refused
-before it is published (what the files hold, preprocess checks). Symbolic links inside a source folder are followed only inside it (`trainer.input_tree`).
+before it is published (what the files hold, preprocess checks). Symbolic links inside a source folder are followed
+only inside it (`trainer.input_tree`).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from trainer.jsonio import read_json
 from trainer.model_io import read_model_selector_args, resolve_model_dir
 from trainer.publish import new_output_folder, publish_dir, staging_dir, write_json_atomic
 from trainer.sources import Fetched, fetch, parse_source, workdir_beside
-from trainer.validation import check_family, check_io, weight_files
+from trainer.validation import ADAPTER_WEIGHTS_PREFIX, check_family, check_io, weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _check_weights(model_dir: Path, adapter: bool, shown: str, skipped: Sequence
     """The model root holds PyTorch weights finetune can load (`trainer.validation.weight_files`); whether they are
     intact is finetune's check. `skipped`: the source's files in `model_dir` that were not downloaded."""
     if not any(weight_files(model_dir, adapter)):
-        prefix = "adapter_model" if adapter else ""
+        prefix = ADAPTER_WEIGHTS_PREFIX if adapter else ""
         found = sorted([p.name for p in model_dir.iterdir()] + [f"{name} (not downloaded)" for name in skipped])
         raise InputError(f"no PyTorch weights ({prefix}*.safetensors or {prefix}*.bin) in {shown}: found "
                          f"{preview(found, 8)}; TensorFlow / Flax / ONNX weights are not loaded: give the model "

@@ -237,10 +237,13 @@ def check_head(model_config, folder: Path, num_labels: int, ignore_mismatched_si
                          f"preprocess_output has {num_labels}; set ignore_mismatched_sizes=true to train a new head")
 
 
+ADAPTER_WEIGHTS_PREFIX = "adapter_model"  # peft's adapter_model.safetensors / adapter_model.bin
+
+
 def weight_files(folder: Path, adapter: bool = False) -> tuple[list[Path], list[Path]]:
     """(safetensors, pickle archives) a model folder's root holds as its weights: shards included, `adapter_model*`
     for a LoRA adapter, never the Trainer's training_args.bin."""
-    prefix = "adapter_model" if adapter else ""
+    prefix = ADAPTER_WEIGHTS_PREFIX if adapter else ""
     return (sorted(folder.glob(f"{prefix}*.safetensors")),
             sorted(p for p in folder.glob(f"{prefix}*.bin") if p.name != "training_args.bin"))
 

@@ -65,7 +65,8 @@ def test_no_build_input_is_copied_into_the_image(name):
     assert all(c.split()[0].startswith("--from=") for c in copies), f"{name}: final stage copies {copies}"
     assert "COPY . /src" in text and "COPY . /src" not in final  # the source goes to a builder stage
     for run in instructions(text):
-        if "> /tmp/build-ca.pem" in run:  # the build's CA bundle: deleted in the RUN that writes it, or it is in a layer
+        # the build's CA bundle: deleted in the RUN that writes it, or it is in a layer
+        if "> /tmp/build-ca.pem" in run:
             assert re.search(r"rm (-rf )?(\S+ )*/tmp/build-ca\.pem", run.split("> /tmp/build-ca.pem", 1)[1]), run
 
 

@@ -121,7 +121,8 @@ def test_a_deepspeed_fine_tune_runs_in_the_image(docker_client, trainer_image, t
                      "--pytorch_model_folder", "/out/pt", "--mlflow_model_folder", "/out/ml",
                      "--max_steps", "2", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32",
                      "--apply_deepspeed", "true", "--export_onnx", "false"],
-                    volumes={str(pre): {"bind": "/in/pre", "mode": "ro"}, str(model): {"bind": "/in/model", "mode": "ro"},
+                    volumes={str(pre): {"bind": "/in/pre", "mode": "ro"},
+                             str(model): {"bind": "/in/model", "mode": "ro"},
                              str(out): {"bind": "/out", "mode": "rw"}})
     assert code == 0, log[-4000:]
     assert "Python.h" not in log
