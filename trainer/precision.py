@@ -64,7 +64,7 @@ def store_linear_weights_in(model, dtype) -> int:
 
     Autocast casts every argument of a linear layer to its dtype, and keeps a weight's cast only until its region
     ends: a served model opens one region per batch, so every request cast every weight again (MiniLM's 10.6 M: a
-    single tweet took 5.2 ms against 4.3 ms stored, on a 2-core AMD EPYC, torch 2.13; bench/README.md, "Serving").
+    single tweet took 4.8 ms against 3.9 ms stored, on a 2-core AMD EPYC, torch 2.13; bench/README.md, "Serving").
     Stored in that dtype, the same values reach the same kernel: the outputs are bit-identical. Layers that are not
     plain `nn.Linear` (a PEFT wrapper, a subclass with its own forward), parameters that another module shares (tied
     weights) and the model's first parameter (its `dtype`, which some models read) stay as they are."""
